@@ -1,0 +1,187 @@
+"""Typed experiment configuration. Every default lives here; YAML files in `experiments/` override them.
+
+An experiment is an `ExperimentConfig`. Code reads these dataclasses (through OmegaConf), never raw dicts,
+so an unknown key anywhere is an error at load time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class PathsConfig:
+    """Where datasets, runs and caches live (relative paths are relative to the working directory)."""
+
+    data_dir: str = "data"
+    runs_dir: str = "runs"
+    # Language-model embeddings and converted model folders.
+    cache_dir: str = ".cache/llmdpd"
+
+
+@dataclass
+class NoiseComponent:
+    """One component of the per-episode action-noise mixture: Gaussian std `scale`, drawn with `weight`."""
+
+    scale: float = 0.0
+    weight: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    """Which tasks an experiment uses, how their offline data is generated, and how batches are drawn."""
+
+    benchmark: str = "metaworld"
+    # Named split from llmdpd/tasks/metaworld.yaml (ml10, ml45, mt10, mt50); explicit lists below override it.
+    split: str = "ml10"
+    train_tasks: list[str] = field(default_factory=list)
+    unseen_tasks: list[str] = field(default_factory=list)
+    # Minari dataset names are `<benchmark>/<task>/<kind>-<version>`, e.g. metaworld/push-v3/mixed-v0.
+    dataset_version: str = "v0"
+    episodes_per_task: int = 50
+    prompt_episodes: int = 5
+    max_episode_steps: int = 500
+    noise: list[NoiseComponent] = field(
+        default_factory=lambda: [
+            NoiseComponent(0.1, 0.3),
+            NoiseComponent(0.3, 0.3),
+            NoiseComponent(0.6, 0.2),
+            NoiseComponent(1.0, 0.2),
+        ]
+    )
+    prompt_noise: float = 0.05
+    # Of Meta-World's 50 goal variations per task, the first `train_goals` feed the datasets and the rest are
+    # kept apart for evaluating seen tasks.
+    train_goals: int = 40
+    workers: int = 2
+    force: bool = False
+    # Batches: B transitions from each of N tasks (0 = all training tasks) plus one prompt per task.
+    batch_size_per_task: int = 256
+    tasks_per_batch: int = 0
+    prompt_length: int = 20
+    reward_scale: float = 0.1
+    # "auto": the GPU when there is one, else the CPU.
+    device: str = "auto"
+    # Any other Minari dataset: task name -> dataset id, with its descriptions under `descriptions`.
+    minari_ids: dict[str, str] = field(default_factory=dict)
+    descriptions: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class TextPromptConfig:
+    """Frozen language model that embeds task descriptions (cached on disk), and its trained projection."""
+
+    enabled: bool = True
+    # "smollm2" and "minilm" are packaged offline; anything else is a hub id or a local folder.
+    model: str = "smollm2"
+    pooling: str = "mean"
+    hidden_dim: int = 256
+    out_dim: int = 128
+
+
+@dataclass
+class TrajectoryPromptConfig:
+    """Transformer over H (s, a, r) steps of one demonstration, read through a [CLS] token."""
+
+    enabled: bool = True
+    width: int = 128
+    layers: int = 3
+    heads: int = 4
+    dropout: float = 0.0
+    # Largest episode position that gets its own learned embedding.
+    max_position: int = 512
+
+
+@dataclass
+class AlignmentConfig:
+    """Prompt-encoding stage: symmetric InfoNCE between trajectory prompts and task texts."""
+
+    enabled: bool = True
+    max_steps: int = 2000
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    prompts_per_task: int = 8
+    init_temperature: float = 0.07
+    # Policy stage: fine-tune the aligned trajectory encoder (False) or keep it fixed (True).
+    freeze_in_policy_stage: bool = False
+
+
+@dataclass
+class PolicyConfig:
+    """Diffusion policy, twin critics and their optimisation (DESIGN.md items 3 to 9)."""
+
+    # "diffusion" (LLMDPD / Diffusion-QL) or "mlp_bc" (deterministic MLP behaviour cloning baseline).
+    kind: str = "diffusion"
+    diffusion_steps: int = 5
+    beta_schedule: str = "vp"
+    hidden_dim: int = 256
+    layers: int = 3
+    time_dim: int = 16
+    critic_hidden_dim: int = 256
+    critic_layers: int = 3
+    gamma: float = 0.99
+    tau: float = 0.005
+    eta: float = 1.0
+    prompt_dropout: float = 0.1
+    guidance_weight: float = 1.0
+    num_candidates: int = 16
+    ema_decay: float = 0.995
+    ema_every: int = 5
+    ema_start: int = 1000
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    prompt_lr: float = 1e-4
+    lr_schedule: str = "cosine"
+    actor_grad_clip: float = 1.0
+    critic_grad_clip: float = 1.0
+
+
+@dataclass
+class EvalConfig:
+    """Rollouts on seen tasks (held-out goals) and unseen tasks (held-out tasks)."""
+
+    every_n_steps: int = 0
+    episodes_per_task: int = 10
+    seen: bool = True
+    unseen: bool = True
+    max_episode_steps: int = 500
+    workers: int = 1
+    # Which prompt episode of an unseen task's prompt dataset conditions the agent.
+    prompt_episode: int = 0
+    # Override the descriptions of a task at evaluation time: task -> list of texts.
+    descriptions: dict[str, list[str]] = field(default_factory=dict)
+    seed: int = 1000
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: everything `llmdpd data|train|eval` needs."""
+
+    name: str = "experiment"
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextPromptConfig = field(default_factory=TextPromptConfig)
+    trajectory: TrajectoryPromptConfig = field(default_factory=TrajectoryPromptConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    # Passed to lightning.Trainer for the policy stage; keys are checked against Trainer's signature.
+    # precision null = bf16-mixed on CUDA, 32-true on CPU.
+    trainer: dict[str, Any] = field(
+        default_factory=lambda: {
+            "max_steps": 20000,
+            "accelerator": "auto",
+            "devices": 1,
+            "num_nodes": 1,
+            "strategy": "auto",
+            "precision": None,
+            "log_every_n_steps": 50,
+        }
+    )
+    checkpoint_every_n_steps: int = 5000
+    # Resume: a checkpoint path, or "last" for the run directory's last checkpoint.
+    ckpt: Optional[str] = None
+    # Run directory name under paths.runs_dir; null = "<name>/seed<seed>".
+    run_name: Optional[str] = None

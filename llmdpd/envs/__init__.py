@@ -1,0 +1,1 @@
+"""Environments: goal-visible Meta-World tasks and their scripted experts."""

@@ -1,0 +1,84 @@
+"""Goal-visible single-task Meta-World v3 environments, one per (task, goal variation).
+
+Meta-World's ML benchmarks hide the goal (zeros in obs[36:39]) and its scripted experts read it from there,
+so data collection and evaluation both use MT1: each of its 50 `train_tasks` is one goal variation of a
+task. Variations [0, train_goals) feed the datasets; [train_goals, 50) are kept apart for evaluation.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any, Callable
+
+import numpy as np
+
+NUM_GOALS = 50
+OBS_DIM = 39
+ACTION_DIM = 4
+
+
+def _quiet_import_metaworld():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import metaworld
+
+    return metaworld
+
+
+@functools.lru_cache(maxsize=None)
+def _benchmark(task: str, seed: int):
+    metaworld = _quiet_import_metaworld()
+    if task not in metaworld.ALL_V3_ENVIRONMENTS:
+        raise KeyError(f"Unknown Meta-World task '{task}'")
+    return metaworld.MT1(task, seed=seed)
+
+
+class MetaWorldTaskEnv:
+    """One goal-visible Meta-World task whose goal variation is chosen at each reset.
+
+    `reset(goal)` returns a float32 observation; `step` returns float32 obs, float reward, success flag.
+    Episodes end after `max_episode_steps` (Meta-World never terminates early).
+    """
+
+    def __init__(self, task: str, seed: int = 0, max_episode_steps: int = 500) -> None:
+        self.task = task
+        self.max_episode_steps = min(max_episode_steps, 500)
+        self._mt1 = _benchmark(task, seed)
+        self.env = self._mt1.train_classes[task]()
+        self.t = 0
+
+    @property
+    def goals(self) -> list[Any]:
+        return self._mt1.train_tasks
+
+    def reset(self, goal: int) -> np.ndarray:
+        self.env.set_task(self.goals[goal])
+        obs, _ = self.env.reset()
+        self.t = 0
+        return obs.astype(np.float32)
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
+        """Step; returns (obs, reward, success, truncated)."""
+        obs, reward, _terminated, _truncated, info = self.env.step(np.clip(action, -1.0, 1.0))
+        self.t += 1
+        return obs.astype(np.float32), float(reward), bool(info["success"]), self.t >= self.max_episode_steps
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def scripted_expert(task: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The task's scripted expert as a function obs -> action (its 'Constant(s) may be too high' warning off)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from metaworld.policies import ENV_POLICY_MAP
+
+    policy = ENV_POLICY_MAP[task]()
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return np.asarray(policy.get_action(obs.astype(np.float64)), dtype=np.float32)
+
+    return act
