@@ -39,6 +39,8 @@ class DataConfig:
     unseen_tasks: list[str] = field(default_factory=list)
     # Minari dataset names are `<benchmark>/<task>/<kind>-<version>`, e.g. metaworld/push-v3/mixed-v0.
     dataset_version: str = "v0"
+    # Seed of data generation; separate from the training seed so that runs over seeds share one dataset.
+    seed: int = 0
     episodes_per_task: int = 50
     prompt_episodes: int = 5
     max_episode_steps: int = 500

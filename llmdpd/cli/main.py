@@ -1,0 +1,51 @@
+"""`llmdpd` command line: `data`, `train`, `eval`, `compare`, `launch` (also `python -m llmdpd`)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Sequence
+
+# Subcommand name -> module in llmdpd.cli exposing register(subparsers) and run(args) -> int.
+COMMANDS = {
+    "data": "llmdpd.cli.data",
+    "train": "llmdpd.cli.train",
+    "eval": "llmdpd.cli.evaluate",
+    "compare": "llmdpd.cli.compare",
+    "launch": "llmdpd.cli.launch",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llmdpd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in COMMANDS.values():
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as err:  # a subcommand not present in this build
+            if err.name != module:
+                raise
+    return parser
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """EXP plus OmegaConf dot-list overrides, shared by data/train/eval."""
+    parser.add_argument("exp", help="experiment name in experiments/ or a path to a YAML file")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=1000")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    from llmdpd.config.load import ConfigError
+    from llmdpd.data.minari_store import DatasetError
+
+    try:
+        code = args.run(args)
+    except (ConfigError, DatasetError) as err:
+        print(f"llmdpd {args.command}: error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)

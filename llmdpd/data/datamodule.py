@@ -1,0 +1,324 @@
+"""`MetaWorldDataModule`: all training tasks' transitions in memory, task-grouped batches by index arithmetic.
+
+Each batch draws B transitions from each of N tasks plus one trajectory prompt per task (layout in
+`llmdpd.data.batch`). Batch i of rank r is drawn from a generator seeded by (seed, r, i) alone, so a
+resumed run sees exactly the batches an uninterrupted one would, whatever the loader prefetched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from tensordict import TensorDict
+from torch.utils.data import DataLoader, IterableDataset
+
+from llmdpd.config.schema import ExperimentConfig
+from llmdpd.data import tasks as task_registry
+from llmdpd.data.generate import dataset_id
+from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
+from llmdpd.data.normalizer import ObservationNormalizer
+
+
+class EpisodeStore:
+    """Episodes of several tasks concatenated into flat tensors, with per-task and per-episode offsets."""
+
+    def __init__(self, per_task_episodes: list[list[dict[str, np.ndarray]]]) -> None:
+        obs, act, rew, nxt, done, positions = [], [], [], [], [], []
+        task_start, task_count, ep_start, ep_len, ep_task = [], [], [], [], []
+        cursor = 0
+        for t, episodes in enumerate(per_task_episodes):
+            task_start.append(cursor)
+            for ep in episodes:
+                steps = len(ep["actions"])
+                obs.append(ep["observations"][:-1])
+                nxt.append(ep["observations"][1:])
+                act.append(ep["actions"])
+                rew.append(ep["rewards"])
+                done.append(ep["terminations"])
+                positions.append(np.arange(steps))
+                ep_start.append(cursor)
+                ep_len.append(steps)
+                ep_task.append(t)
+                cursor += steps
+            task_count.append(cursor - task_start[-1])
+        self.transitions = TensorDict(
+            {
+                "obs": torch.from_numpy(np.concatenate(obs)),
+                "action": torch.from_numpy(np.concatenate(act)),
+                "reward": torch.from_numpy(np.concatenate(rew))[:, None],
+                "next_obs": torch.from_numpy(np.concatenate(nxt)),
+                "done": torch.from_numpy(np.concatenate(done)).float()[:, None],
+                "position": torch.from_numpy(np.concatenate(positions)),
+            },
+            batch_size=[cursor],
+        )
+        self.task_start = torch.tensor(task_start)
+        self.task_count = torch.tensor(task_count)
+        self.episode_start = torch.tensor(ep_start)
+        self.episode_length = torch.tensor(ep_len)
+        # Episodes of task t are episode_offset[t] .. episode_offset[t] + episodes_per_task[t] - 1.
+        counts = torch.bincount(torch.tensor(ep_task), minlength=len(per_task_episodes))
+        self.episodes_per_task = counts
+        self.episode_offset = torch.cumsum(counts, 0) - counts
+
+    def to(self, device: torch.device) -> "EpisodeStore":
+        for name, value in vars(self).items():
+            setattr(self, name, value.to(device))
+        return self
+
+
+def prompt_indices(
+    store: EpisodeStore, episode: torch.Tensor, length: int, offset_frac: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices [n, H] of H steps spaced evenly across each episode from a random offset.
+
+    The stride is episode_length // H (at least 1); the offset is offset_frac * stride. Steps past the
+    episode's end (episodes shorter than H) repeat its last step.
+    """
+    ep_len = store.episode_length[episode]
+    stride = torch.clamp(ep_len // length, min=1)
+    offset = (offset_frac * stride).long()
+    steps = offset[:, None] + stride[:, None] * torch.arange(length, device=ep_len.device)
+    steps = torch.minimum(steps, (ep_len - 1)[:, None])
+    return store.episode_start[episode][:, None] + steps, steps
+
+
+class TaskGroupedBatches(IterableDataset):
+    """Endless task-grouped batches drawn from a `MetaWorldDataModule`, starting at batch `start`."""
+
+    def __init__(self, datamodule: "MetaWorldDataModule", start: int = 0) -> None:
+        self.dm = datamodule
+        self.start = start
+
+    def __iter__(self) -> Iterator[TensorDict]:
+        i = self.start
+        while True:
+            yield self.dm.sample_batch(i)
+            i += 1
+
+
+def _identity(batch):
+    return batch
+
+
+class MetaWorldDataModule(L.LightningDataModule):
+    """Multi-task offline data for LLMDPD: transitions, trajectory prompts and task-text embeddings.
+
+    `text_embedder` (a `llmdpd.prompts.text_embeddings.TextEmbedder`, or None when text prompts are off)
+    embeds each task's descriptions once; training samples one paraphrase per task per batch.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, text_embedder=None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.text_embedder = text_embedder
+        self.train_tasks, self.unseen_tasks = task_registry.split_tasks(cfg.data)
+        self.root = Path(cfg.paths.data_dir)
+        self.prompt_length = int(cfg.data.prompt_length)
+        self.batch_size_per_task = int(cfg.data.batch_size_per_task)
+        n = int(cfg.data.tasks_per_batch)
+        self.tasks_per_batch = len(self.train_tasks) if n <= 0 else min(n, len(self.train_tasks))
+        self.reward_scale = float(cfg.data.reward_scale)
+        self.seed = int(cfg.seed)
+        self.rank = 0
+        self.next_batch = 0
+        self.transitions: Optional[EpisodeStore] = None
+        self._prompt_stores: dict[str, EpisodeStore] = {}
+        self._text_cache: dict[str, Optional[torch.Tensor]] = {}
+
+    # ----------------------------------------------------------------------------------------- loading
+    def _make_command(self) -> str:
+        return f"llmdpd data {self.cfg.name}  (or: make data EXP={self.cfg.name})"
+
+    def _episodes(self, task: str, kind: str) -> list[dict[str, np.ndarray]]:
+        ds_id = dataset_id(self.cfg, task, kind)
+        dataset = load_dataset(self.root, ds_id, make_command=self._make_command())
+        episodes = read_episodes(dataset)
+        if not episodes:
+            raise DatasetError(f"Dataset '{ds_id}' holds no episodes")
+        return episodes
+
+    def _prompt_store(self, task: str) -> EpisodeStore:
+        if task not in self._prompt_stores:
+            self._prompt_stores[task] = EpisodeStore([self._episodes(task, "prompt")]).to(self.device)
+        return self._prompt_stores[task]
+
+    @property
+    def device(self) -> torch.device:
+        want = self.cfg.data.device
+        if want != "auto":
+            return torch.device(want)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return trainer.strategy.root_device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.transitions is not None:
+            return
+        trainer = getattr(self, "trainer", None)
+        self.rank = trainer.global_rank if trainer is not None else 0
+        store = EpisodeStore([self._episodes(task, "mixed") for task in self.train_tasks])
+        self.normalizer = ObservationNormalizer.fit(store.transitions["obs"])
+        # Normalise once, here, so that sampling is pure indexing.
+        store.transitions["obs"] = self.normalizer(store.transitions["obs"])
+        store.transitions["next_obs"] = self.normalizer(store.transitions["next_obs"])
+        store.transitions["reward"] = store.transitions["reward"] * self.reward_scale
+        self.transitions = store.to(self.device)
+        self.normalizer = self.normalizer.to(self.device)
+        prompts = [self._prompt_store(task) for task in self.train_tasks]
+        self._train_prompts = _stack_prompt_stores(prompts, self.normalizer, self.reward_scale)
+        self.text_table, self.text_count = self._text_table(self.train_tasks)
+
+    def _text_table(self, tasks: list[str]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        if self.text_embedder is None:
+            return None, None
+        embs = [self.text_embeddings(task) for task in tasks]
+        width = max(e.shape[0] for e in embs)
+        table = torch.zeros(len(tasks), width, embs[0].shape[1])
+        for i, e in enumerate(embs):
+            table[i, : e.shape[0]] = e
+        return table.to(self.device), torch.tensor([e.shape[0] for e in embs], device=self.device)
+
+    # ------------------------------------------------------------------------------------ properties
+    @property
+    def obs_dim(self) -> int:
+        return int(self.transitions.transitions["obs"].shape[-1])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.transitions.transitions["action"].shape[-1])
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_embedder.dim) if self.text_embedder is not None else 0
+
+    # ------------------------------------------------------------------------------------- sampling
+    def _generator(self, batch_index: int) -> torch.Generator:
+        g = torch.Generator(device=self.device)
+        g.manual_seed(hash((self.seed, self.rank, batch_index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return g
+
+    def sample_batch(self, batch_index: int) -> TensorDict:
+        """Batch number `batch_index` of this rank (a pure function of seed, rank and index)."""
+        store, dev = self.transitions, self.device
+        g = self._generator(batch_index)
+        n, b = self.tasks_per_batch, self.batch_size_per_task
+        num_tasks = len(self.train_tasks)
+        if n < num_tasks:
+            tasks = torch.randperm(num_tasks, generator=g, device=dev)[:n]
+        else:
+            tasks = torch.arange(num_tasks, device=dev)
+        u = torch.rand(n, b, generator=g, device=dev)
+        idx = store.task_start[tasks][:, None] + (u * store.task_count[tasks][:, None]).long()
+        batch = store.transitions[idx].exclude("position")
+        batch.batch_size = [n]
+        batch["task"] = tasks
+        prompt = self._train_prompts
+        ep = prompt.episode_offset[tasks] + (
+            torch.rand(n, generator=g, device=dev) * prompt.episodes_per_task[tasks]
+        ).long()
+        flat, _ = prompt_indices(prompt, ep, self.prompt_length, torch.rand(n, generator=g, device=dev))
+        steps = prompt.transitions[flat]
+        batch["prompt_obs"] = steps["obs"]
+        batch["prompt_action"] = steps["action"]
+        batch["prompt_reward"] = steps["reward"]
+        batch["prompt_position"] = steps["position"]
+        if self.text_table is not None:
+            choice = (torch.rand(n, generator=g, device=dev) * self.text_count[tasks]).long()
+            batch["text_emb"] = self.text_table[tasks, choice]
+        return batch
+
+    def sample_alignment_batch(self, batch_index: int, prompts_per_task: int) -> TensorDict:
+        """An alignment batch [N, K]: K prompts per training task, each with an independent paraphrase."""
+        g = self._generator(batch_index)
+        dev, k = self.device, prompts_per_task
+        n = len(self.train_tasks)
+        tasks = torch.arange(n, device=dev)[:, None].expand(n, k).reshape(-1)
+        prompt = self._train_prompts
+        ep = prompt.episode_offset[tasks] + (
+            torch.rand(n * k, generator=g, device=dev) * prompt.episodes_per_task[tasks]
+        ).long()
+        flat, _ = prompt_indices(prompt, ep, self.prompt_length, torch.rand(n * k, generator=g, device=dev))
+        steps = prompt.transitions[flat]
+        batch = TensorDict(
+            {
+                "task": tasks,
+                "prompt_obs": steps["obs"],
+                "prompt_action": steps["action"],
+                "prompt_reward": steps["reward"],
+                "prompt_position": steps["position"],
+            },
+            batch_size=[n * k],
+        )
+        if self.text_table is not None:
+            choice = (torch.rand(n * k, generator=g, device=dev) * self.text_count[tasks]).long()
+            batch["text_emb"] = self.text_table[tasks, choice]
+        return batch.reshape(n, k)
+
+    # --------------------------------------------------------------------- evaluation-side accessors
+    def text_embeddings(self, task: str) -> Optional[torch.Tensor]:
+        """[P, E] LM embeddings of a task's descriptions (eval overrides, then data config, then registry)."""
+        if self.text_embedder is None:
+            return None
+        if task not in self._text_cache:
+            overrides = {**dict(self.cfg.data.descriptions), **dict(self.cfg.eval.descriptions)}
+            texts = task_registry.descriptions(task, overrides)
+            self._text_cache[task] = self.text_embedder.embed(texts).float()
+        return self._text_cache[task]
+
+    def prompt(self, task: str, episode: int = 0, offset: int = 0) -> TensorDict:
+        """The normalised trajectory prompt of H steps from prompt episode `episode` of `task` (any task)."""
+        store = self._prompt_store(task)
+        count = int(store.episodes_per_task[0])
+        if not 0 <= episode < count:
+            raise IndexError(f"Prompt episode {episode} of '{task}' does not exist (it has {count})")
+        stride = max(int(store.episode_length[episode]) // self.prompt_length, 1)
+        frac = torch.tensor([min(offset, stride - 1) / stride], device=store.episode_length.device)
+        flat, _ = prompt_indices(store, torch.tensor([episode], device=frac.device), self.prompt_length, frac)
+        steps = store.transitions[flat[0]]
+        return TensorDict(
+            {
+                "prompt_obs": self.normalizer(steps["obs"]),
+                "prompt_action": steps["action"],
+                "prompt_reward": steps["reward"] * self.reward_scale,
+                "prompt_position": steps["position"],
+            },
+            batch_size=[],
+        )
+
+    # ------------------------------------------------------------------------------------- Lightning
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TaskGroupedBatches(self, start=self.next_batch), batch_size=None, collate_fn=_identity)
+
+    def state_dict(self) -> dict:
+        # One batch per optimisation step: the number of batches consumed is the global step.
+        trainer = getattr(self, "trainer", None)
+        consumed = trainer.global_step if trainer is not None else self.next_batch
+        return {"next_batch": int(consumed)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.next_batch = int(state_dict.get("next_batch", 0))
+
+
+def _stack_prompt_stores(stores: list[EpisodeStore], normalizer, reward_scale: float) -> EpisodeStore:
+    """One store over several tasks' prompt episodes, normalised like the transitions."""
+    merged = EpisodeStore.__new__(EpisodeStore)
+    tds = [s.transitions for s in stores]
+    merged.transitions = torch.cat(tds)
+    merged.transitions["obs"] = normalizer(merged.transitions["obs"])
+    merged.transitions["next_obs"] = normalizer(merged.transitions["next_obs"])
+    merged.transitions["reward"] = merged.transitions["reward"] * reward_scale
+    sizes = torch.tensor([len(t) for t in tds], device=tds[0].device)
+    step_offset = torch.cumsum(sizes, 0) - sizes
+    merged.episode_start = torch.cat([s.episode_start + o for s, o in zip(stores, step_offset)])
+    merged.episode_length = torch.cat([s.episode_length for s in stores])
+    merged.episodes_per_task = torch.cat([s.episodes_per_task for s in stores])
+    merged.episode_offset = torch.cumsum(merged.episodes_per_task, 0) - merged.episodes_per_task
+    merged.task_start = step_offset
+    merged.task_count = sizes
+    return merged

@@ -1,0 +1,153 @@
+"""`llmdpd data`: generate the Minari datasets an experiment needs, in parallel, resumably.
+
+Each (task, kind) dataset is one job. A job that finds its dataset complete (same recipe fingerprint in
+its metadata) skips it, so an interrupted run resumes where it stopped. Jobs hold a file lock per dataset,
+so concurrent `llmdpd data` calls on one folder (several DDP ranks, two terminals) write each dataset once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+import llmdpd
+from llmdpd.config.schema import ExperimentConfig
+from llmdpd.data import tasks as task_registry
+from llmdpd.data.collect import CollectionRecipe, collect_episodes
+from llmdpd.data.minari_store import DatasetError, read_metadata, write_episodes
+
+_progress = None  # shared episode counter in worker processes
+
+
+def dataset_id(cfg: ExperimentConfig, task: str, kind: str) -> str:
+    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v0`."""
+    if task in cfg.data.minari_ids and kind == "mixed":
+        return cfg.data.minari_ids[task]
+    return f"{cfg.data.benchmark}/{task}/{kind}-{cfg.data.dataset_version}"
+
+
+def recipe_for(cfg: ExperimentConfig, task: str, kind: str) -> CollectionRecipe:
+    data = cfg.data
+    if kind == "mixed":
+        scales = tuple(float(c.scale) for c in data.noise)
+        weights = tuple(float(c.weight) for c in data.noise)
+        episodes = data.episodes_per_task
+    else:
+        scales, weights, episodes = (float(data.prompt_noise),), (1.0,), data.prompt_episodes
+    return CollectionRecipe(
+        task=task,
+        kind=kind,
+        episodes=int(episodes),
+        max_episode_steps=int(data.max_episode_steps),
+        noise_scales=scales,
+        noise_weights=weights,
+        train_goals=int(data.train_goals),
+        seed=int(data.seed),
+        descriptions=tuple(task_registry.descriptions(task, dict(data.descriptions))),
+    )
+
+
+def is_complete(root: Path, ds_id: str, recipe: CollectionRecipe) -> bool:
+    meta = read_metadata(root, ds_id)
+    return meta is not None and meta.get("fingerprint") == recipe.fingerprint()
+
+
+def _metadata(recipe: CollectionRecipe, episodes) -> dict:
+    successes = [bool(ep.success.any()) for ep in episodes]
+    return {
+        "task": recipe.task,
+        "kind": recipe.kind,
+        "descriptions": list(recipe.descriptions),
+        "noise": {"scales": list(recipe.noise_scales), "weights": list(recipe.noise_weights)},
+        "seed": recipe.seed,
+        "train_goals": recipe.train_goals,
+        "max_episode_steps": recipe.max_episode_steps,
+        "fingerprint": recipe.fingerprint(),
+        "recipe": asdict(recipe),
+        "episode_goals": [ep.goal for ep in episodes],
+        "episode_noise_scales": [ep.noise_scale for ep in episodes],
+        "success_rate": sum(successes) / max(len(successes), 1),
+        "llmdpd_version": llmdpd.__version__,
+        "summary": f"Meta-World {recipe.task}: scripted expert with Gaussian action noise ({recipe.kind}).",
+    }
+
+
+def _init_worker(counter) -> None:
+    global _progress
+    _progress = counter
+
+
+def _tick() -> None:
+    if _progress is not None:
+        with _progress.get_lock():
+            _progress.value += 1
+
+
+def run_job(root: str, ds_id: str, recipe: CollectionRecipe, force: bool) -> tuple[str, str]:
+    """Generate one dataset unless complete; returns (dataset id, "written" | "skipped")."""
+    root_path = Path(root)
+    lock_dir = root_path / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_dir / (ds_id.replace("/", "__") + ".lock"))):
+        if not force and is_complete(root_path, ds_id, recipe):
+            for _ in range(recipe.episodes):
+                _tick()
+            return ds_id, "skipped"
+        if not force and read_metadata(root_path, ds_id) is not None:
+            raise DatasetError(
+                f"Dataset '{ds_id}' exists with a different recipe (seed, noise or episode counts changed). "
+                "Regenerate it with force=true, or set data.dataset_version to keep both."
+            )
+        episodes = collect_episodes(recipe, on_episode=_tick)
+        write_episodes(root_path, ds_id, episodes, _metadata(recipe, episodes))
+    return ds_id, "written"
+
+
+def generate(cfg: ExperimentConfig, force: bool | None = None, progress: bool = True) -> dict[str, str]:
+    """Generate every dataset the experiment needs; returns {dataset id: "written" | "skipped"}."""
+    force = bool(cfg.data.force if force is None else force)
+    train, unseen = task_registry.split_tasks(cfg.data)
+    root = Path(cfg.paths.data_dir)
+    jobs = []
+    for task in train + unseen:
+        if task in cfg.data.minari_ids:
+            continue  # an external dataset: nothing to generate
+        for kind in ("mixed", "prompt"):
+            jobs.append((str(root), dataset_id(cfg, task, kind), recipe_for(cfg, task, kind), force))
+    jobs.sort(key=lambda job: -job[2].episodes)  # longest first keeps workers busy to the end
+    total = sum(job[2].episodes for job in jobs)
+    ctx = mp.get_context("spawn")  # MuJoCo and torch are not fork-safe
+    counter = ctx.Value("l", 0)
+    results: dict[str, str] = {}
+    workers = max(1, min(int(cfg.data.workers), len(jobs)))
+    start = time.perf_counter()
+    with tqdm(total=total, desc="episodes", unit="ep", disable=not progress) as bar:
+        if workers == 1:
+            _init_worker(counter)
+            for job in jobs:
+                ds_id, status = run_job(*job)
+                results[ds_id] = status
+                bar.update(counter.value - bar.n)
+        else:
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(counter,)) as pool:
+                pending = [pool.apply_async(run_job, job) for job in jobs]
+                while pending:
+                    pending[0].wait(0.5)
+                    bar.update(counter.value - bar.n)
+                    for res in [r for r in pending if r.ready()]:
+                        ds_id, status = res.get()  # re-raises a worker's error here
+                        results[ds_id] = status
+                        pending.remove(res)
+                bar.update(counter.value - bar.n)
+    written = sum(s == "written" for s in results.values())
+    if progress:
+        print(
+            f"{written} dataset(s) written, {len(results) - written} already complete, under {root.resolve()} "
+            f"({time.perf_counter() - start:.1f} s)"
+        )
+    return results

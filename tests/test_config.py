@@ -1,0 +1,55 @@
+"""Experiment configs: every experiment loads, overrides apply, bad keys are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmdpd.config.load import EXPERIMENTS_DIR, ConfigError, load_config
+from llmdpd.data.tasks import registry, split_tasks
+
+
+@pytest.mark.parametrize("exp", sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+def test_every_experiment_loads(exp):
+    cfg = load_config(exp)
+    train, unseen = split_tasks(cfg.data)
+    assert train and not set(train) & set(unseen)
+    assert cfg.name == exp or cfg.name
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = load_config("smoke", ["trainer.max_steps=7", "policy.eta=0", "seed=3"])
+    assert cfg.trainer.max_steps == 7 and cfg.policy.eta == 0.0 and cfg.seed == 3
+    with pytest.raises(ConfigError, match="Invalid override"):
+        load_config("smoke", ["policy.eta=abc"])
+
+
+@pytest.mark.parametrize(
+    "override, named, suggestion",
+    [
+        ("policy.etaa=1", "policy.etaa", "policy.eta"),
+        ("trainer.max_step=5", "trainer.max_step", "trainer.max_steps"),
+        ("nonsense=1", "nonsense", None),
+    ],
+)
+def test_unknown_key_is_named(override, named, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", [override])
+    assert f"'{named}'" in str(err.value)
+    if suggestion:
+        assert f"'{suggestion}'" in str(err.value)
+
+
+def test_unknown_experiment_suggests_closest():
+    with pytest.raises(ConfigError, match="Did you mean 'smoke'"):
+        load_config("smok")
+
+
+def test_registry_matches_metaworld_benchmarks():
+    import metaworld
+
+    reg = registry()
+    assert len(reg["tasks"]) == 50
+    assert all(len(set(t["descriptions"])) >= 3 for t in reg["tasks"].values())
+    assert reg["splits"]["ml10"]["train"] == list(metaworld.ML10().train_classes)
+    assert reg["splits"]["ml10"]["test"] == list(metaworld.ML10().test_classes)
+    assert sorted(reg["splits"]["ml45"]["test"]) == sorted(metaworld.ML45().test_classes)
