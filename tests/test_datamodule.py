@@ -1,0 +1,110 @@
+"""MetaWorldDataModule: batch layout, task grouping, prompt sampling, normalisation, seeding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmdpd.config.load import load_config
+from llmdpd.data.datamodule import MetaWorldDataModule
+from llmdpd.data.minari_store import DatasetError
+
+
+@pytest.fixture
+def dm(smoke_cfg):
+    module = MetaWorldDataModule(smoke_cfg)
+    module.setup("fit")
+    return module
+
+
+def test_batch_shapes(dm, smoke_cfg):
+    batch = dm.sample_batch(0)
+    n, b, h = len(dm.train_tasks), smoke_cfg.data.batch_size_per_task, smoke_cfg.data.prompt_length
+    assert batch.batch_size == torch.Size([n])
+    assert batch["obs"].shape == (n, b, 39) and batch["next_obs"].shape == (n, b, 39)
+    assert batch["action"].shape == (n, b, 4) and batch["reward"].shape == (n, b, 1)
+    assert batch["done"].shape == (n, b, 1)
+    assert batch["prompt_obs"].shape == (n, h, 39) and batch["prompt_action"].shape == (n, h, 4)
+    assert batch["prompt_reward"].shape == (n, h, 1) and batch["prompt_position"].dtype == torch.long
+    assert batch["action"].abs().max() <= 1.0
+
+
+def test_transitions_are_grouped_by_task(dm):
+    store = dm.transitions.transitions
+    batch = dm.sample_batch(3)
+    for row, task in enumerate(batch["task"].tolist()):
+        lo = int(dm.transitions.task_start[task])
+        own = store["obs"][lo : lo + int(dm.transitions.task_count[task])]
+        # Every sampled observation is one of that task's own observations, with its own next observation.
+        match = (batch["obs"][row][:, None, :] == own[None]).all(-1)
+        assert match.any(1).all()
+        idx = match.float().argmax(1) + lo
+        torch.testing.assert_close(batch["next_obs"][row], store["next_obs"][idx])
+
+
+def test_prompts_are_evenly_spaced_steps_of_one_episode(dm, smoke_cfg):
+    h, length = smoke_cfg.data.prompt_length, smoke_cfg.data.max_episode_steps
+    stride = length // h
+    for i in range(5):
+        pos = dm.sample_batch(i)["prompt_position"]
+        assert torch.all(pos[:, 1:] - pos[:, :-1] == stride)
+        assert torch.all((pos[:, 0] >= 0) & (pos[:, 0] < stride))
+    # The prompt of a task is that task's prompt episode at those positions (normalised like transitions).
+    batch = dm.sample_batch(0)
+    prompts = dm._train_prompts
+    t = int(batch["task"][0])
+    first = prompts.episode_offset[t]
+    candidates = [prompts.transitions["obs"][prompts.episode_start[first + e] + batch["prompt_position"][0]]
+                  for e in range(int(prompts.episodes_per_task[t]))]
+    assert any(torch.equal(c, batch["prompt_obs"][0]) for c in candidates)
+
+
+def test_normalisation_statistics(dm):
+    obs = dm.transitions.transitions["obs"]
+    varying = dm.normalizer.std != 1.0
+    assert obs.mean(0).abs().max() < 1e-4
+    torch.testing.assert_close(obs.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0)
+
+
+def test_batches_are_a_function_of_seed_rank_and_index(dm, smoke_cfg):
+    a, b = dm.sample_batch(7), dm.sample_batch(7)
+    assert torch.equal(a["obs"], b["obs"])
+    assert not torch.equal(dm.sample_batch(8)["obs"], a["obs"])
+    dm.rank = 1
+    assert not torch.equal(dm.sample_batch(7)["obs"], a["obs"])
+
+
+def test_task_subsets_and_alignment_batch(smoke_cfg):
+    smoke_cfg.data.tasks_per_batch = 1
+    dm = MetaWorldDataModule(smoke_cfg)
+    dm.setup()
+    tasks = {int(dm.sample_batch(i)["task"][0]) for i in range(20)}
+    assert tasks == {0, 1}
+    align = dm.sample_alignment_batch(0, prompts_per_task=4)
+    assert align.batch_size == torch.Size([2, 4])
+    assert torch.equal(align["task"], torch.tensor([[0] * 4, [1] * 4]))
+    assert align["prompt_obs"].shape == (2, 4, smoke_cfg.data.prompt_length, 39)
+
+
+def test_unseen_task_prompt(dm, smoke_cfg):
+    prompt = dm.prompt("drawer-close-v3", episode=1)
+    assert prompt["prompt_obs"].shape == (smoke_cfg.data.prompt_length, 39)
+    assert prompt["prompt_position"][0] == 0
+    with pytest.raises(IndexError):
+        dm.prompt("drawer-close-v3", episode=smoke_cfg.data.prompt_episodes)
+
+
+def test_resume_state_continues_the_batch_sequence(dm):
+    loader = iter(dm.train_dataloader())
+    expected = [next(loader) for _ in range(4)]
+    resumed = MetaWorldDataModule(dm.cfg)
+    resumed.load_state_dict({"next_batch": 2})
+    resumed.setup()
+    again = next(iter(resumed.train_dataloader()))
+    assert torch.equal(again["obs"], expected[2]["obs"])
+
+
+def test_missing_data_names_dataset_and_command(tmp_path):
+    cfg = load_config("smoke", [f"paths.data_dir={tmp_path}"])
+    with pytest.raises(DatasetError, match=r"metaworld/reach-v3/mixed-v0.*llmdpd data smoke"):
+        MetaWorldDataModule(cfg).setup()
