@@ -8,7 +8,8 @@ resumed run sees exactly the batches an uninterrupted one would, whatever the lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional
+from functools import partial
+from typing import Callable, Iterator, Optional
 
 import lightning as L
 import numpy as np
@@ -88,16 +89,16 @@ def prompt_indices(
 
 
 class TaskGroupedBatches(IterableDataset):
-    """Endless task-grouped batches drawn from a `MetaWorldDataModule`, starting at batch `start`."""
+    """Endless batches `sample(i)` for i = start, start + 1, ... (sampling is a pure function of i)."""
 
-    def __init__(self, datamodule: "MetaWorldDataModule", start: int = 0) -> None:
-        self.dm = datamodule
+    def __init__(self, sample: Callable[[int], TensorDict], start: int = 0) -> None:
+        self.sample = sample
         self.start = start
 
     def __iter__(self) -> Iterator[TensorDict]:
         i = self.start
         while True:
-            yield self.dm.sample_batch(i)
+            yield self.sample(i)
             i += 1
 
 
@@ -126,6 +127,8 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.seed = int(cfg.seed)
         self.rank = 0
         self.next_batch = 0
+        # Set to K for the alignment stage: the loader then yields alignment batches of K prompts per task.
+        self.alignment_prompts_per_task: Optional[int] = None
         self.transitions: Optional[EpisodeStore] = None
         self._prompt_stores: dict[str, EpisodeStore] = {}
         self._text_cache: dict[str, Optional[torch.Tensor]] = {}
@@ -168,10 +171,17 @@ class MetaWorldDataModule(L.LightningDataModule):
         store.transitions["obs"] = self.normalizer(store.transitions["obs"])
         store.transitions["next_obs"] = self.normalizer(store.transitions["next_obs"])
         store.transitions["reward"] = store.transitions["reward"] * self.reward_scale
-        self.transitions = store.to(self.device)
-        self.normalizer = self.normalizer.to(self.device)
+        self._device = self.device
+        self.transitions = store.to(self._device)
+        self.normalizer = self.normalizer.to(self._device)
         prompts = [self._prompt_store(task) for task in self.train_tasks]
         self._train_prompts = _stack_prompt_stores(prompts, self.normalizer, self.reward_scale)
+        # One packed [steps, S + A + 1 + S + 1] tensor per store: a batch is a single gather, then views.
+        keys = ("obs", "action", "reward", "next_obs", "done")
+        self._widths = [store.transitions[k].shape[-1] for k in keys]
+        self._packed = torch.cat([store.transitions[k] for k in keys], -1)
+        self._packed_prompts = torch.cat([self._train_prompts.transitions[k] for k in keys], -1)
+        self._all_tasks = torch.arange(len(self.train_tasks), device=self._device)
         self.text_table, self.text_count = self._text_table(self.train_tasks)
 
     def _text_table(self, tasks: list[str]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -199,66 +209,47 @@ class MetaWorldDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------- sampling
     def _generator(self, batch_index: int) -> torch.Generator:
-        g = torch.Generator(device=self.device)
+        g = torch.Generator(device=self._device)
         g.manual_seed(hash((self.seed, self.rank, batch_index)) & 0x7FFF_FFFF_FFFF_FFFF)
         return g
 
     def sample_batch(self, batch_index: int) -> TensorDict:
         """Batch number `batch_index` of this rank (a pure function of seed, rank and index)."""
-        store, dev = self.transitions, self.device
+        store, dev = self.transitions, self._device
         g = self._generator(batch_index)
         n, b = self.tasks_per_batch, self.batch_size_per_task
         num_tasks = len(self.train_tasks)
         if n < num_tasks:
             tasks = torch.randperm(num_tasks, generator=g, device=dev)[:n]
         else:
-            tasks = torch.arange(num_tasks, device=dev)
-        u = torch.rand(n, b, generator=g, device=dev)
-        idx = store.task_start[tasks][:, None] + (u * store.task_count[tasks][:, None]).long()
-        batch = store.transitions[idx].exclude("position")
-        batch.batch_size = [n]
-        batch["task"] = tasks
-        prompt = self._train_prompts
-        ep = prompt.episode_offset[tasks] + (
-            torch.rand(n, generator=g, device=dev) * prompt.episodes_per_task[tasks]
-        ).long()
-        flat, _ = prompt_indices(prompt, ep, self.prompt_length, torch.rand(n, generator=g, device=dev))
-        steps = prompt.transitions[flat]
-        batch["prompt_obs"] = steps["obs"]
-        batch["prompt_action"] = steps["action"]
-        batch["prompt_reward"] = steps["reward"]
-        batch["prompt_position"] = steps["position"]
+            tasks = self._all_tasks
+        u = torch.rand(n * b + 3 * n, generator=g, device=dev)
+        idx = store.task_start[tasks][:, None] + (u[: n * b].view(n, b) * store.task_count[tasks][:, None]).long()
+        obs, action, reward, next_obs, done = self._packed[idx].split(self._widths, dim=-1)
+        data = {"task": tasks, "obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "done": done}
+        data.update(self._sample_prompts(tasks, u[n * b : n * b + n], u[n * b + n : n * b + 2 * n]))
         if self.text_table is not None:
-            choice = (torch.rand(n, generator=g, device=dev) * self.text_count[tasks]).long()
-            batch["text_emb"] = self.text_table[tasks, choice]
-        return batch
+            choice = (u[n * b + 2 * n :] * self.text_count[tasks]).long()
+            data["text_emb"] = self.text_table[tasks, choice]
+        return TensorDict(data, batch_size=[n], device=dev)
+
+    def _sample_prompts(self, tasks: torch.Tensor, u_episode: torch.Tensor, u_offset: torch.Tensor) -> dict:
+        prompt = self._train_prompts
+        ep = prompt.episode_offset[tasks] + (u_episode * prompt.episodes_per_task[tasks]).long()
+        flat, steps = prompt_indices(prompt, ep, self.prompt_length, u_offset)
+        obs, action, reward, _, _ = self._packed_prompts[flat].split(self._widths, dim=-1)
+        return {"prompt_obs": obs, "prompt_action": action, "prompt_reward": reward, "prompt_position": steps}
 
     def sample_alignment_batch(self, batch_index: int, prompts_per_task: int) -> TensorDict:
         """An alignment batch [N, K]: K prompts per training task, each with an independent paraphrase."""
         g = self._generator(batch_index)
-        dev, k = self.device, prompts_per_task
-        n = len(self.train_tasks)
-        tasks = torch.arange(n, device=dev)[:, None].expand(n, k).reshape(-1)
-        prompt = self._train_prompts
-        ep = prompt.episode_offset[tasks] + (
-            torch.rand(n * k, generator=g, device=dev) * prompt.episodes_per_task[tasks]
-        ).long()
-        flat, _ = prompt_indices(prompt, ep, self.prompt_length, torch.rand(n * k, generator=g, device=dev))
-        steps = prompt.transitions[flat]
-        batch = TensorDict(
-            {
-                "task": tasks,
-                "prompt_obs": steps["obs"],
-                "prompt_action": steps["action"],
-                "prompt_reward": steps["reward"],
-                "prompt_position": steps["position"],
-            },
-            batch_size=[n * k],
-        )
+        n, k = len(self.train_tasks), prompts_per_task
+        tasks = self._all_tasks[:, None].expand(n, k).reshape(-1)
+        u = torch.rand(3, n * k, generator=g, device=self._device)
+        data = {"task": tasks, **self._sample_prompts(tasks, u[0], u[1])}
         if self.text_table is not None:
-            choice = (torch.rand(n * k, generator=g, device=dev) * self.text_count[tasks]).long()
-            batch["text_emb"] = self.text_table[tasks, choice]
-        return batch.reshape(n, k)
+            data["text_emb"] = self.text_table[tasks, (u[2] * self.text_count[tasks]).long()]
+        return TensorDict(data, batch_size=[n * k], device=self._device).reshape(n, k)
 
     # --------------------------------------------------------------------- evaluation-side accessors
     def text_embeddings(self, task: str) -> Optional[torch.Tensor]:
@@ -293,7 +284,11 @@ class MetaWorldDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------- Lightning
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(TaskGroupedBatches(self, start=self.next_batch), batch_size=None, collate_fn=_identity)
+        if self.alignment_prompts_per_task:
+            sample = partial(self.sample_alignment_batch, prompts_per_task=self.alignment_prompts_per_task)
+        else:
+            sample = self.sample_batch
+        return DataLoader(TaskGroupedBatches(sample, start=self.next_batch), batch_size=None, collate_fn=_identity)
 
     def state_dict(self) -> dict:
         # One batch per optimisation step: the number of batches consumed is the global step.

@@ -1,0 +1,1 @@
+"""`make bench`: throughput figures of llmdpd against bare loops of the same work."""

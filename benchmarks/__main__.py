@@ -1,0 +1,24 @@
+"""Run every benchmark (or those named: `python -m benchmarks data datamodule training evaluation`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks import bench_data, bench_datamodule  # noqa: E402
+
+SUITES = {"data": bench_data.main, "datamodule": bench_datamodule.main}
+for optional in ("bench_training", "bench_evaluation"):
+    try:
+        module = __import__(f"benchmarks.{optional}", fromlist=["main"])
+        SUITES[optional.removeprefix("bench_")] = module.main
+    except ModuleNotFoundError:
+        pass
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(SUITES)
+    for name in names:
+        print(f"\n== {name} ==", flush=True)
+        SUITES[name]()

@@ -1,0 +1,1 @@
+"""Training: the two-stage pipeline from data to evaluation."""
