@@ -139,12 +139,15 @@ def train(cfg: ExperimentConfig) -> Path:
         save_top_k=-1,
         save_last=True,
     )
-    evaluation = EvaluationCallback.from_config(
-        cfg,
+    evaluation = EvaluationCallback(
         make_agent=lambda mod, episodes: PolicyAgent(mod, dm, episodes, prompt_episode=cfg.eval.prompt_episode),
+        cfg=cfg.eval,
         seen_tasks=dm.train_tasks,
         unseen_tasks=dm.unseen_tasks,
+        train_goals=cfg.data.train_goals,
         out_path=directory / "eval.json",
+        env_seed=cfg.data.seed,
+        run_seed=cfg.seed,
     )
     trainer = _stage_trainer(cfg, directory, int(cfg.trainer.max_steps), "policy", [checkpoints, evaluation])
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)

@@ -1,0 +1,84 @@
+"""Agents: act functions `act_fn(obs [n_live, 39], live) -> actions [n_live, 4]` for `evaluate_episodes`."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+from llmdpd.envs.metaworld import scripted_expert
+from llmdpd.evaluation.rollout import EvalEpisode
+
+
+class PromptSource(Protocol):
+    """What an agent needs from the data side to condition on a task (the DataModule provides it)."""
+
+    def text_embeddings(self, task: str) -> torch.Tensor | None:
+        """[P, E]: the LM embeddings of the task's P descriptions; None when text prompts are off."""
+
+    def prompt(self, task: str, episode: int, offset: int = 0) -> TensorDict:
+        """A normalised trajectory prompt (batch_size []) from the task's prompt episode `episode`."""
+
+
+class PolicyAgent:
+    """Acts with a trained `PolicyDiffusionModule`, one batched `module.act` call per step for all episodes.
+
+    The condition of every episode is computed once, up front: episode e of a task is described by the
+    task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
+    which is all an unseen task gives the agent. Observations are raw; the module normalises them.
+    """
+
+    def __init__(
+        self, module, source: PromptSource, episodes: Sequence[EvalEpisode], prompt_episode: int = 0
+    ) -> None:
+        self.module = module
+        self.device = _module_device(module)
+        with torch.no_grad():
+            self.condition = self._conditions(source, list(episodes), prompt_episode)
+
+    def _conditions(self, source: PromptSource, episodes: list[EvalEpisode], prompt_episode: int) -> torch.Tensor:
+        tasks = list(dict.fromkeys(ep.task for ep in episodes))
+        texts = {task: source.text_embeddings(task) for task in tasks}
+        prompts = {task: source.prompt(task, prompt_episode, 0) for task in tasks}
+        text_emb = None
+        if all(texts[ep.task] is not None for ep in episodes):
+            text_emb = torch.stack(
+                [texts[ep.task][ep.episode % len(texts[ep.task])] for ep in episodes]
+            ).to(self.device)
+        prompt = None
+        if all(prompts[ep.task] is not None for ep in episodes):
+            prompt = torch.stack([prompts[ep.task] for ep in episodes]).to(self.device)
+        return self.module.prompt_condition(text_emb, prompt)
+
+    def __call__(self, obs: np.ndarray, live: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            index = torch.as_tensor(live, dtype=torch.long, device=self.device)
+            action = self.module.act(obs_t, self.condition[index])
+        return action.float().cpu().numpy()
+
+
+class ExpertAgent:
+    """Meta-World's scripted expert of each episode's task, optionally with Gaussian action noise."""
+
+    def __init__(self, episodes: Sequence[EvalEpisode], noise: float = 0.0, seed: int = 0) -> None:
+        self.tasks = [ep.task for ep in episodes]
+        self.experts = {task: scripted_expert(task) for task in dict.fromkeys(self.tasks)}
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs: np.ndarray, live: list[int]) -> np.ndarray:
+        actions = np.stack([self.experts[self.tasks[i]](o) for i, o in zip(live, obs)])
+        if self.noise:
+            actions = actions + self.rng.normal(0.0, self.noise, actions.shape).astype(np.float32)
+        return np.clip(actions, -1.0, 1.0)
+
+
+def _module_device(module) -> torch.device:
+    device = getattr(module, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")

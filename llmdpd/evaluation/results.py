@@ -1,0 +1,95 @@
+"""Evaluation summaries: per-task and per-split means, and the run directory's `eval.json`.
+
+eval.json:
+    {"tasks":  {task: {"split", "success", "final_success", "return", "episodes"}},
+     "seen":   {"success_mean", "final_success_mean", "return_mean", "tasks", "episodes"},
+     "unseen": {... as "seen"},
+     "seed": the run's seed, "episodes_per_task": ...}
+
+A split's means are over its tasks (each task weighs the same); a split with no tasks has null means.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from llmdpd.evaluation.rollout import EpisodeResult
+
+SPLITS = ("seen", "unseen")
+
+
+def summarise(results: Sequence[EpisodeResult], seed: int, episodes_per_task: int | None = None) -> dict[str, Any]:
+    """The eval.json structure of one evaluation; `episodes_per_task` defaults to the largest count seen."""
+    by_task: dict[str, list[EpisodeResult]] = {}
+    for result in results:
+        by_task.setdefault(result.task, []).append(result)
+    tasks = {}
+    for task, rows in by_task.items():
+        splits = {row.split for row in rows}
+        if len(splits) != 1:
+            raise ValueError(f"Task '{task}' appears in both splits")
+        tasks[task] = {
+            "split": rows[0].split,
+            "success": float(np.mean([row.success for row in rows])),
+            "final_success": float(np.mean([row.final_success for row in rows])),
+            "return": float(np.mean([row.episode_return for row in rows])),
+            "episodes": len(rows),
+        }
+    summary: dict[str, Any] = {"tasks": tasks}
+    for split in SPLITS:
+        members = [entry for entry in tasks.values() if entry["split"] == split]
+        summary[split] = {
+            "success_mean": _mean([entry["success"] for entry in members]),
+            "final_success_mean": _mean([entry["final_success"] for entry in members]),
+            "return_mean": _mean([entry["return"] for entry in members]),
+            "tasks": len(members),
+            "episodes": sum(entry["episodes"] for entry in members),
+        }
+    summary["seed"] = seed
+    summary["episodes_per_task"] = (
+        episodes_per_task if episodes_per_task is not None else max((e["episodes"] for e in tasks.values()), default=0)
+    )
+    return summary
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def scalar_metrics(summary: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
+    """Flat scalars for loggers: <prefix>/<split>/<task>/{success,final_success,return} and split means."""
+    metrics = {}
+    for task, entry in summary["tasks"].items():
+        for key in ("success", "final_success", "return"):
+            metrics[f"{prefix}/{entry['split']}/{task}/{key}"] = entry[key]
+    for split in SPLITS:
+        for key in ("success_mean", "final_success_mean", "return_mean"):
+            if summary[split][key] is not None:
+                metrics[f"{prefix}/{split}/{key}"] = summary[split][key]
+    return metrics
+
+
+def write_eval_json(path: str | os.PathLike, summary: dict[str, Any]) -> None:
+    """Write `summary` atomically: readers see the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(summary, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_eval_json(path: str | os.PathLike) -> dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)

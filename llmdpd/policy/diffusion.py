@@ -1,0 +1,158 @@
+"""Diffusion actor (DESIGN.md item 4): a DDPM over actions, conditioned on the state and the prompt condition.
+
+Follows Diffusion-QL (Wang et al., 2023): few denoising steps, a variance-preserving beta schedule, an MLP
+noise network with a sinusoidal step embedding, the predicted clean action clipped to the action box at every
+reverse step, and the final sample clipped too. Schedule buffers stay fp32 (derived from the config, so
+not saved); under autocast the network runs in bf16 while the chain arithmetic promotes back to fp32.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def beta_schedule(name: str, steps: int) -> Tensor:
+    """Betas [steps] (fp32): "vp" (Diffusion-QL's variance preserving), "linear" or "cosine"."""
+    if name == "vp":
+        t = torch.arange(1, steps + 1, dtype=torch.float64)
+        b_min, b_max = 0.1, 10.0
+        alpha = torch.exp(-b_min / steps - 0.5 * (b_max - b_min) * (2 * t - 1) / steps**2)
+        betas = 1 - alpha
+    elif name == "linear":
+        betas = torch.linspace(1e-4, 2e-2, steps, dtype=torch.float64)
+    elif name == "cosine":
+        s = 0.008
+        x = torch.linspace(0, steps, steps + 1, dtype=torch.float64)
+        abar = torch.cos(((x / steps) + s) / (1 + s) * math.pi * 0.5) ** 2
+        abar = abar / abar[0]
+        betas = (1 - abar[1:] / abar[:-1]).clamp(0, 0.999)
+    else:
+        raise ValueError(f"Unknown beta schedule '{name}' (expected 'vp', 'linear' or 'cosine')")
+    return betas.float()
+
+
+class SinusoidalStepEmbedding(nn.Module):
+    """Transformer-style sin/cos embedding of the integer denoising step."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, step: Tensor) -> Tensor:
+        half = self.dim // 2
+        freq = torch.exp(torch.arange(half, device=step.device) * (-math.log(10000.0) / max(half - 1, 1)))
+        angle = step.float()[:, None] * freq[None, :]
+        return torch.cat([angle.sin(), angle.cos()], -1)
+
+
+def mlp(in_dim: int, hidden_dim: int, layers: int, out_dim: int) -> nn.Sequential:
+    """`layers` hidden Linear+Mish layers of width `hidden_dim`, then a linear output."""
+    modules: list[nn.Module] = []
+    width = in_dim
+    for _ in range(layers):
+        modules += [nn.Linear(width, hidden_dim), nn.Mish()]
+        width = hidden_dim
+    modules.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*modules)
+
+
+class NoiseNetwork(nn.Module):
+    """eps(a_k, k, s, c): an MLP over [a_k; step embedding; s; c]."""
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, cond_dim: int, hidden_dim: int, layers: int, time_dim: int
+    ) -> None:
+        super().__init__()
+        self.step_embedding = nn.Sequential(
+            SinusoidalStepEmbedding(time_dim),
+            nn.Linear(time_dim, 2 * time_dim),
+            nn.Mish(),
+            nn.Linear(2 * time_dim, time_dim),
+        )
+        self.net = mlp(action_dim + time_dim + obs_dim + cond_dim, hidden_dim, layers, action_dim)
+
+    def forward(self, noisy_action: Tensor, step: Tensor, obs: Tensor, cond: Tensor) -> Tensor:
+        emb = self.step_embedding(step)
+        dtype = emb.dtype
+        return self.net(torch.cat([noisy_action.to(dtype), emb, obs.to(dtype), cond.to(dtype)], -1))
+
+
+class DiffusionActor(nn.Module):
+    """A DDPM policy pi(a | s, c) with K steps; `loss` is the noise-prediction BC loss, `sample` the
+    reverse chain (differentiable when gradients are enabled, as Diffusion-QL's policy improvement needs)."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        cond_dim: int,
+        hidden_dim: int = 256,
+        layers: int = 3,
+        time_dim: int = 16,
+        steps: int = 5,
+        schedule: str = "vp",
+    ) -> None:
+        super().__init__()
+        self.action_dim = action_dim
+        self.steps = steps
+        self.model = NoiseNetwork(obs_dim, action_dim, cond_dim, hidden_dim, layers, time_dim)
+        betas = beta_schedule(schedule, steps)
+        alphas = 1 - betas
+        abar = torch.cumprod(alphas, 0)
+        abar_prev = torch.cat([torch.ones(1), abar[:-1]])
+        posterior_variance = betas * (1 - abar_prev) / (1 - abar)
+        buffers = {
+            "betas": betas,
+            "sqrt_abar": abar.sqrt(),
+            "sqrt_one_minus_abar": (1 - abar).sqrt(),
+            "sqrt_recip_abar": (1 / abar).sqrt(),
+            "sqrt_recipm1_abar": (1 / abar - 1).sqrt(),
+            "posterior_std": posterior_variance.clamp(min=1e-20).sqrt(),
+            "posterior_coef_x0": betas * abar_prev.sqrt() / (1 - abar),
+            "posterior_coef_xt": (1 - abar_prev) * alphas.sqrt() / (1 - abar),
+        }
+        for name, value in buffers.items():
+            self.register_buffer(name, value, persistent=False)
+
+    def loss(self, action: Tensor, obs: Tensor, cond: Tensor) -> Tensor:
+        """L_bc = E_k,eps ||eps - eps_theta(sqrt(abar_k) a + sqrt(1 - abar_k) eps, k, s, c)||^2."""
+        n = action.shape[0]
+        step = torch.randint(0, self.steps, (n,), device=action.device)
+        noise = torch.randn_like(action, dtype=self.sqrt_abar.dtype)
+        noisy = self.sqrt_abar[step, None] * action + self.sqrt_one_minus_abar[step, None] * noise
+        return F.mse_loss(self.model(noisy, step, obs, cond).float(), noise.float())
+
+    def _predict_noise(
+        self, x: Tensor, step: Tensor, obs: Tensor, cond: Tensor, null_cond: Optional[Tensor], guidance_weight: float
+    ) -> Tensor:
+        if null_cond is None or guidance_weight == 1.0:
+            return self.model(x, step, obs, cond)
+        # Classifier-free guidance: conditional and unconditional predictions in one batched call.
+        both = self.model(
+            torch.cat([x, x]), torch.cat([step, step]), torch.cat([obs, obs]), torch.cat([cond, null_cond])
+        )
+        eps_cond, eps_null = both.chunk(2)
+        return eps_null + guidance_weight * (eps_cond - eps_null)
+
+    def sample(
+        self, obs: Tensor, cond: Tensor, guidance_weight: float = 1.0, null_cond: Optional[Tensor] = None
+    ) -> Tensor:
+        """Draw one action per row of `obs` [n, S] / `cond` [n, C]; returns [n, A] in [-1, 1]."""
+        n = obs.shape[0]
+        dtype = self.sqrt_abar.dtype
+        x = torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)
+        if null_cond is not None:
+            null_cond = null_cond.expand(n, -1)
+        for k in reversed(range(self.steps)):
+            step = torch.full((n,), k, device=obs.device, dtype=torch.long)
+            eps = self._predict_noise(x, step, obs, cond, null_cond, guidance_weight).to(dtype)
+            x0 = (self.sqrt_recip_abar[k] * x - self.sqrt_recipm1_abar[k] * eps).clamp(-1.0, 1.0)
+            x = self.posterior_coef_x0[k] * x0 + self.posterior_coef_xt[k] * x
+            if k > 0:
+                x = x + self.posterior_std[k] * torch.randn_like(x)
+        return x.clamp(-1.0, 1.0)

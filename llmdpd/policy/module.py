@@ -1,0 +1,333 @@
+"""Policy stage (DESIGN.md items 3-6, 8, 9): prompt-conditioned diffusion policy trained with BC + Q-learning."""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from llmdpd.config.schema import ExperimentConfig
+from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder, config_section
+from llmdpd.policy.averaging import copy_parameters_, soft_update_
+from llmdpd.policy.conditioning import PromptConditioning
+from llmdpd.policy.critic import TwinCritic
+from llmdpd.policy.diffusion import DiffusionActor
+from llmdpd.policy.mlp_bc import MLPActor
+
+POLICY_KINDS = ("diffusion", "mlp_bc")
+
+
+def _optional(batch: Any, key: str) -> Optional[Tensor]:
+    return batch[key] if key in batch.keys() else None
+
+
+@contextmanager
+def _eval_mode(*modules: Optional[nn.Module]) -> Iterator[None]:
+    """Temporarily switch modules to eval mode, restoring each one's previous mode."""
+    present = [m for m in modules if m is not None]
+    modes = [m.training for m in present]
+    for m in present:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(present, modes):
+            m.train(mode)
+
+
+class PolicyDiffusionModule(LightningModule):
+    """Stage 2: a diffusion actor and twin critics conditioned on c = [z_text; z_traj].
+
+    One training step = one AdamW step over three parameter groups (actor, critic, prompt encoders with the
+    null vectors), from ONE backward of critic_loss + actor_loss, so DDP sees one backward per forward and
+    `global_step` advances by one per batch. The actor's Q term evaluates the critic through detached
+    parameters (`torch.func.functional_call`), so it sends no gradient into the critic; the actor is
+    therefore improved against the critic as it was before this step's update. After the step the target
+    critics are soft-updated and the EMA actor is updated (a plain copy before `policy.ema_start`).
+
+    Observation mean/std and the reward scale are buffers, so a checkpoint carries its normaliser; `act`
+    takes raw observations. With `policy.kind: mlp_bc` the actor is a deterministic tanh MLP trained by
+    MSE, there is no critic, and acting returns the (EMA) actor's output. Precision: fp32 or bf16-mixed
+    (per-group gradient clipping assumes unscaled gradients, so fp16 with a grad scaler is not supported).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        action_dim: int,
+        text_dim: int,
+        cfg: dict,
+        obs_mean: Optional[Tensor] = None,
+        obs_std: Optional[Tensor] = None,
+    ) -> None:
+        super().__init__()
+        # The normaliser lives in the state dict, not in the hyperparameters.
+        self.save_hyperparameters(ignore=["obs_mean", "obs_std"])
+        self.automatic_optimization = False
+        self.cfg: ExperimentConfig = config_section(ExperimentConfig, cfg)
+        policy = self.cfg.policy
+        if policy.kind not in POLICY_KINDS:
+            raise ValueError(f"Unknown policy.kind '{policy.kind}' (expected one of {POLICY_KINDS})")
+        self.kind = policy.kind
+
+        mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean).float()
+        std = torch.ones(obs_dim) if obs_std is None else torch.as_tensor(obs_std).float()
+        self.register_buffer("obs_mean", mean.clone())
+        self.register_buffer("obs_std", std.clone())
+        self.register_buffer("reward_scale", torch.tensor(float(self.cfg.data.reward_scale)))
+
+        text_on = bool(self.cfg.text.enabled) and text_dim > 0
+        trajectory_on = bool(self.cfg.trajectory.enabled)
+        # A disabled prompt has no encoder at all (its parameters would get no gradients, which DDP rejects).
+        self.text_encoder = TextPromptEncoder(text_dim, self.cfg.text) if text_on else None
+        self.trajectory_encoder = (
+            TrajectoryPromptEncoder(obs_dim, action_dim, self.cfg.trajectory) if trajectory_on else None
+        )
+        self.conditioning = PromptConditioning(
+            self.cfg.text.out_dim, self.cfg.trajectory.width, text_on, trajectory_on, policy.prompt_dropout
+        )
+        cond_dim = self.conditioning.cond_dim
+
+        if self.kind == "diffusion":
+            self.actor: nn.Module = DiffusionActor(
+                obs_dim,
+                action_dim,
+                cond_dim,
+                hidden_dim=policy.hidden_dim,
+                layers=policy.layers,
+                time_dim=policy.time_dim,
+                steps=policy.diffusion_steps,
+                schedule=policy.beta_schedule,
+            )
+            self.critic: Optional[TwinCritic] = TwinCritic(
+                obs_dim, action_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers
+            )
+            self.critic_target: Optional[TwinCritic] = copy.deepcopy(self.critic).requires_grad_(False)
+        else:
+            self.actor = MLPActor(obs_dim, action_dim, cond_dim, policy.hidden_dim, policy.layers)
+            self.critic = None
+            self.critic_target = None
+        self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+
+        # Freezing only makes sense for aligned weights; decided here (not when weights are loaded) so that
+        # a resumed run builds the same optimizer parameter groups.
+        if self.cfg.alignment.enabled and self.cfg.alignment.freeze_in_policy_stage:
+            for encoder in (self.text_encoder, self.trajectory_encoder):
+                if encoder is not None:
+                    encoder.requires_grad_(False)
+
+    # ------------------------------------------------------------------------------------------ prompts
+    def load_prompt_encoders(self, align_module: nn.Module) -> None:
+        """Initialise the text and trajectory encoders from a trained `PromptEncoderModule`."""
+        for name in ("text_encoder", "trajectory_encoder"):
+            mine, theirs = getattr(self, name), getattr(align_module, name, None)
+            if mine is not None and theirs is not None:
+                mine.load_state_dict(theirs.state_dict())
+
+    def _encode(self, text_emb: Optional[Tensor], prompt: Any, n: int, drop: bool) -> Tensor:
+        z_text = z_trajectory = None
+        if self.text_encoder is not None and text_emb is not None:
+            z_text = self.text_encoder(text_emb)
+        if self.trajectory_encoder is not None and prompt is not None and "prompt_obs" in prompt.keys():
+            z_trajectory = self.trajectory_encoder.encode(prompt)
+        return self.conditioning(z_text, z_trajectory, n, drop=drop)
+
+    def normalize_obs(self, obs: Tensor) -> Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    @torch.no_grad()
+    def prompt_condition(self, text_emb: Optional[Tensor], prompt: Any, normalized: bool = True) -> Tensor:
+        """The condition c [n, C] for acting: no dropout, encoders in eval mode.
+
+        `text_emb` [n, E] (or [E]) LM embeddings; `prompt` a TensorDict/dict with `prompt_*` keys
+        [n, H, ...] (or [H, ...]), normalised like the training data (as `DataModule.prompt` returns it;
+        pass `normalized=False` for raw observations and rewards). A missing or disabled prompt gives its
+        null vector; a single text or prompt is broadcast against n of the other.
+        """
+        weight = self.conditioning.null_text
+        if text_emb is not None:
+            text_emb = text_emb.to(weight.device, weight.dtype)
+            text_emb = text_emb[None] if text_emb.dim() == 1 else text_emb
+        if prompt is not None:
+            prompt = {k: prompt[k].to(weight.device) for k in prompt.keys() if k.startswith("prompt_")}
+            if prompt["prompt_obs"].dim() == 2:
+                prompt = {k: v[None] for k, v in prompt.items()}
+            if not normalized:
+                prompt["prompt_obs"] = self.normalize_obs(prompt["prompt_obs"].to(self.obs_mean.dtype))
+                prompt["prompt_reward"] = prompt["prompt_reward"] * self.reward_scale
+        sizes = [x.shape[0] for x in (text_emb, None if prompt is None else prompt["prompt_obs"]) if x is not None]
+        n = max(sizes, default=1)
+        with _eval_mode(self.text_encoder, self.trajectory_encoder):
+            z_text = self.text_encoder(text_emb) if self.text_encoder is not None and text_emb is not None else None
+            z_trajectory = None
+            if self.trajectory_encoder is not None and prompt is not None:
+                z_trajectory = self.trajectory_encoder.encode(prompt)
+        z_text = None if z_text is None else z_text.expand(n, -1)
+        z_trajectory = None if z_trajectory is None else z_trajectory.expand(n, -1)
+        return self.conditioning(z_text, z_trajectory, n)
+
+    # ------------------------------------------------------------------------------------------- acting
+    @torch.no_grad()
+    def act(self, obs: Tensor, cond: Tensor) -> Tensor:
+        """Actions [n, A] in [-1, 1] for raw observations [n, S] under conditions [n, C] (or [1, C]).
+
+        Draws `policy.num_candidates` actions per state from the EMA actor in one batched call (with
+        classifier-free guidance when `policy.guidance_weight != 1`) and keeps the one with the highest
+        min_j Q_j. The MLP baseline returns its single action.
+        """
+        policy = self.cfg.policy
+        obs = obs.to(self.obs_mean.device, self.obs_mean.dtype)
+        n = obs.shape[0]
+        state = self.normalize_obs(obs)
+        cond = cond.to(state.device, self.conditioning.null_text.dtype).expand(n, -1)
+        m = max(int(policy.num_candidates), 1) if self.critic is not None else 1
+        state_rep, cond_rep = state.repeat_interleave(m, 0), cond.repeat_interleave(m, 0)
+        guidance = float(policy.guidance_weight)
+        null = self.conditioning.null(1) if guidance != 1.0 else None
+        actions = self.ema_actor.sample(state_rep, cond_rep, guidance_weight=guidance, null_cond=null)
+        if m > 1:
+            q = self.critic.q_min(state_rep, cond_rep, actions).reshape(n, m)
+            best = q.argmax(1)
+            actions = actions.reshape(n, m, -1)[torch.arange(n, device=best.device), best]
+        return actions.float().clamp(-1.0, 1.0)
+
+    # ----------------------------------------------------------------------------------------- training
+    @torch.no_grad()
+    def td_target(self, reward: Tensor, done: Tensor, next_obs: Tensor, cond: Tensor, next_action: Tensor) -> Tensor:
+        """y = r + gamma (1 - done) min_j Q'_j(s', c, a') from the target critics, fp32 [n, 1]."""
+        q1, q2 = self.critic_target(next_obs, cond, next_action)
+        next_q = torch.minimum(q1, q2).float()
+        return reward.float() + self.cfg.policy.gamma * (1.0 - done.float()) * next_q
+
+    def _losses(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        policy = self.cfg.policy
+        n, b = batch["obs"].shape[:2]
+        obs, action, reward, next_obs, done = (
+            batch[k].reshape(n * b, *batch[k].shape[2:]) for k in ("obs", "action", "reward", "next_obs", "done")
+        )
+        # Prompts are encoded once per task, then repeated over that task's B transitions.
+        cond = self._encode(_optional(batch, "text_emb"), batch, n, drop=True).repeat_interleave(b, 0)
+        bc_loss = self.actor.loss(action, obs, cond)
+        logs = {"train/bc_loss": bc_loss.detach()}
+        if self.critic is None:
+            return bc_loss, logs
+
+        critic_cond = cond.detach()
+        with torch.no_grad():
+            next_action = self.ema_actor.sample(next_obs, critic_cond)
+            target_q = self.td_target(reward, done, next_obs, critic_cond, next_action)
+        q1, q2 = self.critic(obs, critic_cond, action)
+        critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
+
+        q_loss = torch.zeros((), device=obs.device)
+        if policy.eta > 0:
+            new_action = self.actor.sample(obs, cond)
+            frozen = {name: p.detach() for name, p in self.critic.named_parameters()}
+            q1_new, q2_new = functional_call(self.critic, frozen, (obs, critic_cond, new_action))
+            q_loss = -q1_new.float().mean() / q2_new.float().abs().mean().detach().clamp_min(1e-6)
+        logs.update(
+            {
+                "train/q_loss": q_loss.detach(),
+                "train/critic_loss": critic_loss.detach(),
+                "train/q_mean": q1.detach().float().mean(),
+                "train/q_std": q1.detach().float().std(),
+                "train/target_q_mean": target_q.mean(),
+            }
+        )
+        return critic_loss + bc_loss + policy.eta * q_loss, logs
+
+    def training_step(self, batch: Any, batch_idx: int = 0) -> Tensor:
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        loss, logs = self._losses(batch)
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        clips = {"actor": self.cfg.policy.actor_grad_clip, "critic": self.cfg.policy.critic_grad_clip}
+        clips["prompt"] = clips["actor"]  # the prompt encoders learn from the actor's loss
+        for group in optimizer.param_groups:
+            name, clip = group["name"], clips[group["name"]]
+            norm = torch.nn.utils.clip_grad_norm_(group["params"], clip if clip > 0 else math.inf)
+            logs[f"train/{name}_grad_norm"] = norm.detach() if isinstance(norm, Tensor) else torch.tensor(norm)
+            logs[f"lr/{name}"] = torch.tensor(float(group["lr"]))
+        optimizer.step()
+        scheduler.step()
+        self.update_targets()
+        self.update_ema(self.global_step)
+        n, b = batch["obs"].shape[:2]
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n * b)
+        return loss.detach()
+
+    @torch.no_grad()
+    def update_targets(self) -> None:
+        """Soft update of the target critics: Q' <- (1 - tau) Q' + tau Q."""
+        if self.critic is not None:
+            soft_update_(self.critic_target, self.critic, self.cfg.policy.tau)
+
+    @torch.no_grad()
+    def update_ema(self, step: int) -> None:
+        """After `step` optimizer steps: copy the actor before `ema_start`, then every `ema_every` steps
+        ema <- decay * ema + (1 - decay) * actor."""
+        policy = self.cfg.policy
+        if step < policy.ema_start:
+            copy_parameters_(self.ema_actor, self.actor)
+        elif step % policy.ema_every == 0:
+            soft_update_(self.ema_actor, self.actor, 1.0 - policy.ema_decay)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        policy = self.cfg.policy
+        prompt_params = [
+            p
+            for module in (self.text_encoder, self.trajectory_encoder, self.conditioning)
+            if module is not None
+            for p in module.parameters()
+            if p.requires_grad
+        ]
+        # Actor and critic use Adam as in Diffusion-QL; the prompt encoders keep the alignment weight decay.
+        actor_params = list(self.actor.parameters())
+        groups = [{"name": "actor", "params": actor_params, "lr": policy.actor_lr, "weight_decay": 0.0}]
+        if self.critic is not None:
+            critic_params = list(self.critic.parameters())
+            groups.append({"name": "critic", "params": critic_params, "lr": policy.critic_lr, "weight_decay": 0.0})
+        prompt_decay = self.cfg.alignment.weight_decay
+        groups.append({"name": "prompt", "params": prompt_params, "lr": policy.prompt_lr, "weight_decay": prompt_decay})
+        optimizer = torch.optim.AdamW(groups)
+        factor = self._lr_factor()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * len(groups))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _lr_factor(self) -> Callable[[int], float]:
+        """The learning-rate multiplier per step: cosine to 0 over `trainer.max_steps`, or constant."""
+        schedule = self.cfg.policy.lr_schedule
+        if schedule not in ("cosine", "constant"):
+            raise ValueError(f"Unknown policy.lr_schedule '{schedule}' (expected 'cosine' or 'constant')")
+        total = int(self.cfg.trainer.get("max_steps") or -1)
+        if total <= 0 and self._trainer is not None:
+            total = int(self.trainer.max_steps)
+        if schedule == "constant" or total <= 0:
+            return lambda step: 1.0
+        return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The RNG drives diffusion noise, prompt dropout and target sampling; saving it lets a resumed run
+        # continue the same random stream (exactly so in a single process).
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        checkpoint["rng_state"] = rng
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only when resuming a fit: loading a checkpoint for evaluation must not reseed the caller.
+        rng = checkpoint.get("rng_state")
+        if rng is None or self._trainer is None:
+            return
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"].cpu())

@@ -1,0 +1,250 @@
+"""Evaluation: lock-step rollouts, episode plans, summaries, eval.json, agents and the training callback."""
+
+from __future__ import annotations
+
+import glob
+import json
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+
+from llmdpd.config.schema import EvalConfig
+from llmdpd.evaluation.agent import ExpertAgent, PolicyAgent
+from llmdpd.evaluation.callback import EvaluationCallback
+from llmdpd.evaluation.results import read_eval_json, summarise, write_eval_json
+from llmdpd.evaluation.rollout import (
+    EpisodeResult,
+    EvalEpisode,
+    RolloutTiming,
+    evaluate_episodes,
+    plan_episodes,
+)
+
+SEEN = ["reach-v3", "push-v3", "button-press-topdown-v3"]
+# The scripted experts succeed within about 75 steps on the held-out goals of these tasks.
+HORIZON = 120
+
+
+def test_expert_succeeds_on_seen_tasks():
+    episodes = plan_episodes(SEEN, [], episodes_per_task=3, train_goals=40, seed=0)
+    timing = RolloutTiming()
+    results = evaluate_episodes(episodes, ExpertAgent(episodes), HORIZON, timing=timing)
+    summary = summarise(results, seed=0)
+    assert [r.length for r in results] == [HORIZON] * len(episodes)
+    assert timing.env_steps == HORIZON * len(episodes)
+    for task in SEEN:
+        assert summary["tasks"][task]["success"] >= 0.8
+        assert summary["tasks"][task]["return"] > 0
+    assert summary["seen"]["success_mean"] >= 0.8
+    assert summary["seen"]["episodes"] == 9 and summary["unseen"]["tasks"] == 0
+
+
+def test_zero_policy_fails_and_rollouts_run_in_lock_step():
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], episodes_per_task=2, train_goals=40, seed=0)
+    calls = []
+
+    def zeros(obs, live):
+        calls.append((obs.shape, obs.dtype, list(live)))
+        return np.zeros((len(live), 4), dtype=np.float32)
+
+    results = evaluate_episodes(episodes, zeros, max_episode_steps=50)
+    assert len(calls) == 50
+    assert all(call == ((4, 39), np.float32, [0, 1, 2, 3]) for call in calls)
+    reach = [r for r in results if r.task == "reach-v3"]
+    assert not any(r.success or r.final_success for r in reach)
+    assert [(r.task, r.split, r.goal, r.episode) for r in results] == [
+        (e.task, e.split, e.goal, e.episode) for e in episodes
+    ]
+
+
+def test_act_fn_of_wrong_shape_is_an_error():
+    episodes = [EvalEpisode("reach-v3", "seen", 45, 0)]
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_episodes(episodes, lambda obs, live: np.zeros((len(live), 3)), max_episode_steps=5)
+
+
+def test_workers_give_the_same_results_as_one_process():
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], episodes_per_task=2, train_goals=40, seed=3)
+    one = evaluate_episodes(episodes, ExpertAgent(episodes, noise=0.3, seed=1), 40, workers=1)
+    two = evaluate_episodes(episodes, ExpertAgent(episodes, noise=0.3, seed=1), 40, workers=2)
+    assert one == two
+    assert len({r.episode_return for r in one}) == 4  # the episodes differ from each other
+
+
+def test_plan_episodes_holds_out_training_goals_and_is_deterministic():
+    plan = plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, train_goals=40, seed=7)
+    assert plan == plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, train_goals=40, seed=7)
+    assert plan != plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, train_goals=40, seed=8)
+    assert len(plan) == 5 * 12
+    for task in SEEN:
+        goals = [e.goal for e in plan if e.task == task]
+        assert all(e.split == "seen" for e in plan if e.task == task)
+        assert [e.episode for e in plan if e.task == task] == list(range(12))
+        assert all(40 <= g < 50 for g in goals)
+        assert sorted(goals[:10]) == list(range(40, 50))  # every held-out goal before any repeat
+    unseen = [e.goal for e in plan if e.split == "unseen"]
+    assert all(0 <= g < 50 for g in unseen) and len(set(unseen)) > 12
+    # A task's goals do not depend on which other tasks are planned.
+    alone = plan_episodes(["push-v3"], [], 12, train_goals=40, seed=7)
+    assert [e.goal for e in alone] == [e.goal for e in plan if e.task == "push-v3"]
+    with pytest.raises(ValueError):
+        plan_episodes(["reach-v3"], [], 1, train_goals=50, seed=0)
+
+
+def _result(task, split, success, final, ret, episode=0):
+    return EpisodeResult(task, split, 0, episode, success, final, ret, 10)
+
+
+def test_summary_means_and_eval_json(tmp_path):
+    results = [
+        _result("a", "seen", True, True, 10.0, 0),
+        _result("a", "seen", True, False, 20.0, 1),
+        _result("a", "seen", False, False, 0.0, 2),
+        _result("a", "seen", True, True, 30.0, 3),
+        _result("b", "seen", False, False, 4.0, 0),
+        _result("b", "seen", True, True, 8.0, 1),
+        _result("c", "unseen", True, False, 1.0, 0),
+        _result("c", "unseen", True, True, 3.0, 1),
+    ]
+    summary = summarise(results, seed=3, episodes_per_task=4)
+    assert summary["tasks"]["a"] == {"split": "seen", "success": 0.75, "final_success": 0.5, "return": 15.0, "episodes": 4}
+    assert summary["tasks"]["b"]["success"] == 0.5
+    # Split means weigh each task equally.
+    assert summary["seen"] == {
+        "success_mean": 0.625, "final_success_mean": 0.5, "return_mean": 10.5, "tasks": 2, "episodes": 6
+    }
+    assert summary["unseen"] == {
+        "success_mean": 1.0, "final_success_mean": 0.5, "return_mean": 2.0, "tasks": 1, "episodes": 2
+    }
+    assert summary["seed"] == 3 and summary["episodes_per_task"] == 4
+    assert set(summary) == {"tasks", "seen", "unseen", "seed", "episodes_per_task"}
+
+    path = tmp_path / "run" / "eval.json"
+    write_eval_json(path, summary)
+    assert read_eval_json(path) == summary
+    assert [p.name for p in path.parent.iterdir()] == ["eval.json"]
+    empty = summarise([_result("a", "seen", True, True, 1.0)], seed=0)
+    assert empty["unseen"]["success_mean"] is None
+    json.dumps(empty)
+
+
+class _FakeSource:
+    """Two paraphrases per task; prompts whose observations encode the task and prompt episode."""
+
+    tasks = {"reach-v3": 0.0, "drawer-open-v3": 1.0}
+
+    def __init__(self):
+        self.prompt_calls = []
+
+    def text_embeddings(self, task):
+        base = self.tasks[task]
+        return torch.tensor([[base, 0.0], [base, 1.0]])
+
+    def prompt(self, task, episode, offset=0):
+        self.prompt_calls.append((task, episode, offset))
+        h = 3
+        return TensorDict(
+            {
+                "prompt_obs": torch.full((h, 39), 10.0 * episode),
+                "prompt_action": torch.zeros(h, 4),
+                "prompt_reward": torch.zeros(h, 1),
+                "prompt_position": torch.arange(h),
+            },
+            batch_size=[],
+        )
+
+
+class _FakePolicy(torch.nn.Module):
+    """condition = [text_emb, mean prompt obs]; action = the condition's first entries plus obs[:, :1] * 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.act_calls = 0
+
+    def prompt_condition(self, text_emb, prompt):
+        return torch.cat([text_emb, prompt["prompt_obs"].mean(dim=(1, 2))[:, None], torch.zeros(len(text_emb), 1)], 1)
+
+    def act(self, obs_raw, cond):
+        self.act_calls += 1
+        assert obs_raw.dtype == torch.float32 and obs_raw.shape == (len(cond), 39)
+        return cond * 0.01 * self.scale
+
+
+def test_policy_agent_conditions_each_episode_once():
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, train_goals=40, seed=0)
+    source, module = _FakeSource(), _FakePolicy()
+    agent = PolicyAgent(module, source, episodes, prompt_episode=2)
+    assert sorted(source.prompt_calls) == [("drawer-open-v3", 2, 0), ("reach-v3", 2, 0)]
+    expected = torch.tensor(
+        [[0, e % 2, 20, 0] for e in range(3)] + [[1, e % 2, 20, 0] for e in range(3)], dtype=torch.float32
+    )
+    torch.testing.assert_close(agent.condition, expected)
+    actions = agent(np.zeros((2, 39), np.float32), [1, 4])
+    np.testing.assert_allclose(actions, 0.01 * expected[[1, 4]].numpy(), rtol=1e-6)
+    results = evaluate_episodes(episodes, agent, max_episode_steps=5)
+    assert module.act_calls == 1 + 5 and len(results) == 6
+
+
+class _TinyModule(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+        self.modes_in_training_step = []
+
+    def training_step(self, batch, batch_idx):
+        self.modes_in_training_step.append(self.training)
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 2)), batch_size=4)
+
+
+def test_callback_logs_curves_and_writes_eval_json(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    modes_in_rollout = []
+
+    def make_agent(module, episodes):
+        rng = np.random.default_rng(0)
+
+        def act(obs, live):
+            modes_in_rollout.append(module.training)
+            return rng.uniform(-1, 1, (len(live), 4))
+
+        return act
+
+    cfg = EvalConfig(every_n_steps=2, episodes_per_task=2, max_episode_steps=10)
+    callback = EvaluationCallback(make_agent, cfg, ["reach-v3"], ["drawer-open-v3"], 40, tmp_path / "eval.json")
+    module = _TinyModule()
+    trainer = L.Trainer(
+        max_steps=5, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"), callbacks=[callback],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module)
+
+    assert modes_in_rollout and not any(modes_in_rollout)
+    assert all(module.modes_in_training_step) and len(module.modes_in_training_step) == 5
+    (events,) = glob.glob(str(tmp_path / "tb" / "*"))
+    acc = EventAccumulator(events)
+    acc.Reload()
+    # Periodic evaluations at steps 2 and 4, and the final one at step 5.
+    for tag in ("eval/seen/reach-v3/success", "eval/unseen/drawer-open-v3/return", "eval/seen/success_mean",
+                "eval/unseen/success_mean", "eval/unseen/final_success_mean", "eval/seen/return_mean"):
+        assert [event.step for event in acc.Scalars(tag)] == [2, 4, 5]
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    assert [category.title for category in layout.category] == ["eval/seen", "eval/unseen"]
+
+    summary = read_eval_json(tmp_path / "eval.json")
+    assert summary["tasks"]["reach-v3"]["episodes"] == 2 and summary["seen"]["success_mean"] == 0.0
+    returns = [event.value for event in acc.Scalars("eval/seen/return_mean")]
+    assert returns[-1] == pytest.approx(summary["seen"]["return_mean"])
