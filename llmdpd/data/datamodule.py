@@ -184,6 +184,11 @@ class MetaWorldDataModule(L.LightningDataModule):
         self._all_tasks = torch.arange(len(self.train_tasks), device=self._device)
         self.text_table, self.text_count = self._text_table(self.train_tasks)
 
+    def setup_for_evaluation(self, obs_mean: torch.Tensor, obs_std: torch.Tensor) -> None:
+        """Prompts and texts only, normalised with a checkpoint's statistics (no training data is loaded)."""
+        self._device = self.device
+        self.normalizer = ObservationNormalizer(obs_mean.float(), obs_std.float()).to(self._device)
+
     def _text_table(self, tasks: list[str]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         if self.text_embedder is None:
             return None, None

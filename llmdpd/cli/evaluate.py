@@ -1,0 +1,54 @@
+"""`llmdpd eval EXP ckpt=PATH [key=value ...]`: re-evaluate a checkpoint on seen and unseen tasks.
+
+Other wordings of a task: `--descriptions FILE` (YAML: task -> list of texts) or
+`eval.descriptions='{drawer-open-v3: ["Pull the drawer open."]}'`. Another demonstration as the
+trajectory prompt: `eval.prompt_episode=2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    from llmdpd.cli.main import add_experiment_arguments
+
+    parser = sub.add_parser("eval", help="evaluate a checkpoint", description=__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_experiment_arguments(parser)
+    parser.add_argument("--descriptions", type=Path, help="YAML file: task -> list of descriptions")
+    parser.add_argument("--out", type=Path, help="where to write the results (default: eval_<ckpt name>.json "
+                        "beside the run's eval.json)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+    from omegaconf import OmegaConf
+
+    from llmdpd.config.load import ConfigError, load_config
+    from llmdpd.evaluation.runner import evaluate_checkpoint
+    from llmdpd.training.pipeline import resolve_ckpt, run_dir
+
+    cfg = load_config(args.exp, args.overrides)
+    if args.descriptions is not None:
+        texts = yaml.safe_load(args.descriptions.read_text())
+        if not isinstance(texts, dict) or not all(isinstance(v, list) and v for v in texts.values()):
+            raise ConfigError(f"{args.descriptions}: expected a mapping task -> non-empty list of descriptions")
+        cfg.eval.descriptions = OmegaConf.merge(cfg.eval.descriptions, texts)
+    if cfg.ckpt is None:
+        raise ConfigError("llmdpd eval needs ckpt=PATH (or ckpt=last for the experiment's run directory)")
+    ckpt = resolve_ckpt(cfg, run_dir(cfg))
+    if ckpt is None:
+        raise ConfigError(f"ckpt=last: no checkpoints/last.ckpt in {run_dir(cfg)}")
+    summary = evaluate_checkpoint(cfg, ckpt)
+    out = args.out or Path(ckpt).resolve().parent.parent / f"eval_{Path(ckpt).stem}.json"
+    from llmdpd.evaluation.results import write_eval_json
+    from llmdpd.evaluation.runner import format_summary
+
+    write_eval_json(out, summary)
+    print(format_summary(summary))
+    print(f"written: {out}")
+    return 0

@@ -1,0 +1,54 @@
+"""Evaluate a saved checkpoint outside training (what `llmdpd eval` runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from llmdpd.config.schema import ExperimentConfig
+from llmdpd.data.datamodule import MetaWorldDataModule
+from llmdpd.evaluation.agent import PolicyAgent
+from llmdpd.evaluation.results import summarise
+from llmdpd.evaluation.rollout import evaluate_episodes, plan_episodes
+
+
+def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
+    """Roll out `ckpt` on the experiment's seen and unseen tasks; returns the eval.json summary."""
+    from llmdpd.policy.module import PolicyDiffusionModule
+    from llmdpd.training.pipeline import make_text_embedder
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    module = PolicyDiffusionModule.load_from_checkpoint(ckpt, map_location=device).eval()
+    dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
+    dm.setup_for_evaluation(module.obs_mean, module.obs_std)
+    episodes = plan_episodes(
+        dm.train_tasks if cfg.eval.seen else [],
+        dm.unseen_tasks if cfg.eval.unseen else [],
+        cfg.eval.episodes_per_task,
+        cfg.data.train_goals,
+        cfg.eval.seed,
+    )
+    agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode)
+    results = evaluate_episodes(
+        episodes, agent, cfg.eval.max_episode_steps, workers=cfg.eval.workers, env_seed=cfg.data.seed, progress=True
+    )
+    return summarise(results, seed=cfg.seed, episodes_per_task=cfg.eval.episodes_per_task)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A markdown table of one evaluation: per task, then the split means."""
+    lines = ["| task | split | success | final success | return | episodes |", "|---|---|---|---|---|---|"]
+    for task, entry in summary["tasks"].items():
+        lines.append(
+            f"| {task} | {entry['split']} | {entry['success']:.3f} | {entry['final_success']:.3f} "
+            f"| {entry['return']:.1f} | {entry['episodes']} |"
+        )
+    for split in ("seen", "unseen"):
+        mean = summary[split]
+        if mean["success_mean"] is not None:
+            lines.append(
+                f"| **{split} mean** | {split} | {mean['success_mean']:.3f} | {mean['final_success_mean']:.3f} "
+                f"| {mean['return_mean']:.1f} | {mean['episodes']} |"
+            )
+    return "\n".join(lines)
