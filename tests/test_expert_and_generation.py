@@ -151,3 +151,12 @@ def test_cli_reports_unknown_key(tmp_path):
     assert out.returncode == 2
     assert "Unknown config key 'data.episodes_per_tsk'" in out.stderr
     assert "data.episodes_per_task" in out.stderr
+
+
+def test_relative_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config("smoke", ["paths.data_dir=data", "data.max_episode_steps=20", "data.episodes_per_task=1",
+                                "data.prompt_episodes=1", "data.train_tasks=[reach-v3]", "data.unseen_tasks=[]"])
+    generate(cfg, progress=False)
+    with minari_root(Path("data")):
+        assert minari.load_dataset("metaworld/reach-v3/mixed-v0").total_episodes == 1

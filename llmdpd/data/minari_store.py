@@ -31,7 +31,8 @@ class DatasetError(RuntimeError):
 def minari_root(root: Path) -> Iterator[None]:
     """Point Minari at `root` (it reads MINARI_DATASETS_PATH at each call) for the duration."""
     old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    # Absolute: Minari joins this path with others and a relative one ends up nested inside itself.
+    os.environ["MINARI_DATASETS_PATH"] = str(Path(root).resolve())
     try:
         yield
     finally:
@@ -51,7 +52,7 @@ def write_episodes(root: Path, dataset_id: str, episodes: list, metadata: dict[s
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
-    root = Path(root)
+    root = Path(root).resolve()
     final = dataset_dir(root, dataset_id)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
