@@ -36,7 +36,27 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. trainer.max_steps=1000")
 
 
+def quiet_known_noise() -> None:
+    """Drop library messages that say nothing about this run (advertising, deprecations inside libraries)."""
+    import logging
+    import warnings
+
+    for message in (
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning
+        r"Using ModelCheckpoint with manual optimization",  # we save after the step on purpose
+        r"Checkpoint directory .* exists and is not empty",  # the alignment stage writes there first
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+    class _NoAdverts(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "litlogger" not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_known_noise()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
