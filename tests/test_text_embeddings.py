@@ -112,7 +112,7 @@ def test_corrupt_cache_warns_and_recomputes(tmp_path: Path) -> None:
 
 def test_pooling_modes_give_different_vectors(cache_dir: Path) -> None:
     text = ["Insert the peg into the hole from the side."]
-    embedders = {pooling: TextEmbedder("minilm", pooling, cache_dir=cache_dir) for pooling in ("mean", "last", "cls")}
+    embedders = {pooling: TextEmbedder("minilm", pooling, cache_dir=cache_dir) for pooling in text_embeddings.POOLINGS}
     pooled = {pooling: embedder.embed(text)[0] for pooling, embedder in embedders.items()}
     assert not torch.allclose(pooled["mean"], pooled["last"], atol=1e-3)
     assert not torch.allclose(pooled["mean"], pooled["cls"], atol=1e-3)

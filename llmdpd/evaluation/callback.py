@@ -79,6 +79,8 @@ class EvaluationCallback(L.Callback):
             self.evaluate(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if 0 < trainer.max_steps and trainer.global_step < trainer.max_steps:
+            return  # stopped early (preempted): the resumed run evaluates; a preemption window is short
         if self._last_step != trainer.global_step:
             self.evaluate(trainer, pl_module)
         if trainer.is_global_zero and self.last_summary is not None:

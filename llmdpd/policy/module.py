@@ -328,6 +328,21 @@ class PolicyDiffusionModule(LightningModule):
         rng = checkpoint.get("rng_state")
         if rng is None or self._trainer is None:
             return
+        # Applied at the first batch: creating the data iterator after this hook draws from the global RNG.
+        self._resumed_rng_state = rng
+
+    def on_train_start(self) -> None:
+        # Under DDP every rank must draw its own diffusion noise, timesteps and prompt dropout. A checkpoint
+        # holds rank 0's RNG state only, so ranks seed from (seed, rank, step) at every (re)start instead.
+        if self.trainer.world_size > 1:
+            self._resumed_rng_state = None
+            torch.manual_seed(hash((int(self.cfg.seed), self.global_rank, self.global_step)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        rng = getattr(self, "_resumed_rng_state", None)
+        if rng is None:
+            return
+        self._resumed_rng_state = None
         torch.set_rng_state(rng["torch"].cpu())
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"].cpu())

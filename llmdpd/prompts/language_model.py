@@ -131,20 +131,22 @@ def _conversion_is_current(folder: Path, gguf: Path) -> bool:
 def _load_base_model(name: str, packaged_folder: Path | None) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoTokenizer
 
-    if packaged_folder is not None:
-        source, local_only = str(packaged_folder), True
-    else:
-        local = resolve_local_folder(name)
-        if local is None and _looks_like_path(name):
-            raise LanguageModelUnavailable(f"language model folder {name!r} does not exist.")
-        source, local_only = (str(local), True) if local is not None else (name, _hub_offline())
+    folder = packaged_folder or resolve_local_folder(name)
+    if folder is None and _looks_like_path(name):
+        raise LanguageModelUnavailable(f"language model folder {name!r} does not exist.")
+    source, local_only = (str(folder), True) if folder is not None else (name, _hub_offline())
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
         model = AutoModel.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as error:
-        if packaged_folder is not None or not local_only:
+        if folder is not None:
             raise LanguageModelUnavailable(
-                f"could not load language model {name!r} from {source}: {error} "
+                f"could not load language model {name!r} from the folder {source} (a Hugging Face model "
+                f"folder needs config.json, the weights and the tokenizer files): {error}"
+            ) from error
+        if not local_only:
+            raise LanguageModelUnavailable(
+                f"could not load language model {name!r} from the hub: {error} "
                 f"A model on disk can be used as text.model=/path/to/folder."
             ) from error
         raise LanguageModelUnavailable(

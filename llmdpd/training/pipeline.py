@@ -24,6 +24,7 @@ from llmdpd.config.load import ConfigError, to_yaml
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
+from llmdpd.training.requeue import SignalCheckpoint, latest_checkpoint
 
 
 def run_dir(cfg: ExperimentConfig) -> Path:
@@ -32,8 +33,12 @@ def run_dir(cfg: ExperimentConfig) -> Path:
 
 
 def global_rank() -> int:
-    """This process's rank as torchrun/SLURM announce it (0 when not distributed)."""
-    for var in ("RANK", "SLURM_PROCID"):
+    """This process's rank as torchrun/SLURM announce it (0 when not distributed).
+
+    Before the Trainer exists this is all there is; processes that Lightning itself launches only carry
+    LOCAL_RANK, which is non-zero exactly when the global rank is (single node).
+    """
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         if var in os.environ:
             return int(os.environ[var])
     return 0
@@ -73,18 +78,20 @@ def resolve_ckpt(cfg: ExperimentConfig, directory: Path) -> Optional[str]:
     if cfg.ckpt is None:
         return None
     if cfg.ckpt == "last":
-        last = directory / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        return latest_checkpoint(directory)
     if not Path(cfg.ckpt).is_file():
         raise ConfigError(f"ckpt={cfg.ckpt}: no such checkpoint file")
     return cfg.ckpt
 
 
-def _stage_trainer(cfg: ExperimentConfig, directory: Path, max_steps: int, name: str, callbacks: list, **extra) -> L.Trainer:
+def _stage_trainer(
+    cfg: ExperimentConfig, root: Path, max_steps: int, name: str, callbacks: list, **extra: Any
+) -> L.Trainer:
+    """A Trainer for one stage: TensorBoard events in <run dir>/tb/<name>, Lightning's own files in `root`."""
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=max_steps, **extra)
-    logger = TensorBoardLogger(str(directory), name="tb", version=name, default_hp_metric=False)
-    return L.Trainer(default_root_dir=str(directory), logger=logger, callbacks=callbacks, **kwargs)
+    logger = TensorBoardLogger(str(run_dir(cfg)), name="tb", version=name, default_hp_metric=False)
+    return L.Trainer(default_root_dir=str(root), logger=logger, callbacks=callbacks, **kwargs)
 
 
 def run_alignment(cfg: ExperimentConfig, dm: MetaWorldDataModule, directory: Path, dims: tuple[int, int, int]):
@@ -98,13 +105,15 @@ def run_alignment(cfg: ExperimentConfig, dm: MetaWorldDataModule, directory: Pat
         return PromptEncoderModule.load_from_checkpoint(str(done), map_location="cpu")
     module = PromptEncoderModule(*dims, cfg=cfg_dict)
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0, every_n_train_steps=max(cfg.alignment.max_steps // 4, 1))
-    trainer = _stage_trainer(cfg, directory, cfg.alignment.max_steps, "align", [checkpoint], log_every_n_steps=10)
+    callbacks = [checkpoint, SignalCheckpoint(ckpt_dir / "last.ckpt")]
+    # Its own root directory: a SLURM requeue checkpoint of this stage must not be taken for the policy's.
+    trainer = _stage_trainer(cfg, ckpt_dir, cfg.alignment.max_steps, "align", callbacks, log_every_n_steps=10)
     dm.alignment_prompts_per_task = cfg.alignment.prompts_per_task
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
     dm.alignment_prompts_per_task = None
     dm.next_batch = 0
-    trainer.save_checkpoint(str(done))
+    trainer.save_checkpoint(str(done), weights_only=False)
     return module
 
 
@@ -122,14 +131,6 @@ def train(cfg: ExperimentConfig) -> Path:
     prepare_data(cfg)
 
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
-    dm.setup("fit")
-    dims = (dm.obs_dim, dm.action_dim, dm.text_dim)
-    ckpt_path = resolve_ckpt(cfg, directory)
-    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
-    module = PolicyDiffusionModule(*dims, cfg=cfg_dict, obs_mean=dm.normalizer.mean.cpu(), obs_std=dm.normalizer.std.cpu())
-    uses_alignment = cfg.alignment.enabled and cfg.trajectory.enabled and cfg.text.enabled and cfg.policy.kind == "diffusion"
-    if uses_alignment and ckpt_path is None:
-        module.load_prompt_encoders(run_alignment(cfg, dm, directory, dims))
 
     checkpoints = ModelCheckpoint(
         dirpath=str(directory / "checkpoints"),
@@ -149,8 +150,22 @@ def train(cfg: ExperimentConfig) -> Path:
         env_seed=cfg.data.seed,
         run_seed=cfg.seed,
     )
-    trainer = _stage_trainer(cfg, directory, int(cfg.trainer.max_steps), "policy", [checkpoints, evaluation])
+    signals = SignalCheckpoint(directory / "checkpoints" / "last.ckpt")
+    trainer = _stage_trainer(cfg, directory, int(cfg.trainer.max_steps), "policy", [checkpoints, evaluation, signals])
+    # Set up the data with a trainer attached: it gives each DDP rank its own batch stream and device.
+    dm.trainer = trainer
+    dm.setup("fit")
+    dims = (dm.obs_dim, dm.action_dim, dm.text_dim)
+    ckpt_path = resolve_ckpt(cfg, directory)
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    module = PolicyDiffusionModule(*dims, cfg=cfg_dict, obs_mean=dm.normalizer.mean.cpu(), obs_std=dm.normalizer.std.cpu())
+    uses_alignment = cfg.alignment.enabled and cfg.trajectory.enabled and cfg.text.enabled and cfg.policy.kind == "diffusion"
+    if uses_alignment and ckpt_path is None:
+        module.load_prompt_encoders(run_alignment(cfg, dm, directory, dims))
+
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    # Periodic saves need not fall on the last step: make last.ckpt the final state (all ranks take part).
+    trainer.save_checkpoint(str(directory / "checkpoints" / "last.ckpt"), weights_only=False)
     if trainer.global_rank == 0:
         print(f"Run directory: {directory.resolve()}")
         print(f"  checkpoints: {directory / 'checkpoints'}   TensorBoard: tensorboard --logdir {directory / 'tb'}")
