@@ -5,30 +5,15 @@ from __future__ import annotations
 import tempfile
 import time
 
-from benchmarks.common import report
-from llmdpd.config.load import load_config
+from benchmarks.common import ml10_config, report
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
 
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as root:
-        tasks = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-close-v3",
-                 "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "sweep-v3", "basketball-v3"]
-        cfg = load_config(
-            "smoke",
-            [
-                f"paths.data_dir={root}",
-                f"data.train_tasks=[{','.join(tasks)}]",
-                "data.unseen_tasks=[]",
-                "data.episodes_per_task=2",
-                "data.prompt_episodes=1",
-                "data.max_episode_steps=200",
-                "data.workers=2",
-                "data.batch_size_per_task=26",  # 10 tasks x 26 = 260 transitions
-                "data.prompt_length=20",
-            ],
-        )
+        # 10 ML10 tasks x 26 transitions = 260 per batch, one 20-step prompt per task, no text (LM-free).
+        cfg = ml10_config(root, "data.batch_size_per_task=26", "data.prompt_length=20", "text.enabled=false")
         generate(cfg, progress=False)
         dm = MetaWorldDataModule(cfg)
         dm.setup()

@@ -26,12 +26,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 from torch.func import functional_call
 
-from benchmarks.common import report
-from llmdpd.config.load import load_config
+from benchmarks.common import ml10_config, report
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
-from llmdpd.data.tasks import split_tasks
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
 from llmdpd.policy.conditioning import PromptConditioning
 from llmdpd.policy.critic import TwinCritic
@@ -54,20 +52,6 @@ class RandomTextEmbedder:
     def embed(self, texts: list[str]) -> torch.Tensor:
         g = torch.Generator().manual_seed(zlib.crc32("\n".join(texts).encode()))
         return torch.randn(len(texts), self.dim, generator=g)
-
-
-def benchmark_config(root: str) -> ExperimentConfig:
-    tasks, _ = split_tasks(load_config("metaworld").data)
-    overrides = [
-        f"paths.data_dir={root}",
-        f"data.train_tasks=[{','.join(tasks)}]",
-        "data.unseen_tasks=[]",
-        "data.episodes_per_task=2",
-        "data.prompt_episodes=1",
-        "data.max_episode_steps=200",
-        "data.workers=2",
-    ]
-    return load_config("metaworld", overrides)
 
 
 def sync(device: torch.device) -> None:
@@ -265,7 +249,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
-        cfg = benchmark_config(root)
+        cfg = ml10_config(root)
         generate(cfg, progress=False)
         full = measure(cfg, ROUNDS, Path(root) / "tb")
         # Tiny networks and batches: the step is cheap, so the framework's fixed cost per step shows.

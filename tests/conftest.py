@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,3 +30,23 @@ def smoke_cfg(smoke_data_dir, tmp_path):
         "smoke",
         [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={tmp_path / 'runs'}"],
     )
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread; on a busy 2-core machine extra threads only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def cpu_trainer():
+    """A factory of quiet CPU Trainers running `steps` steps (no logger, checkpoints or progress bar)."""
+
+    def make(steps: int, **kwargs) -> L.Trainer:
+        options = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        return L.Trainer(max_steps=steps, accelerator="cpu", **{**options, **kwargs})
+
+    return make

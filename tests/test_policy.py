@@ -24,15 +24,6 @@ from llmdpd.prompts.alignment import PromptEncoderModule
 OBS, ACT, TEXT, H, N, B = 7, 3, 12, 6, 2, 16
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cfg(**policy) -> dict:
     cfg = OmegaConf.to_container(OmegaConf.structured(ExperimentConfig))
     small = dict(hidden_dim=32, layers=2, critic_hidden_dim=32, critic_layers=2, num_candidates=4)
@@ -58,18 +49,6 @@ def batches(count: int, text: bool = True, seed: int = 0) -> list:
 def loader(data: list) -> DataLoader:
     # Its own generator, so creating the iterator does not draw from the global RNG.
     return DataLoader(data, batch_size=None, collate_fn=lambda b: b, generator=torch.Generator())
-
-
-def trainer(steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 # ----------------------------------------------------------------------------------------------- parts
@@ -174,9 +153,9 @@ def test_td_target_matches_hand_computation():
 
 
 # --------------------------------------------------------------------------------------------- training
-def test_trainer_steps_and_logs():
+def test_trainer_steps_and_logs(cpu_trainer):
     module = make_module()
-    t = trainer(3)
+    t = cpu_trainer(3)
     t.fit(module, loader(batches(5)))
     assert t.global_step == 3
     expected = {
@@ -206,10 +185,10 @@ class GroupGradNorms(L.Callback):
             self.norms[group["name"]] = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
 
 
-def test_gradient_clipping_per_group():
+def test_gradient_clipping_per_group(cpu_trainer):
     module = make_module(small_cfg(actor_grad_clip=1e-3, critic_grad_clip=2e-3))
     record = GroupGradNorms()
-    t = trainer(1, callbacks=[record])
+    t = cpu_trainer(1, callbacks=[record])
     t.fit(module, loader(batches(1)))
     # Logged norms are the pre-clip totals; the optimizer saw each group clipped to its own limit.
     assert t.callback_metrics["train/actor_grad_norm"] > 1e-3
@@ -235,7 +214,7 @@ def test_actor_q_loss_sends_no_gradient_to_critic():
         assert torch.allclose(g0, g100, atol=1e-6)
 
 
-def test_bc_loss_falls_and_samples_stay_in_box():
+def test_bc_loss_falls_and_samples_stay_in_box(cpu_trainer):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     fixed = random_batch(N, 64, H, OBS, ACT, TEXT, generator=g)
@@ -250,7 +229,7 @@ def test_bc_loss_falls_and_samples_stay_in_box():
             return sum(module.actor.loss(act, obs, cond).item() for _ in range(20)) / 20
 
     before = bc_loss()
-    trainer(250).fit(module, loader([fixed] * 250))
+    cpu_trainer(250).fit(module, loader([fixed] * 250))
     after = bc_loss()
     assert after < 0.5 * before, (before, after)
     cond = module.prompt_condition(fixed["text_emb"], fixed)
@@ -258,9 +237,9 @@ def test_bc_loss_falls_and_samples_stay_in_box():
     assert actions.shape == (N, ACT) and actions.abs().max() <= 1
 
 
-def test_bf16_mixed_step_runs():
+def test_bf16_mixed_step_runs(cpu_trainer):
     module = make_module()
-    t = trainer(2, precision="bf16-mixed")
+    t = cpu_trainer(2, precision="bf16-mixed")
     t.fit(module, loader(batches(2)))
     assert t.global_step == 2
     assert torch.isfinite(t.callback_metrics["train/critic_loss"])
@@ -270,12 +249,12 @@ def test_bf16_mixed_step_runs():
         assert module.act(torch.randn(3, OBS), cond).shape == (3, ACT)
 
 
-def test_text_disabled_and_mlp_bc():
+def test_text_disabled_and_mlp_bc(cpu_trainer):
     cfg = small_cfg()
     cfg["text"]["enabled"] = False
     module = make_module(cfg)
     assert module.text_encoder is None
-    t = trainer(2)
+    t = cpu_trainer(2)
     t.fit(module, loader(batches(2, text=False)))
     assert t.global_step == 2
     cond = module.prompt_condition(torch.randn(2, TEXT), None)
@@ -283,7 +262,7 @@ def test_text_disabled_and_mlp_bc():
 
     bc = make_module(small_cfg(kind="mlp_bc"))
     assert bc.critic is None
-    t = trainer(2)
+    t = cpu_trainer(2)
     t.fit(bc, loader(batches(2)))
     assert t.global_step == 2 and "train/critic_loss" not in t.callback_metrics
     obs = torch.randn(4, OBS)
@@ -349,9 +328,9 @@ def test_load_prompt_encoders_and_freeze():
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
-def test_checkpoint_round_trip(tmp_path):
+def test_checkpoint_round_trip(tmp_path, cpu_trainer):
     module = make_module(small_cfg(ema_start=1, ema_every=1))
-    t = trainer(3)
+    t = cpu_trainer(3)
     t.fit(module, loader(batches(3)))
     path = tmp_path / "policy.ckpt"
     t.save_checkpoint(path)
@@ -370,18 +349,18 @@ def test_checkpoint_round_trip(tmp_path):
     assert torch.equal(a, loaded.act(obs, cond))
 
 
-def test_resumed_run_matches_uninterrupted(tmp_path):
+def test_resumed_run_matches_uninterrupted(tmp_path, cpu_trainer):
     data = batches(1) * 8  # one fixed batch: where the loader restarts after resuming cannot matter
     cfg = small_cfg(ema_start=1, ema_every=1, prompt_dropout=0.3)
     full = make_module(cfg)
-    trainer(4).fit(full, loader(data))
+    cpu_trainer(4).fit(full, loader(data))
 
     first = make_module(cfg)
-    t = trainer(2)
+    t = cpu_trainer(2)
     t.fit(first, loader(data))
     t.save_checkpoint(tmp_path / "half.ckpt")
     resumed = make_module(cfg)
     torch.manual_seed(999)  # a different RNG state: the checkpoint must restore it
-    trainer(4).fit(resumed, loader(data), ckpt_path=tmp_path / "half.ckpt")
+    cpu_trainer(4).fit(resumed, loader(data), ckpt_path=tmp_path / "half.ckpt")
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(p, q, atol=1e-6), name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,33 +19,12 @@ from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
 OBS, ACT, TEXT, H = 7, 3, 24, 10
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine extra threads only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_cfg() -> dict:
     cfg = OmegaConf.to_container(OmegaConf.structured(ExperimentConfig))
     cfg["trajectory"].update(width=32, layers=1, heads=2, max_position=64)
     cfg["text"].update(hidden_dim=32, out_dim=32)
     cfg["alignment"].update(lr=3e-3)
     return cfg
-
-
-def trainer(steps: int, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
 
 
 def test_trajectory_encoder_shapes_and_positions():
@@ -139,11 +117,11 @@ def synthetic_alignment(n_batches: int, tasks: int = 4, k: int = 8, seed: int = 
     return batches, prompts(25), texts[:, 0]
 
 
-def test_alignment_ranks_own_task_first():
+def test_alignment_ranks_own_task_first(cpu_trainer):
     torch.manual_seed(0)
     batches, held_out, texts = synthetic_alignment(n_batches=200)
     module = PromptEncoderModule(OBS, ACT, TEXT, small_cfg())
-    t = trainer(len(batches))
+    t = cpu_trainer(len(batches))
     t.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
     assert t.global_step == len(batches)
     scores = module.task_scores(held_out, texts)
@@ -153,10 +131,10 @@ def test_alignment_ranks_own_task_first():
     assert {"align/loss", "align/accuracy", "align/temperature"} <= set(metrics)
 
 
-def test_alignment_bf16_step_runs():
+def test_alignment_bf16_step_runs(cpu_trainer):
     batches, _, _ = synthetic_alignment(n_batches=2)
     module = PromptEncoderModule(OBS, ACT, TEXT, small_cfg())
-    t = trainer(2, precision="bf16-mixed")
+    t = cpu_trainer(2, precision="bf16-mixed")
     t.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda b: b))
     assert t.global_step == 2
     assert torch.isfinite(t.callback_metrics["align/loss"])
