@@ -8,6 +8,9 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks import bench_data, bench_datamodule  # noqa: E402
+from llmdpd.cli.main import quiet_known_noise  # noqa: E402
+
+quiet_known_noise()
 
 SUITES = {"data": bench_data.main, "datamodule": bench_datamodule.main}
 for optional in ("bench_training", "bench_evaluation"):
