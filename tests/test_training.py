@@ -83,6 +83,8 @@ def test_llmdpd_train_smoke_leaves_a_complete_run_directory(smoke_data_dir, tmp_
     wanted += ["eval/seen/success_mean", "eval/unseen/success_mean"]
     assert set(wanted) <= set(series), sorted(series)
     assert [step for step, _ in series["train/bc_loss"]] == [9, 19, 29, 39, 49, 59]  # log_every_n_steps=10
+    # Alignment: the two training tasks' demonstrations retrieve their own descriptions (chance 0.5).
+    assert series["align/retrieval/seen"][-1][1] == 1.0
     assert all(math.isfinite(value) for tag in wanted for _, value in series[tag])
     # Cosine schedule from the actor's learning rate to 0 over the 60 policy steps.
     lr = dict(series["lr/actor"])

@@ -114,7 +114,24 @@ def run_alignment(cfg: ExperimentConfig, dm: MetaWorldDataModule, directory: Pat
     dm.alignment_prompts_per_task = None
     dm.next_batch = 0
     trainer.save_checkpoint(str(done), weights_only=False)
+    if trainer.is_global_zero:
+        log_prompt_retrieval(module, dm, trainer, cfg.data.prompt_episodes)
     return module
+
+
+def log_prompt_retrieval(module, dm: MetaWorldDataModule, trainer: L.Trainer, episodes: int) -> None:
+    """Log `align/retrieval/{seen,unseen}`: how often a demonstration picks its own task's description."""
+    from llmdpd.evaluation.retrieval import prompt_retrieval_accuracy
+
+    module.eval()
+    metrics = {}
+    for split, tasks in (("seen", dm.train_tasks), ("unseen", dm.unseen_tasks)):
+        if len(tasks) > 1:
+            metrics[f"align/retrieval/{split}"] = prompt_retrieval_accuracy(module, dm, tasks, episodes)
+            metrics[f"align/retrieval/{split}_chance"] = 1.0 / len(tasks)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+    print("prompt retrieval after alignment: " + ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items()))
 
 
 def train(cfg: ExperimentConfig) -> Path:
