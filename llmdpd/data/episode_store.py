@@ -1,0 +1,90 @@
+"""Episodes of several tasks in flat tensors, and index arithmetic over them (no Python loop per sample)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tensordict import TensorDict
+
+
+class EpisodeStore:
+    """Episodes of several tasks concatenated into flat tensors, with per-task and per-episode offsets."""
+
+    def __init__(self, per_task_episodes: list[list[dict[str, np.ndarray]]]) -> None:
+        obs, act, rew, nxt, done, positions = [], [], [], [], [], []
+        task_start, task_count, ep_start, ep_len, ep_task = [], [], [], [], []
+        cursor = 0
+        for t, episodes in enumerate(per_task_episodes):
+            task_start.append(cursor)
+            for ep in episodes:
+                steps = len(ep["actions"])
+                obs.append(ep["observations"][:-1])
+                nxt.append(ep["observations"][1:])
+                act.append(ep["actions"])
+                rew.append(ep["rewards"])
+                done.append(ep["terminations"])
+                positions.append(np.arange(steps))
+                ep_start.append(cursor)
+                ep_len.append(steps)
+                ep_task.append(t)
+                cursor += steps
+            task_count.append(cursor - task_start[-1])
+        self.transitions = TensorDict(
+            {
+                "obs": torch.from_numpy(np.concatenate(obs)),
+                "action": torch.from_numpy(np.concatenate(act)),
+                "reward": torch.from_numpy(np.concatenate(rew))[:, None],
+                "next_obs": torch.from_numpy(np.concatenate(nxt)),
+                "done": torch.from_numpy(np.concatenate(done)).float()[:, None],
+                "position": torch.from_numpy(np.concatenate(positions)),
+            },
+            batch_size=[cursor],
+        )
+        self.task_start = torch.tensor(task_start)
+        self.task_count = torch.tensor(task_count)
+        self.episode_start = torch.tensor(ep_start)
+        self.episode_length = torch.tensor(ep_len)
+        # Episodes of task t are episode_offset[t] .. episode_offset[t] + episodes_per_task[t] - 1.
+        counts = torch.bincount(torch.tensor(ep_task), minlength=len(per_task_episodes))
+        self.episodes_per_task = counts
+        self.episode_offset = torch.cumsum(counts, 0) - counts
+
+    def to(self, device: torch.device) -> "EpisodeStore":
+        for name, value in vars(self).items():
+            setattr(self, name, value.to(device))
+        return self
+
+
+def prompt_indices(
+    store: EpisodeStore, episode: torch.Tensor, length: int, offset_frac: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices [n, H] of H steps spaced evenly across each episode from a random offset.
+
+    The stride is episode_length // H (at least 1); the offset is offset_frac * stride. Steps past the
+    episode's end (episodes shorter than H) repeat its last step.
+    """
+    ep_len = store.episode_length[episode]
+    stride = torch.clamp(ep_len // length, min=1)
+    offset = (offset_frac * stride).long()
+    steps = offset[:, None] + stride[:, None] * torch.arange(length, device=ep_len.device)
+    steps = torch.minimum(steps, (ep_len - 1)[:, None])
+    return store.episode_start[episode][:, None] + steps, steps
+
+
+def stack_prompt_stores(stores: list[EpisodeStore], normalizer, reward_scale: float) -> EpisodeStore:
+    """One store over several tasks' prompt episodes, normalised like the transitions."""
+    merged = EpisodeStore.__new__(EpisodeStore)
+    tds = [s.transitions for s in stores]
+    merged.transitions = torch.cat(tds)
+    merged.transitions["obs"] = normalizer(merged.transitions["obs"])
+    merged.transitions["next_obs"] = normalizer(merged.transitions["next_obs"])
+    merged.transitions["reward"] = merged.transitions["reward"] * reward_scale
+    sizes = torch.tensor([len(t) for t in tds], device=tds[0].device)
+    step_offset = torch.cumsum(sizes, 0) - sizes
+    merged.episode_start = torch.cat([s.episode_start + o for s, o in zip(stores, step_offset)])
+    merged.episode_length = torch.cat([s.episode_length for s in stores])
+    merged.episodes_per_task = torch.cat([s.episodes_per_task for s in stores])
+    merged.episode_offset = torch.cumsum(merged.episodes_per_task, 0) - merged.episodes_per_task
+    merged.task_start = step_offset
+    merged.task_count = sizes
+    return merged
