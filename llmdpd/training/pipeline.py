@@ -24,6 +24,7 @@ from llmdpd.config.load import ConfigError, to_yaml
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
+from llmdpd.training.progress import StepProgressBar
 from llmdpd.training.requeue import SignalCheckpoint, latest_checkpoint
 
 
@@ -90,6 +91,8 @@ def _stage_trainer(
     """A Trainer for one stage: TensorBoard events in <run dir>/tb/<name>, Lightning's own files in `root`."""
     kwargs = trainer_kwargs(cfg)
     kwargs.update(max_steps=max_steps, **extra)
+    if kwargs.get("enable_progress_bar", True):
+        callbacks = [*callbacks, StepProgressBar()]
     logger = TensorBoardLogger(str(run_dir(cfg)), name="tb", version=name, default_hp_metric=False)
     return L.Trainer(default_root_dir=str(root), logger=logger, callbacks=callbacks, **kwargs)
 
