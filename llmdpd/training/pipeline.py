@@ -99,6 +99,7 @@ def _stage_trainer(
 
 def run_alignment(cfg: ExperimentConfig, dm: MetaWorldDataModule, directory: Path, dims: tuple[int, int, int]):
     """Stage 1 (prompt alignment); resumes from its own last checkpoint, returns the trained module."""
+    from llmdpd.evaluation.retrieval import PromptRetrievalCallback
     from llmdpd.prompts.alignment import PromptEncoderModule
 
     ckpt_dir = directory / "checkpoints" / "align"
@@ -108,7 +109,8 @@ def run_alignment(cfg: ExperimentConfig, dm: MetaWorldDataModule, directory: Pat
         return PromptEncoderModule.load_from_checkpoint(str(done), map_location="cpu")
     module = PromptEncoderModule(*dims, cfg=cfg_dict)
     checkpoint = ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0, every_n_train_steps=max(cfg.alignment.max_steps // 4, 1))
-    callbacks = [checkpoint, SignalCheckpoint(ckpt_dir / "last.ckpt")]
+    retrieval = PromptRetrievalCallback(dm, dm.train_tasks, dm.unseen_tasks, cfg.data.prompt_episodes)
+    callbacks = [checkpoint, SignalCheckpoint(ckpt_dir / "last.ckpt"), retrieval]
     # Its own root directory: a SLURM requeue checkpoint of this stage must not be taken for the policy's.
     trainer = _stage_trainer(cfg, ckpt_dir, cfg.alignment.max_steps, "align", callbacks, log_every_n_steps=10)
     dm.alignment_prompts_per_task = cfg.alignment.prompts_per_task
@@ -117,24 +119,7 @@ def run_alignment(cfg: ExperimentConfig, dm: MetaWorldDataModule, directory: Pat
     dm.alignment_prompts_per_task = None
     dm.next_batch = 0
     trainer.save_checkpoint(str(done), weights_only=False)
-    if trainer.is_global_zero:
-        log_prompt_retrieval(module, dm, trainer, cfg.data.prompt_episodes)
     return module
-
-
-def log_prompt_retrieval(module, dm: MetaWorldDataModule, trainer: L.Trainer, episodes: int) -> None:
-    """Log `align/retrieval/{seen,unseen}`: how often a demonstration picks its own task's description."""
-    from llmdpd.evaluation.retrieval import prompt_retrieval_accuracy
-
-    module.eval()
-    metrics = {}
-    for split, tasks in (("seen", dm.train_tasks), ("unseen", dm.unseen_tasks)):
-        if len(tasks) > 1:
-            metrics[f"align/retrieval/{split}"] = prompt_retrieval_accuracy(module, dm, tasks, episodes)
-            metrics[f"align/retrieval/{split}_chance"] = 1.0 / len(tasks)
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
-    print("prompt retrieval after alignment: " + ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items()))
 
 
 def train(cfg: ExperimentConfig) -> Path:
