@@ -66,6 +66,13 @@ def test_act_fn_of_wrong_shape_is_an_error():
         evaluate_episodes(episodes, lambda obs, live: np.zeros((len(live), 3)), max_episode_steps=5)
 
 
+def test_worker_errors_reach_the_caller():
+    episodes = [EvalEpisode("reach-v3", "seen", 45, 0), EvalEpisode("no-such-task-v3", "seen", 45, 0)]
+    zeros = lambda obs, live: np.zeros((len(live), 4))  # noqa: E731
+    with pytest.raises(RuntimeError, match="Unknown Meta-World task"):
+        evaluate_episodes(episodes, zeros, max_episode_steps=5, workers=2)
+
+
 def test_workers_give_the_same_results_as_one_process():
     episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], episodes_per_task=2, train_goals=40, seed=3)
     one = evaluate_episodes(episodes, ExpertAgent(episodes, noise=0.3, seed=1), 40, workers=1)
@@ -110,7 +117,9 @@ def test_summary_means_and_eval_json(tmp_path):
         _result("c", "unseen", True, True, 3.0, 1),
     ]
     summary = summarise(results, seed=3, episodes_per_task=4)
-    assert summary["tasks"]["a"] == {"split": "seen", "success": 0.75, "final_success": 0.5, "return": 15.0, "episodes": 4}
+    assert summary["tasks"]["a"] == {
+        "split": "seen", "success": 0.75, "final_success": 0.5, "return": 15.0, "episodes": 4
+    }
     assert summary["tasks"]["b"]["success"] == 0.5
     # Split means weigh each task equally.
     assert summary["seen"] == {
@@ -248,3 +257,60 @@ def test_callback_logs_curves_and_writes_eval_json(tmp_path):
     assert summary["tasks"]["reach-v3"]["episodes"] == 2 and summary["seen"]["success_mean"] == 0.0
     returns = [event.value for event in acc.Scalars("eval/seen/return_mean")]
     assert returns[-1] == pytest.approx(summary["seen"]["return_mean"])
+
+
+_DDP_SCRIPT = '''
+import sys, json, torch, lightning as L
+from llmdpd.config.schema import EvalConfig
+from llmdpd.evaluation.agent import ExpertAgent
+from llmdpd.evaluation.callback import EvaluationCallback
+
+
+class Tiny(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 2)), batch_size=4)
+
+
+def make_agent(module, episodes):
+    with open(f"{sys.argv[1]}/rank{torch.distributed.get_rank()}.json", "w") as f:
+        json.dump([[e.task, e.episode] for e in episodes], f)
+    return ExpertAgent(episodes)
+
+
+if __name__ == "__main__":
+    cfg = EvalConfig(episodes_per_task=3, max_episode_steps=30)
+    callback = EvaluationCallback(make_agent, cfg, ["reach-v3"], ["drawer-open-v3"], 40, sys.argv[1] + "/eval.json")
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp", logger=False, callbacks=[callback],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(Tiny())
+    with open(f"{sys.argv[1]}/summary{trainer.global_rank}.json", "w") as f:
+        json.dump(callback.last_summary, f)
+'''
+
+
+@pytest.mark.slow
+def test_callback_splits_episodes_across_ddp_ranks(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_eval.py"
+    script.write_text(_DDP_SCRIPT)
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=300, capture_output=True)
+    shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert shares == [[["reach-v3", 0], ["reach-v3", 2], ["drawer-open-v3", 1]],
+                      [["reach-v3", 1], ["drawer-open-v3", 0], ["drawer-open-v3", 2]]]
+    gathered = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in (0, 1)]
+    assert gathered[0] == gathered[1] == read_eval_json(tmp_path / "eval.json")
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, train_goals=40, seed=EvalConfig().seed)
+    alone = summarise(evaluate_episodes(episodes, ExpertAgent(episodes), 30), seed=0, episodes_per_task=3)
+    assert gathered[0] == alone

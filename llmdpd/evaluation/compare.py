@@ -153,6 +153,7 @@ def bar_chart(methods: Sequence[Method], path: str | Path) -> None:
         ax.bar(x + offset, means, width, yerr=errors, capsize=3, label=split)
     ax.set_xticks(x, [method.name for method in methods], rotation=20, ha="right")
     ax.set_ylabel("success (%)")
+    ax.set_title("mean ± std over seeds", fontsize=9)
     ax.set_ylim(0, 100)
     ax.legend()
     fig.tight_layout()

@@ -275,6 +275,7 @@ def evaluate_episodes(
     shards, indices = _open_shards(episodes, workers, env_seed)
     timing.setup_seconds += time.perf_counter() - start
     start = time.perf_counter()
+    bar = _progress_bar(horizon, progress)
     try:
         obs = np.empty((n, OBS_DIM), dtype=np.float32)
         for shard, idx in zip(shards, indices):
@@ -285,7 +286,6 @@ def evaluate_episodes(
         final_success = np.zeros(n, dtype=bool)
         length = np.zeros(n, dtype=np.int64)
         row = np.empty(n, dtype=np.int64)  # position of each live episode in this step's action array
-        bar = _progress_bar(horizon, progress)
         while alive.any():
             live = np.flatnonzero(alive)
             act_start = time.perf_counter()
@@ -311,9 +311,9 @@ def evaluate_episodes(
             timing.env_steps += len(live)
             if bar is not None:
                 bar.update(1)
+    finally:
         if bar is not None:
             bar.close()
-    finally:
         for shard in shards:
             shard.close()
     timing.rollout_seconds += time.perf_counter() - start
