@@ -2,7 +2,8 @@
 
 Other wordings of a task: `--descriptions FILE` (YAML: task -> list of texts) or
 `eval.descriptions='{drawer-open-v3: ["Pull the drawer open."]}'`. Another demonstration as the
-trajectory prompt: `eval.prompt_episode=2`.
+trajectory prompt: `eval.prompt_episode=2`. Acting-time settings apply too: `policy.num_candidates=1`
+(no Q-based selection), `policy.guidance_weight=2` (classifier-free guidance).
 """
 
 from __future__ import annotations

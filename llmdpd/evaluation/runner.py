@@ -20,6 +20,9 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = PolicyDiffusionModule.load_from_checkpoint(ckpt, map_location=device).eval()
+    # Acting-time settings come from this command's config, not from training's.
+    for key in ("num_candidates", "guidance_weight"):
+        module.cfg.policy[key] = cfg.policy[key]
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.obs_mean, module.obs_std)
     episodes = plan_episodes(
