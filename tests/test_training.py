@@ -284,3 +284,34 @@ def test_losses_fall_on_the_smoke_data(smoke_data_dir):
         first, last = sum(values[:10]) / 10, sum(values[-10:]) / 10
         assert all(math.isfinite(v) for v in values), name
         assert last < 0.5 * first, f"{name}: {first:.3f} over the first 10 steps, {last:.3f} over the last 10"
+
+
+def test_llmdpd_eval_rescores_a_checkpoint_with_other_wordings(smoke_data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={runs}"]
+    run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, "trainer.max_steps=10"], timeout=300)
+    wording = f"Push the drawer shut ({tmp_path.name})."  # new text, so the embedding cache must grow
+    wordings = tmp_path / "wordings.yaml"
+    wordings.write_text(f'drawer-close-v3: ["{wording}"]\n')
+    out = tmp_path / "rescored.json"
+    quick = ["eval.episodes_per_task=1", "eval.max_episode_steps=20", "policy.num_candidates=1"]
+    result = run_command(
+        [sys.executable, "-m", "llmdpd", "eval", "smoke", "ckpt=last", *paths, "--descriptions", str(wordings),
+         "eval.prompt_episode=1", *quick, "--out", str(out)],
+        timeout=300,
+    )
+    summary = json.loads(out.read_text())
+    assert {task: entry["split"] for task, entry in summary["tasks"].items()} == {
+        "reach-v3": "seen", "button-press-topdown-v3": "seen", "drawer-close-v3": "unseen",
+    }
+    assert all(entry["episodes"] == 1 for entry in summary["tasks"].values())
+    assert "| **unseen mean** |" in result.stdout
+    cached = [torch.load(f, weights_only=True) for f in (REPO / ".cache" / "llmdpd" / "embeddings").glob("*.pt")]
+    assert any(wording in entry["texts"] for entry in cached)
+
+    wordings.write_text("drawer-close-v3: not a list\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "llmdpd", "eval", "smoke", "ckpt=last", *paths, "--descriptions", str(wordings)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and "expected a mapping task -> non-empty list" in bad.stderr
