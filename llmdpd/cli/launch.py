@@ -15,24 +15,9 @@ from pathlib import Path
 RESERVED_KEYS = ("trainer.devices", "trainer.num_nodes", "ckpt")
 
 
-class IntermixedArgumentParser(argparse.ArgumentParser):
-    """Accepts options between positionals, as in `EXP --nodes 2 trainer.max_steps=100`."""
-
-    _parsing = False
-
-    def parse_known_args(self, args=None, namespace=None):  # noqa: D102 (argparse's signature)
-        if self._parsing:  # parse_known_intermixed_args calls back into this method on Python < 3.13
-            return super().parse_known_args(args, namespace)
-        self._parsing = True
-        try:
-            return self.parse_known_intermixed_args(args, namespace)
-        finally:
-            self._parsing = False
-
-
 def register(sub) -> None:
     parser = sub.add_parser("launch", help="launch training on a cluster (SLURM)", description=__doc__)
-    targets = parser.add_subparsers(dest="target", required=True, parser_class=IntermixedArgumentParser)
+    targets = parser.add_subparsers(dest="target", required=True)
     slurm = targets.add_parser(
         "slurm",
         help="write a SLURM batch script for EXP into its run directory",
