@@ -11,7 +11,7 @@ import torch
 
 from llmdpd.config.schema import EvalConfig
 from llmdpd.evaluation.results import SPLITS, scalar_metrics, summarise, write_eval_json
-from llmdpd.evaluation.rollout import ActFn, EpisodeResult, EvalEpisode, evaluate_episodes, plan_episodes
+from llmdpd.evaluation.rollout import ActFn, EpisodeResult, EvalEpisode, evaluate_episodes, plan_evaluation
 
 MakeAgent = Callable[[L.LightningModule, list[EvalEpisode]], ActFn]
 
@@ -20,7 +20,7 @@ class EvaluationCallback(L.Callback):
     """Rolls out seen and unseen tasks every `cfg.every_n_steps` training steps (0: only at the end) and when
     training ends.
 
-    Every evaluation runs the same plan of episodes (`plan_episodes` with `cfg.seed`). Under DDP rank r runs
+    Every evaluation runs the same plan of episodes (`plan_evaluation`, seeded by `cfg.seed`). Under DDP rank r runs
     episodes r, r + world, ... and the results are gathered on every rank. Rank 0 logs
     `eval/<split>/<task>/{success,final_success,return}` and `eval/<split>/{success,final_success,return}_mean`
     to every logger at the trainer's global step, adds a TensorBoard custom-scalars layout grouping the
@@ -46,9 +46,7 @@ class EvaluationCallback(L.Callback):
         self.cfg = cfg
         self.seen_tasks = list(seen_tasks) if cfg.seen else []
         self.unseen_tasks = list(unseen_tasks) if cfg.unseen else []
-        self.episodes = plan_episodes(
-            self.seen_tasks, self.unseen_tasks, cfg.episodes_per_task, train_goals, cfg.seed
-        )
+        self.episodes = plan_evaluation(cfg, seen_tasks, unseen_tasks, train_goals)
         self.out_path = Path(out_path)
         self.env_seed = env_seed
         self.run_seed = run_seed

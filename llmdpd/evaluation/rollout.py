@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from llmdpd.config.schema import EvalConfig
 from llmdpd.envs.metaworld import ACTION_DIM, NUM_GOALS, OBS_DIM, MetaWorldTaskEnv
 
 ActFn = Callable[[np.ndarray, list[int]], np.ndarray]
@@ -113,6 +114,15 @@ def plan_episodes(
 
 # Environments built in this process, by (task, env_seed), kept for later evaluations.
 _ENV_CACHE: dict[tuple[str, int], list[MetaWorldTaskEnv]] = {}
+
+
+def plan_evaluation(
+    cfg: EvalConfig, seen_tasks: Sequence[str], unseen_tasks: Sequence[str], train_goals: int
+) -> list[EvalEpisode]:
+    """`plan_episodes` for an experiment's `eval` section (its seen/unseen switches, episode count and seed)."""
+    seen = list(seen_tasks) if cfg.seen else []
+    unseen = list(unseen_tasks) if cfg.unseen else []
+    return plan_episodes(seen, unseen, cfg.episodes_per_task, train_goals, cfg.seed)
 
 
 def clear_env_cache() -> None:

@@ -9,8 +9,8 @@ import torch
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.evaluation.agent import PolicyAgent
-from llmdpd.evaluation.results import summarise
-from llmdpd.evaluation.rollout import evaluate_episodes, plan_episodes
+from llmdpd.evaluation.results import SPLITS, summarise
+from llmdpd.evaluation.rollout import evaluate_episodes, plan_evaluation
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
@@ -25,13 +25,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
         module.cfg.policy[key] = cfg.policy[key]
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.obs_mean, module.obs_std)
-    episodes = plan_episodes(
-        dm.train_tasks if cfg.eval.seen else [],
-        dm.unseen_tasks if cfg.eval.unseen else [],
-        cfg.eval.episodes_per_task,
-        cfg.data.train_goals,
-        cfg.eval.seed,
-    )
+    episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data.train_goals)
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode)
     results = evaluate_episodes(
         episodes, agent, cfg.eval.max_episode_steps, workers=cfg.eval.workers, env_seed=cfg.data.seed, progress=True
@@ -47,7 +41,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"| {task} | {entry['split']} | {entry['success']:.3f} | {entry['final_success']:.3f} "
             f"| {entry['return']:.1f} | {entry['episodes']} |"
         )
-    for split in ("seen", "unseen"):
+    for split in SPLITS:
         mean = summary[split]
         if mean["success_mean"] is not None:
             lines.append(
