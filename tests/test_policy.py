@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from torch import nn
+from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
 from llmdpd.config.schema import ExperimentConfig
@@ -17,6 +18,7 @@ from llmdpd.policy.averaging import copy_parameters_, soft_update_
 from llmdpd.policy.conditioning import PromptConditioning
 from llmdpd.policy.critic import TwinCritic
 from llmdpd.policy.diffusion import DiffusionActor, beta_schedule
+from llmdpd.policy.loss import loss_total
 from llmdpd.policy.mlp_bc import MLPActor
 from llmdpd.policy.module import PolicyDiffusionModule
 from llmdpd.prompts.alignment import PromptEncoderModule
@@ -138,17 +140,21 @@ def test_ema_and_target_updates_follow_the_schedule():
     assert torch.allclose(ema, 0.9 * before + 0.1 * actor)
     module.update_ema(3)  # before ema_start: a copy
     assert torch.equal(ema, actor)
-    critic, target = module.critic.q1[0].weight, module.critic_target.q1[0].weight
+    critic = module.loss.critic_params["q1", "0", "weight"]
+    target = module.loss.target_critic_params["q1", "0", "weight"]
     expected = 0.9 * target + 0.1 * critic
     module.update_targets()
     assert torch.allclose(target, expected)
+    assert not torch.equal(target, critic)
 
 
 def test_td_target_matches_hand_computation():
     module = make_module(small_cfg(gamma=0.9))
-    module.critic_target.forward = lambda s, c, a: (torch.tensor([[3.0], [5.0]]), torch.tensor([[4.0], [1.0]]))
-    reward, done = torch.tensor([[1.0], [2.0]]), torch.tensor([[0.0], [1.0]])
-    y = module.td_target(reward, done, torch.zeros(2, OBS), torch.zeros(2, 24), torch.zeros(2, ACT))
+    # The target critics (min 3 and 1) and V are replaced by known values.
+    module.loss.target_q_min = lambda s, c, a: torch.tensor([[3.0], [1.0]])
+    td = TensorDict({"reward": torch.tensor([[1.0], [2.0]]), "discount": torch.tensor([[0.9], [0.0]]),
+                     "next_obs": torch.zeros(2, OBS)}, batch_size=[2])
+    y = module.loss.critic_target(td, torch.zeros(2, 24))
     assert torch.allclose(y, torch.tensor([[1.0 + 0.9 * 3.0], [2.0]]))
 
 
@@ -159,8 +165,8 @@ def test_trainer_steps_and_logs(cpu_trainer):
     t.fit(module, loader(batches(5)))
     assert t.global_step == 3
     expected = {
-        "train/bc_loss", "train/q_loss", "train/critic_loss", "train/q_mean", "train/q_std",
-        "train/target_q_mean", "train/actor_grad_norm", "train/critic_grad_norm",
+        "train/loss_bc", "train/loss_q", "train/loss_critic", "train/q_mean", "train/q_std",
+        "train/target_mean", "train/actor_grad_norm", "train/critic_grad_norm", "train/eta",
         "lr/actor", "lr/critic", "lr/prompt",
     }  # fmt: skip
     assert expected <= set(t.callback_metrics)
@@ -168,6 +174,7 @@ def test_trainer_steps_and_logs(cpu_trainer):
     # Cosine schedule over cfg trainer.max_steps (100): after 3 steps the factor is cos-shaped.
     factor = 0.5 * (1 + math.cos(math.pi * 2 / 100))
     assert t.callback_metrics["lr/actor"].item() == pytest.approx(3e-4 * factor, rel=1e-5)
+    assert t.callback_metrics["lr/critic"].item() == pytest.approx(3e-4)  # the critic's own constant schedule
     # Before ema_start the EMA actor is a copy of the actor.
     for p, q in zip(module.actor.parameters(), module.ema_actor.parameters()):
         assert torch.equal(p, q)
@@ -202,15 +209,15 @@ def test_actor_q_loss_sends_no_gradient_to_critic():
     module = make_module()
     batch = batches(1)[0]
     # Isolate the actor's Q term: with eta large, the critic's gradient must match eta = 0.
-    torch.manual_seed(1)
-    module.cfg.policy.eta = 0.0
-    loss0, _ = module._losses(batch)
-    grads0 = torch.autograd.grad(loss0, list(module.critic.parameters()))
-    torch.manual_seed(1)
-    module.cfg.policy.eta = 100.0
-    loss100, _ = module._losses(batch)
-    grads100 = torch.autograd.grad(loss100, list(module.critic.parameters()))
-    for g0, g100 in zip(grads0, grads100):
+    critic_params = list(module.loss.critic_params.values(True, True))
+    grads = {}
+    for eta in (0.0, 100.0):
+        torch.manual_seed(1)
+        module.loss.eta = eta
+        losses = module.loss(module.loss_input(batch))
+        assert (losses["loss_q"] != 0) == (eta > 0)
+        grads[eta] = torch.autograd.grad(loss_total(losses), critic_params)
+    for g0, g100 in zip(grads[0.0], grads[100.0]):
         assert torch.allclose(g0, g100, atol=1e-6)
 
 
@@ -242,7 +249,7 @@ def test_bf16_mixed_step_runs(cpu_trainer):
     t = cpu_trainer(2, precision="bf16-mixed")
     t.fit(module, loader(batches(2)))
     assert t.global_step == 2
-    assert torch.isfinite(t.callback_metrics["train/critic_loss"])
+    assert torch.isfinite(t.callback_metrics["train/loss_critic"])
     assert module.actor.sqrt_abar.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cond = module.prompt_condition(torch.randn(3, TEXT), None)
@@ -264,7 +271,7 @@ def test_text_disabled_and_mlp_bc(cpu_trainer):
     assert bc.critic is None
     t = cpu_trainer(2)
     t.fit(bc, loader(batches(2)))
-    assert t.global_step == 2 and "train/critic_loss" not in t.callback_metrics
+    assert t.global_step == 2 and "train/loss_critic" not in t.callback_metrics
     obs = torch.randn(4, OBS)
     cond = bc.prompt_condition(None, batches(1)[0][:1])
     action = bc.act(obs, cond)
@@ -273,8 +280,8 @@ def test_text_disabled_and_mlp_bc(cpu_trainer):
 
 
 # ----------------------------------------------------------------------------------------------- acting
-def test_act_picks_the_best_candidate_by_min_q():
-    module = make_module(small_cfg(num_candidates=5))
+def test_argmax_acting_picks_the_best_candidate_by_target_min_q():
+    module = make_module(small_cfg(num_candidates=5, acting="argmax"))
     n, m = 3, 5
     candidates = torch.rand(n * m, ACT) * 2 - 1
     seen = {}
@@ -284,7 +291,7 @@ def test_act_picks_the_best_candidate_by_min_q():
         return candidates
 
     module.ema_actor.sample = fake_sample
-    module.critic.q_min = lambda s, c, a: a[:, 1:2] - a[:, 0:1]  # "value" = a_1 - a_0
+    module.loss.target_q_min = lambda s, c, a: a[:, 1:2] - a[:, 0:1]  # "value" = a_1 - a_0
     obs = torch.randn(n, OBS, dtype=torch.float64)  # raw, float64 like Meta-World
     cond = module.prompt_condition(torch.randn(n, TEXT), batches(1, seed=3)[0][:1])
     action = module.act(obs, cond)

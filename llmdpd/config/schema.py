@@ -29,6 +29,20 @@ class NoiseComponent:
 
 
 @dataclass
+class BehaviourComponent:
+    """One behaviour of the v1 data mixture, drawn per episode with `weight`.
+
+    `noisy`: the scripted expert with Gaussian action noise (scale from `data.noise`); `wrong_goal`: the
+    expert driven toward another goal variation's goal; `other_task`: windows of another task's expert;
+    `stall`: the expert with windows of standing still or retreating. All but `noisy` fail visibly: in
+    the states they visit and in success.
+    """
+
+    kind: str = "noisy"
+    weight: float = 1.0
+
+
+@dataclass
 class DataConfig:
     """Which tasks an experiment uses, how their offline data is generated, and how batches are drawn."""
 
@@ -38,7 +52,7 @@ class DataConfig:
     train_tasks: list[str] = field(default_factory=list)
     unseen_tasks: list[str] = field(default_factory=list)
     # Minari dataset names are `<benchmark>/<task>/<kind>-<version>`, e.g. metaworld/push-v3/mixed-v0.
-    dataset_version: str = "v0"
+    dataset_version: str = "v1"
     # Seed of data generation; separate from the training seed so that runs over seeds share one dataset.
     seed: int = 0
     episodes_per_task: int = 50
@@ -52,10 +66,20 @@ class DataConfig:
             NoiseComponent(1.0, 0.2),
         ]
     )
+    # v1 adds behaviours whose failures show in states and success; `dataset_version: v0` is noise only.
+    behaviours: list[BehaviourComponent] = field(
+        default_factory=lambda: [
+            BehaviourComponent("noisy", 0.55),
+            BehaviourComponent("wrong_goal", 0.15),
+            BehaviourComponent("other_task", 0.15),
+            BehaviourComponent("stall", 0.15),
+        ]
+    )
     prompt_noise: float = 0.05
-    # Of Meta-World's 50 goal variations per task, the first `train_goals` feed the datasets and the rest are
-    # kept apart for evaluating seen tasks.
-    train_goals: int = 40
+    # Meta-World's 50 goal variations per task: [0, train_goals) feed the datasets (data goals), the next
+    # `validation_goals` are for every tuning choice, and the rest are seen-test goals, evaluated once.
+    train_goals: int = 32
+    validation_goals: int = 8
     workers: int = 2
     force: bool = False
     # Batches: B transitions from each of N tasks (0 = all training tasks) plus one prompt per task.
@@ -137,6 +161,26 @@ class PolicyConfig:
     lr_schedule: str = "cosine"
     actor_grad_clip: float = 1.0
     critic_grad_clip: float = 1.0
+    # Critic: "td" (Diffusion-QL: target from EMA-actor samples at s') or "expectile" (IDQL/IQL in-sample:
+    # V(s, c) by expectile regression on min-Q of dataset actions, Q toward r + gamma V(s', c)).
+    critic: str = "td"
+    expectile: float = 0.7
+    # n-step returns from the stored episodes (1 = one-step TD).
+    n_step: int = 1
+    # The critic's own schedule ("constant" or "cosine"); annealing it to 0 freezes an unconverged critic.
+    critic_lr_schedule: str = "constant"
+    # The actor ignores Q before this step; eta then ramps linearly to its value over `eta_ramp_steps`.
+    critic_warmup_steps: int = 0
+    eta_ramp_steps: int = 0
+    # The action the Q term scores: "chain" (the differentiable reverse chain, the paper) or "one_step" (the
+    # clean action predicted in one call from a noised data action, EDP's approximation).
+    q_action: str = "chain"
+    # Advantage-weighted BC: weight exp(A / beta) on each transition's BC loss (0 = off).
+    awr_beta: float = 0.0
+    # Acting: M candidates from the EMA actor, then "sample" (the first), "softmax" (Boltzmann over the
+    # target critic's Q standardised across a state's candidates, temperature `acting_temperature`) or "argmax".
+    acting: str = "sample"
+    acting_temperature: float = 1.0
 
 
 @dataclass
@@ -144,6 +188,9 @@ class EvalConfig:
     """Rollouts on seen tasks (held-out goals) and unseen tasks (held-out tasks)."""
 
     every_n_steps: int = 0
+    # "validation": training tasks on validation goals (for every choice); "test": seen-test goals of the
+    # training tasks plus the unseen tasks (evaluated once per frozen configuration).
+    split: str = "test"
     episodes_per_task: int = 10
     seen: bool = True
     unseen: bool = True
@@ -154,6 +201,9 @@ class EvalConfig:
     # Override the descriptions of a task at evaluation time: task -> list of texts.
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1000
+    # Critic and acting diagnostics (selection bias, Q linearity, ranking accuracy, calibration) on the
+    # training tasks' evaluation states, logged at every evaluation.
+    diagnostics: bool = True
 
 
 @dataclass

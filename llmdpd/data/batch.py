@@ -8,9 +8,10 @@ multiplied by the reward scale):
     text_emb         [N, E]       float  one randomly chosen paraphrase's LM embedding (only if text prompts on)
     obs              [N, B, S]    float
     action           [N, B, A]    float  in [-1, 1]
-    reward           [N, B, 1]    float
-    next_obs         [N, B, S]    float
+    reward           [N, B, 1]    float  the n-step discounted return (n = `policy.n_step`; 1: the reward)
+    next_obs         [N, B, S]    float  the state m steps on (m = n, or fewer at the episode's end)
     done             [N, B, 1]    float  1.0 where the episode terminated (not truncated)
+    discount         [N, B, 1]    float  gamma^m (1 - done) for the n-step return in `reward` (m <= n steps)
     prompt_obs       [N, H, S]    float
     prompt_action    [N, H, A]    float
     prompt_reward    [N, H, 1]    float
@@ -27,7 +28,7 @@ from __future__ import annotations
 import torch
 from tensordict import TensorDict
 
-TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "done")
+TRANSITION_KEYS = ("obs", "action", "reward", "next_obs", "done", "discount")
 PROMPT_KEYS = ("prompt_obs", "prompt_action", "prompt_reward", "prompt_position")
 
 
@@ -50,6 +51,7 @@ def random_batch(
         "reward": torch.rand(n, b, 1, generator=g),
         "next_obs": torch.randn(n, b, obs_dim, generator=g),
         "done": torch.zeros(n, b, 1),
+        "discount": torch.full((n, b, 1), 0.99),
         "prompt_obs": torch.randn(n, h, obs_dim, generator=g),
         "prompt_action": torch.rand(n, h, action_dim, generator=g) * 2 - 1,
         "prompt_reward": torch.rand(n, h, 1, generator=g),

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data import tasks as task_registry
 from llmdpd.data.generate import dataset_id
-from llmdpd.data.episode_store import EpisodeStore, prompt_indices, stack_prompt_stores
+from llmdpd.data.batch import TRANSITION_KEYS
+from llmdpd.data.episode_store import EpisodeStore, n_step_returns, prompt_indices, stack_prompt_stores
 from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
 from llmdpd.data.normalizer import ObservationNormalizer
 
@@ -108,16 +109,19 @@ class MetaWorldDataModule(L.LightningDataModule):
         store.transitions["obs"] = self.normalizer(store.transitions["obs"])
         store.transitions["next_obs"] = self.normalizer(store.transitions["next_obs"])
         store.transitions["reward"] = store.transitions["reward"] * self.reward_scale
+        # The critic's targets: n-step returns within each episode (reward, discount, next_obs replaced).
+        store.transitions.update(n_step_returns(store, int(self.cfg.policy.n_step), float(self.cfg.policy.gamma)))
         self._device = self.device
         self.transitions = store.to(self._device)
         self.normalizer = self.normalizer.to(self._device)
         prompts = [self._prompt_store(task) for task in self.train_tasks]
         self._train_prompts = stack_prompt_stores(prompts, self.normalizer, self.reward_scale)
         # One packed [steps, S + A + 1 + S + 1] tensor per store: a batch is a single gather, then views.
-        keys = ("obs", "action", "reward", "next_obs", "done")
-        self._widths = [store.transitions[k].shape[-1] for k in keys]
-        self._packed = torch.cat([store.transitions[k] for k in keys], -1)
-        self._packed_prompts = torch.cat([self._train_prompts.transitions[k] for k in keys], -1)
+        self._widths = [store.transitions[k].shape[-1] for k in TRANSITION_KEYS]
+        self._packed = torch.cat([store.transitions[k] for k in TRANSITION_KEYS], -1)
+        prompt_keys = ("obs", "action", "reward")
+        self._prompt_widths = [self._train_prompts.transitions[k].shape[-1] for k in prompt_keys]
+        self._packed_prompts = torch.cat([self._train_prompts.transitions[k] for k in prompt_keys], -1)
         self._all_tasks = torch.arange(len(self.train_tasks), device=self._device)
         self.text_table, self.text_count = self._text_table(self.train_tasks)
 
@@ -167,8 +171,8 @@ class MetaWorldDataModule(L.LightningDataModule):
             tasks = self._all_tasks
         u = torch.rand(n * b + 3 * n, generator=g, device=dev)
         idx = store.task_start[tasks][:, None] + (u[: n * b].view(n, b) * store.task_count[tasks][:, None]).long()
-        obs, action, reward, next_obs, done = self._packed[idx].split(self._widths, dim=-1)
-        data = {"task": tasks, "obs": obs, "action": action, "reward": reward, "next_obs": next_obs, "done": done}
+        data = dict(zip(TRANSITION_KEYS, self._packed[idx].split(self._widths, dim=-1)))
+        data["task"] = tasks
         data.update(self._sample_prompts(tasks, u[n * b : n * b + n], u[n * b + n : n * b + 2 * n]))
         if self.text_table is not None:
             choice = (u[n * b + 2 * n :] * self.text_count[tasks]).long()
@@ -179,7 +183,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         prompt = self._train_prompts
         ep = prompt.episode_offset[tasks] + (u_episode * prompt.episodes_per_task[tasks]).long()
         flat, steps = prompt_indices(prompt, ep, self.prompt_length, u_offset)
-        obs, action, reward, _, _ = self._packed_prompts[flat].split(self._widths, dim=-1)
+        obs, action, reward = self._packed_prompts[flat].split(self._prompt_widths, dim=-1)
         return {"prompt_obs": obs, "prompt_action": action, "prompt_reward": reward, "prompt_position": steps}
 
     def sample_alignment_batch(self, batch_index: int, prompts_per_task: int) -> TensorDict:
@@ -203,6 +207,10 @@ class MetaWorldDataModule(L.LightningDataModule):
             texts = task_registry.descriptions(task, overrides)
             self._text_cache[task] = self.text_embedder.embed(texts).float()
         return self._text_cache[task]
+
+    def prompt_episodes(self, task: str) -> list[dict[str, np.ndarray]]:
+        """The raw episodes of a task's prompt dataset (held out of the policy stage's transitions)."""
+        return self._episodes(task, "prompt")
 
     def prompt(self, task: str, episode: int = 0, offset: int = 0) -> TensorDict:
         """The normalised trajectory prompt of H steps from prompt episode `episode` of `task` (any task)."""

@@ -88,3 +88,31 @@ def stack_prompt_stores(stores: list[EpisodeStore], normalizer, reward_scale: fl
     merged.task_start = step_offset
     merged.task_count = sizes
     return merged
+
+
+def n_step_returns(store: EpisodeStore, n: int, gamma: float) -> dict[str, torch.Tensor]:
+    """n-step targets of every stored transition, never crossing an episode's end.
+
+    For step i of an episode, with m = min(n, steps left in the episode):
+        reward   = sum_{k<m} gamma^k r_{i+k}                      [T, 1]
+        discount = gamma^m (1 - done_{i+m-1})                     [T, 1]
+        next_obs = next_obs_{i+m-1}                               [T, S]
+    so y = reward + discount * V(next_obs) is the n-step TD target (n = 1: the one-step target).
+    """
+    if n < 1:
+        raise ValueError(f"policy.n_step must be at least 1 (got {n})")
+    td = store.transitions
+    total = td["reward"].shape[0]
+    episode_of = torch.repeat_interleave(torch.arange(len(store.episode_length)), store.episode_length.cpu())
+    end = (store.episode_start + store.episode_length).cpu()[episode_of]  # exclusive, per transition
+    index = torch.arange(total)
+    reward = torch.zeros_like(td["reward"])
+    last = index.clone()
+    for k in range(n):
+        step = index + k
+        inside = step < end
+        reward[inside] += (gamma**k) * td["reward"][step[inside]]
+        last[inside] = step[inside]
+    steps = (last - index + 1).to(td["reward"].dtype)[:, None]
+    discount = gamma**steps * (1.0 - td["done"][last])
+    return {"reward": reward, "discount": discount, "next_obs": td["next_obs"][last]}

@@ -1,4 +1,4 @@
-"""Twin Q critics (DESIGN.md item 5): Q_j(s, c, a), two independent Mish MLPs."""
+"""Twin Q critics Q_j(s, c, a) and the state value V(s, c) of the expectile critic: Mish MLPs."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ class TwinCritic(nn.Module):
     def q_min(self, obs: Tensor, cond: Tensor, action: Tensor) -> Tensor:
         q1, q2 = self(obs, cond, action)
         return torch.minimum(q1, q2)
+
+
+class ValueNetwork(nn.Module):
+    """V(s, c) [n, 1]: the expectile critic's in-sample state value."""
+
+    def __init__(self, obs_dim: int, cond_dim: int, hidden_dim: int = 256, layers: int = 3) -> None:
+        super().__init__()
+        self.net = mlp(obs_dim + cond_dim, hidden_dim, layers, 1)
+
+    def forward(self, obs: Tensor, cond: Tensor) -> Tensor:
+        dtype = self.net[0].weight.dtype
+        return self.net(torch.cat([obs.to(dtype), cond.to(dtype)], -1))

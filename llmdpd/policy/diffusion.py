@@ -121,11 +121,23 @@ class DiffusionActor(nn.Module):
 
     def loss(self, action: Tensor, obs: Tensor, cond: Tensor) -> Tensor:
         """L_bc = E_k,eps ||eps - eps_theta(sqrt(abar_k) a + sqrt(1 - abar_k) eps, k, s, c)||^2."""
+        per_sample, _ = self.loss_and_prediction(action, obs, cond)
+        return per_sample.mean()
+
+    def loss_and_prediction(self, action: Tensor, obs: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """The BC loss per sample [n, 1] and, from the same network call, the clean action it implies [n, A].
+
+        The prediction a_hat = (a_k - sqrt(1 - abar_k) eps_theta) / sqrt(abar_k), clipped to the action box,
+        is EDP's one-step action approximation: differentiable, and K times cheaper than the reverse chain.
+        """
         n = action.shape[0]
         step = torch.randint(0, self.steps, (n,), device=action.device)
         noise = torch.randn_like(action, dtype=self.sqrt_abar.dtype)
         noisy = self.sqrt_abar[step, None] * action + self.sqrt_one_minus_abar[step, None] * noise
-        return F.mse_loss(self.model(noisy, step, obs, cond).float(), noise.float())
+        eps = self.model(noisy, step, obs, cond).float()
+        per_sample = (eps - noise.float()).pow(2).mean(-1, keepdim=True)
+        predicted = (noisy - self.sqrt_one_minus_abar[step, None] * eps) / self.sqrt_abar[step, None]
+        return per_sample, predicted.clamp(-1.0, 1.0)
 
     def _predict_noise(
         self, x: Tensor, step: Tensor, obs: Tensor, cond: Tensor, null_cond: Optional[Tensor], guidance_weight: float

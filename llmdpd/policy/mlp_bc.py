@@ -30,6 +30,11 @@ class MLPActor(nn.Module):
     def loss(self, action: Tensor, obs: Tensor, cond: Tensor) -> Tensor:
         return F.mse_loss(self(obs, cond).float(), action.float())
 
+    def loss_and_prediction(self, action: Tensor, obs: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """Squared error per sample [n, 1] and the predicted action [n, A]."""
+        predicted = self(obs, cond)
+        return (predicted.float() - action.float()).pow(2).mean(-1, keepdim=True), predicted
+
     def sample(
         self, obs: Tensor, cond: Tensor, guidance_weight: float = 1.0, null_cond: Optional[Tensor] = None
     ) -> Tensor:

@@ -1,4 +1,4 @@
-"""Policy stage (DESIGN.md items 3-6, 8, 9): prompt-conditioned diffusion policy trained with BC + Q-learning."""
+"""Policy stage (the method's items 3-6, 8, 9): a prompt-conditioned diffusion policy trained with BC + Q-learning."""
 
 from __future__ import annotations
 
@@ -8,20 +8,24 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from tensordict import TensorDict
 from torch import Tensor, nn
-from torch.func import functional_call
+from torchrl.objectives import SoftUpdate
 
 from llmdpd.config.schema import ExperimentConfig
+from llmdpd.data.batch import TRANSITION_KEYS
 from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder, config_section
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
+from llmdpd.policy.acting import ACTING_RULES, select_candidates
 from llmdpd.policy.conditioning import PromptConditioning
-from llmdpd.policy.critic import TwinCritic
+from llmdpd.policy.critic import TwinCritic, ValueNetwork
 from llmdpd.policy.diffusion import DiffusionActor
+from llmdpd.policy.loss import DiffusionQLLoss, MLPBCLoss, loss_total
 from llmdpd.policy.mlp_bc import MLPActor
 
 POLICY_KINDS = ("diffusion", "mlp_bc")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 def _optional(batch: Any, key: str) -> Optional[Tensor]:
@@ -45,12 +49,12 @@ def _eval_mode(*modules: Optional[nn.Module]) -> Iterator[None]:
 class PolicyDiffusionModule(LightningModule):
     """Stage 2: a diffusion actor and twin critics conditioned on c = [z_text; z_traj].
 
-    One training step = one AdamW step over three parameter groups (actor, critic, prompt encoders with the
-    null vectors), from ONE backward of critic_loss + actor_loss, so DDP sees one backward per forward and
-    `global_step` advances by one per batch. The actor's Q term evaluates the critic through detached
-    parameters (`torch.func.functional_call`), so it sends no gradient into the critic; the actor is
-    therefore improved against the critic as it was before this step's update. After the step the target
-    critics are soft-updated and the EMA actor is updated (a plain copy before `policy.ema_start`).
+    The objective lives in `self.loss` (`llmdpd.policy.loss`: torchrl LossModules with named parts); this
+    module owns the networks, optimisation, logging, checkpoints and `act`. One training step = one AdamW
+    step over three parameter groups (actor, critic with V, prompt encoders with the null vectors), from ONE
+    backward of the summed loss parts, so DDP sees one backward per forward and `global_step` advances by
+    one per batch. After the step torchrl's `SoftUpdate` moves the target critics and the EMA actor is
+    updated (a plain copy before `policy.ema_start`).
 
     Observation mean/std and the reward scale are buffers, so a checkpoint carries its normaliser; `act`
     takes raw observations. With `policy.kind: mlp_bc` the actor is a deterministic tanh MLP trained by
@@ -95,6 +99,9 @@ class PolicyDiffusionModule(LightningModule):
         )
         cond_dim = self.conditioning.cond_dim
 
+        for key, allowed in (("acting", ACTING_RULES), ("lr_schedule", LR_SCHEDULES), ("critic_lr_schedule", LR_SCHEDULES)):
+            if policy[key] not in allowed:
+                raise ValueError(f"Unknown policy.{key} '{policy[key]}' (expected one of {allowed})")
         if self.kind == "diffusion":
             self.actor: nn.Module = DiffusionActor(
                 obs_dim,
@@ -106,15 +113,27 @@ class PolicyDiffusionModule(LightningModule):
                 steps=policy.diffusion_steps,
                 schedule=policy.beta_schedule,
             )
-            self.critic: Optional[TwinCritic] = TwinCritic(
-                obs_dim, action_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers
+            self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+            critic = TwinCritic(obs_dim, action_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
+            value = None
+            if policy.critic == "expectile":
+                value = ValueNetwork(obs_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
+            self.loss = DiffusionQLLoss(
+                self.actor,
+                critic,
+                self.ema_actor,
+                value,
+                critic_kind=policy.critic,
+                expectile=policy.expectile,
+                q_action=policy.q_action,
+                awr_beta=policy.awr_beta,
             )
-            self.critic_target: Optional[TwinCritic] = copy.deepcopy(self.critic).requires_grad_(False)
+            self.target_updater: Optional[SoftUpdate] = SoftUpdate(self.loss, tau=policy.tau)
         else:
             self.actor = MLPActor(obs_dim, action_dim, cond_dim, policy.hidden_dim, policy.layers)
-            self.critic = None
-            self.critic_target = None
-        self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+            self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+            self.loss = MLPBCLoss(self.actor)
+            self.target_updater = None
 
         # Freezing only makes sense for aligned weights; decided here (not when weights are loaded) so that
         # a resumed run builds the same optimizer parameter groups.
@@ -122,6 +141,16 @@ class PolicyDiffusionModule(LightningModule):
             for encoder in (self.text_encoder, self.trajectory_encoder):
                 if encoder is not None:
                     encoder.requires_grad_(False)
+
+    @property
+    def critic(self) -> Optional[TwinCritic]:
+        """The twin critic (its online parameters live in `self.loss.critic_params`); None for MLP-BC."""
+        return getattr(self.loss, "critic", None)
+
+    @property
+    def value(self) -> Optional[ValueNetwork]:
+        """V(s, c) of the expectile critic (None otherwise)."""
+        return getattr(self.loss, "value", None)
 
     # ------------------------------------------------------------------------------------------ prompts
     def load_prompt_encoders(self, align_module: nn.Module) -> None:
@@ -175,80 +204,74 @@ class PolicyDiffusionModule(LightningModule):
 
     # ------------------------------------------------------------------------------------------- acting
     @torch.no_grad()
-    def act(self, obs: Tensor, cond: Tensor) -> Tensor:
-        """Actions [n, A] in [-1, 1] for raw observations [n, S] under conditions [n, C] (or [1, C]).
+    def candidates(
+        self, obs: Tensor, cond: Tensor, count: Optional[int] = None, score: bool = True
+    ) -> tuple[Tensor, Optional[Tensor]]:
+        """M candidate actions [n, M, A] per raw observation from the EMA actor, in one batched call, and the
+        target critics' min_j Q'_j of each [n, M] (None without a critic or with `score=False`).
 
-        Draws `policy.num_candidates` actions per state from the EMA actor in one batched call (with
-        classifier-free guidance when `policy.guidance_weight != 1`) and keeps the one with the highest
-        min_j Q_j. The MLP baseline returns its single action.
+        Classifier-free guidance applies when `policy.guidance_weight != 1`.
         """
         policy = self.cfg.policy
         obs = obs.to(self.obs_mean.device, self.obs_mean.dtype)
         n = obs.shape[0]
         state = self.normalize_obs(obs)
         cond = cond.to(state.device, self.conditioning.null_text.dtype).expand(n, -1)
-        m = max(int(policy.num_candidates), 1) if self.critic is not None else 1
+        m = max(int(policy.num_candidates if count is None else count), 1)
         state_rep, cond_rep = state.repeat_interleave(m, 0), cond.repeat_interleave(m, 0)
         guidance = float(policy.guidance_weight)
         null = self.conditioning.null(1) if guidance != 1.0 else None
-        actions = self.ema_actor.sample(state_rep, cond_rep, guidance_weight=guidance, null_cond=null)
-        if m > 1:
-            q = self.critic.q_min(state_rep, cond_rep, actions).reshape(n, m)
-            best = q.argmax(1)
-            actions = actions.reshape(n, m, -1)[torch.arange(n, device=best.device), best]
-        return actions.float().clamp(-1.0, 1.0)
+        actions = self.ema_actor.sample(state_rep, cond_rep, guidance_weight=guidance, null_cond=null).float()
+        q = None
+        if score and self.critic is not None:
+            q = self.loss.target_q_min(state_rep, cond_rep, actions).reshape(n, m)
+        return actions.reshape(n, m, -1), q
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, cond: Tensor) -> Tensor:
+        """Actions [n, A] in [-1, 1] for raw observations [n, S] under conditions [n, C] (or [1, C]).
+
+        `policy.acting`: "sample" draws one action from the EMA actor; "softmax" and "argmax" draw
+        `policy.num_candidates` and choose by the target critics' Q (see `llmdpd.policy.acting`). The MLP
+        baseline returns its single action.
+        """
+        policy = self.cfg.policy
+        if self.critic is None or policy.acting == "sample":
+            actions, _ = self.candidates(obs, cond, count=1, score=False)
+            return actions[:, 0].clamp(-1.0, 1.0)
+        actions, q = self.candidates(obs, cond)
+        chosen = select_candidates(q, policy.acting, policy.acting_temperature)
+        return actions[torch.arange(actions.shape[0], device=chosen.device), chosen].clamp(-1.0, 1.0)
 
     # ----------------------------------------------------------------------------------------- training
-    @torch.no_grad()
-    def td_target(self, reward: Tensor, done: Tensor, next_obs: Tensor, cond: Tensor, next_action: Tensor) -> Tensor:
-        """y = r + gamma (1 - done) min_j Q'_j(s', c, a') from the target critics, fp32 [n, 1]."""
-        q1, q2 = self.critic_target(next_obs, cond, next_action)
-        next_q = torch.minimum(q1, q2).float()
-        return reward.float() + self.cfg.policy.gamma * (1.0 - done.float()) * next_q
-
-    def _losses(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def eta_at(self, step: int) -> float:
+        """The weight of L_q at `step`: 0 during the critic warm-up, then a linear ramp to `policy.eta`."""
         policy = self.cfg.policy
+        if policy.eta <= 0 or step < policy.critic_warmup_steps:
+            return 0.0
+        ramp = int(policy.eta_ramp_steps)
+        return float(policy.eta) * (min(1.0, (step - policy.critic_warmup_steps + 1) / ramp) if ramp > 0 else 1.0)
+
+    def loss_input(self, batch: Any) -> TensorDict:
+        """The loss's input: the batch's [N, B] transitions flattened, with the condition of each task's prompt
+        (encoded once per task, with prompt dropout) repeated over its B transitions."""
         n, b = batch["obs"].shape[:2]
-        obs, action, reward, next_obs, done = (
-            batch[k].reshape(n * b, *batch[k].shape[2:]) for k in ("obs", "action", "reward", "next_obs", "done")
-        )
-        # Prompts are encoded once per task, then repeated over that task's B transitions.
         cond = self._encode(_optional(batch, "text_emb"), batch, n, drop=True).repeat_interleave(b, 0)
-        bc_loss = self.actor.loss(action, obs, cond)
-        logs = {"train/bc_loss": bc_loss.detach()}
-        if self.critic is None:
-            return bc_loss, logs
-
-        critic_cond = cond.detach()
-        with torch.no_grad():
-            next_action = self.ema_actor.sample(next_obs, critic_cond)
-            target_q = self.td_target(reward, done, next_obs, critic_cond, next_action)
-        q1, q2 = self.critic(obs, critic_cond, action)
-        critic_loss = F.mse_loss(q1.float(), target_q) + F.mse_loss(q2.float(), target_q)
-
-        q_loss = torch.zeros((), device=obs.device)
-        if policy.eta > 0:
-            new_action = self.actor.sample(obs, cond)
-            frozen = {name: p.detach() for name, p in self.critic.named_parameters()}
-            q1_new, q2_new = functional_call(self.critic, frozen, (obs, critic_cond, new_action))
-            q_loss = -q1_new.float().mean() / q2_new.float().abs().mean().detach().clamp_min(1e-6)
-        logs.update(
-            {
-                "train/q_loss": q_loss.detach(),
-                "train/critic_loss": critic_loss.detach(),
-                "train/q_mean": q1.detach().float().mean(),
-                "train/q_std": q1.detach().float().std(),
-                "train/target_q_mean": target_q.mean(),
-            }
-        )
-        return critic_loss + bc_loss + policy.eta * q_loss, logs
+        data = {k: batch[k].reshape(n * b, *batch[k].shape[2:]) for k in TRANSITION_KEYS if k in batch.keys()}
+        if "discount" not in data:
+            data["discount"] = self.cfg.policy.gamma * (1.0 - data["done"])
+        return TensorDict({**data, "cond": cond}, batch_size=[n * b])
 
     def training_step(self, batch: Any, batch_idx: int = 0) -> Tensor:
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        loss, logs = self._losses(batch)
+        self.loss.eta = self.eta_at(self.global_step)
+        losses = self.loss(self.loss_input(batch))
+        loss = loss_total(losses)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
+        logs = {f"train/{key}": value.detach() for key, value in losses.items()}
+        logs["train/eta"] = torch.tensor(self.loss.eta) if hasattr(self.loss, "eta") else torch.tensor(0.0)
         clips = {"actor": self.cfg.policy.actor_grad_clip, "critic": self.cfg.policy.critic_grad_clip}
         clips["prompt"] = clips["actor"]  # the prompt encoders learn from the actor's loss
         for group in optimizer.param_groups:
@@ -267,8 +290,8 @@ class PolicyDiffusionModule(LightningModule):
     @torch.no_grad()
     def update_targets(self) -> None:
         """Soft update of the target critics: Q' <- (1 - tau) Q' + tau Q."""
-        if self.critic is not None:
-            soft_update_(self.critic_target, self.critic, self.cfg.policy.tau)
+        if self.target_updater is not None:
+            self.target_updater.step()
 
     @torch.no_grad()
     def update_ema(self, step: int) -> None:
@@ -293,20 +316,20 @@ class PolicyDiffusionModule(LightningModule):
         actor_params = list(self.actor.parameters())
         groups = [{"name": "actor", "params": actor_params, "lr": policy.actor_lr, "weight_decay": 0.0}]
         if self.critic is not None:
-            critic_params = list(self.critic.parameters())
+            critic_params = list(self.loss.parameters())  # online critics and V; the targets are buffers
             groups.append({"name": "critic", "params": critic_params, "lr": policy.critic_lr, "weight_decay": 0.0})
         prompt_decay = self.cfg.alignment.weight_decay
         groups.append({"name": "prompt", "params": prompt_params, "lr": policy.prompt_lr, "weight_decay": prompt_decay})
         optimizer = torch.optim.AdamW(groups)
-        factor = self._lr_factor()
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] * len(groups))
+        factors = [
+            self._lr_factor(policy.critic_lr_schedule if group["name"] == "critic" else policy.lr_schedule)
+            for group in groups
+        ]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _lr_factor(self) -> Callable[[int], float]:
+    def _lr_factor(self, schedule: str) -> Callable[[int], float]:
         """The learning-rate multiplier per step: cosine to 0 over `trainer.max_steps`, or constant."""
-        schedule = self.cfg.policy.lr_schedule
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"Unknown policy.lr_schedule '{schedule}' (expected 'cosine' or 'constant')")
         total = int(self.cfg.trainer.get("max_steps") or -1)
         if total <= 0 and self._trainer is not None:
             total = int(self.trainer.max_steps)

@@ -126,6 +126,7 @@ def train(cfg: ExperimentConfig) -> Path:
     """Run the whole experiment; returns the run directory."""
     from llmdpd.evaluation.callback import EvaluationCallback
     from llmdpd.evaluation.agent import PolicyAgent
+    from llmdpd.evaluation.diagnostics import CriticDiagnosticsCallback
     from llmdpd.policy.module import PolicyDiffusionModule
 
     L.seed_everything(cfg.seed, workers=True)
@@ -156,7 +157,12 @@ def train(cfg: ExperimentConfig) -> Path:
         run_seed=cfg.seed,
     )
     signals = SignalCheckpoint(directory / "checkpoints" / "last.ckpt")
-    trainer = _stage_trainer(cfg, directory, int(cfg.trainer.max_steps), "policy", [checkpoints, evaluation, signals])
+    callbacks = [checkpoints, evaluation, signals]
+    if cfg.eval.diagnostics and cfg.policy.kind == "diffusion":
+        first = cfg.data.train_goals
+        goals = range(first, first + cfg.data.validation_goals)
+        callbacks.append(CriticDiagnosticsCallback(dm, dm.train_tasks, goals, cfg.eval.every_n_steps, seed=cfg.data.seed))
+    trainer = _stage_trainer(cfg, directory, int(cfg.trainer.max_steps), "policy", callbacks)
     # Set up the data with a trainer attached: it gives each DDP rank its own batch stream and device.
     dm.trainer = trainer
     dm.setup("fit")
@@ -164,7 +170,7 @@ def train(cfg: ExperimentConfig) -> Path:
     ckpt_path = resolve_ckpt(cfg, directory)
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     module = PolicyDiffusionModule(*dims, cfg=cfg_dict, obs_mean=dm.normalizer.mean.cpu(), obs_std=dm.normalizer.std.cpu())
-    uses_alignment = cfg.alignment.enabled and cfg.trajectory.enabled and cfg.text.enabled and cfg.policy.kind == "diffusion"
+    uses_alignment = cfg.alignment.enabled and cfg.trajectory.enabled and cfg.text.enabled
     if uses_alignment and ckpt_path is None:
         module.load_prompt_encoders(run_alignment(cfg, dm, directory, dims))
 

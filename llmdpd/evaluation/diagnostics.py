@@ -1,0 +1,184 @@
+"""Critic and acting diagnostics on the training tasks, logged to TensorBoard at every evaluation.
+
+What they answer (each a question the method's Q half depends on):
+- `diag/ranking_accuracy/sigma<s>`: on validation states, does the critic rank the scripted expert's action
+  above the same action with data-like Gaussian noise of std s? (0.5 is chance.)
+- `diag/selection_bias/<rule>/<task>`: the length of the mean of (chosen candidate - one plain sample) over a
+  task's states: how far Q-based selection pushes actions in one direction.
+- `diag/q_linear_r2`: the median over states of the share of Q's variance across a state's M candidates
+  that a linear fit in the action explains. Near 1, argmax takes the most extreme candidate.
+- `diag/calibration/{q_mean,mc_mean,corr}`: Q(s, c, a) against discounted Monte-Carlo returns on the
+  training tasks' prompt episodes, which the policy stage never trains on. Steps within `horizon_margin`
+  of an episode's (truncated) end are left out, where a Monte-Carlo sum misses most of the tail.
+
+Validation states come from the scripted expert with data-like noise on the validation goals (never data
+goals, never seen-test goals), collected once when the callback starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+
+from llmdpd.envs.metaworld import MetaWorldTaskEnv, scripted_expert
+from llmdpd.policy.acting import select_candidates
+
+
+def validation_states(
+    task: str, goals: Sequence[int], steps: int = 250, every: int = 10, noise: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw observations [n, 39] visited by the noisy scripted expert on `goals`, and its clean actions there."""
+    env = MetaWorldTaskEnv(task, seed=seed)
+    expert = scripted_expert(task)
+    rng = np.random.default_rng([seed, len(task)])
+    states, actions = [], []
+    for goal in goals:
+        obs = env.reset(int(goal))
+        for t in range(steps):
+            action = expert(obs)
+            if t % every == 0:
+                states.append(obs)
+                actions.append(action)
+            obs, _, _, _ = env.step(np.clip(action + rng.normal(0, noise, action.shape), -1, 1))
+    env.close()
+    return np.stack(states).astype(np.float32), np.clip(np.stack(actions), -1, 1).astype(np.float32)
+
+
+def linear_r2(actions: Tensor, q: Tensor) -> Tensor:
+    """Per state, R^2 of the least-squares fit q ~ w.a + b over its candidates: actions [n, M, A], q [n, M]."""
+    design = torch.cat([actions, torch.ones_like(actions[..., :1])], -1).double()
+    target = q.double()[..., None]
+    solution = torch.linalg.lstsq(design, target).solution
+    residual = (target - design @ solution).squeeze(-1)
+    total = (q.double() - q.double().mean(1, keepdim=True)).pow(2).sum(1)
+    return (1 - residual.pow(2).sum(1) / total.clamp_min(1e-12)).float()
+
+
+def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
+    """Discounted return-to-go of every step of one episode."""
+    out = np.zeros_like(rewards, dtype=np.float64)
+    running = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out
+
+
+@torch.no_grad()
+def critic_diagnostics(
+    module, states: dict[str, tuple[Tensor, Tensor]], conditions: dict[str, Tensor], sigmas=(0.3, 1.0), seed: int = 0
+) -> dict[str, float]:
+    """Ranking accuracy, selection bias and Q linearity on validation states (see the module docstring)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    metrics: dict[str, float] = {}
+    correct = {s: [] for s in sigmas}
+    r2_all, bias = [], {"argmax": [], "softmax": []}
+    for task, (obs, expert) in states.items():
+        cond = conditions[task].expand(obs.shape[0], -1)
+        state = module.normalize_obs(obs.to(module.obs_mean))
+        expert = expert.to(state)
+        q_expert = module.loss.target_q_min(state, cond, expert)
+        for s in sigmas:
+            noisy = (expert + s * torch.randn(expert.shape, generator=g).to(expert)).clamp(-1, 1)
+            correct[s].append((q_expert > module.loss.target_q_min(state, cond, noisy)).float())
+        actions, q = module.candidates(obs, cond)
+        r2_all.append(linear_r2(actions, q))
+        for rule in bias:
+            temperature = module.cfg.policy.acting_temperature
+            chosen = actions[torch.arange(len(q)), select_candidates(q, rule, temperature, generator=g)]
+            shift = (chosen - actions[:, 0]).mean(0).norm().item()
+            metrics[f"diag/selection_bias/{rule}/{task}"] = shift
+            bias[rule].append(shift)
+    for s in sigmas:
+        metrics[f"diag/ranking_accuracy/sigma{s:g}"] = torch.cat(correct[s]).mean().item()
+    metrics["diag/q_linear_r2"] = torch.cat(r2_all).median().item()
+    for rule, values in bias.items():
+        metrics[f"diag/selection_bias/{rule}_mean"] = float(np.mean(values))
+    return metrics
+
+
+@torch.no_grad()
+def critic_calibration(
+    module, episodes: dict[str, list[dict[str, np.ndarray]]], conditions: dict[str, Tensor], horizon_margin: int = 200
+) -> dict[str, float]:
+    """Q(s, c, a) (online critics' min) against discounted Monte-Carlo returns of held-out episodes."""
+    gamma = float(module.cfg.policy.gamma)
+    scale = float(module.reward_scale)
+    q_all, mc_all = [], []
+    for task, task_episodes in episodes.items():
+        for ep in task_episodes:
+            keep = max(len(ep["actions"]) - horizon_margin, 1)
+            mc = discounted_returns(ep["rewards"].astype(np.float64) * scale, gamma)[:keep]
+            obs = torch.as_tensor(ep["observations"][:keep]).to(module.obs_mean)
+            action = torch.as_tensor(ep["actions"][:keep]).to(module.obs_mean)
+            q1, q2 = module.loss.q(module.normalize_obs(obs), conditions[task].expand(keep, -1), action)
+            q_all.append(torch.minimum(q1, q2).float().squeeze(-1).cpu().numpy())
+            mc_all.append(mc)
+    q, mc = np.concatenate(q_all), np.concatenate(mc_all)
+    corr = float(np.corrcoef(q, mc)[0, 1]) if q.std() > 0 and mc.std() > 0 else float("nan")
+    return {"diag/calibration/q_mean": float(q.mean()), "diag/calibration/mc_mean": float(mc.mean()),
+            "diag/calibration/corr": corr}
+
+
+class CriticDiagnosticsCallback(L.Callback):
+    """Logs `critic_diagnostics` and `critic_calibration` every `every_n_steps` steps and at the end (rank 0).
+
+    `source` gives each task's condition inputs (`text_embeddings`, `prompt`) and held-out episodes
+    (`prompt_episodes`), as the DataModule does; `validation_goals` are the goal variations states come from.
+    """
+
+    def __init__(self, source: Any, tasks: Sequence[str], validation_goals: Sequence[int], every_n_steps: int, seed: int = 0) -> None:
+        self.source = source
+        self.tasks = list(tasks)
+        self.goals = list(validation_goals)
+        self.every = int(every_n_steps)
+        self.seed = seed
+        self.states: dict[str, tuple[Tensor, Tensor]] | None = None
+        self._done = 0
+        self._last_step: int | None = None
+        self.last: dict[str, float] = {}
+
+    def _conditions(self, module) -> dict[str, Tensor]:
+        out = {}
+        for task in self.tasks:
+            text = self.source.text_embeddings(task)
+            text = None if text is None else text[:1].to(module.obs_mean.device)
+            out[task] = module.prompt_condition(text, self.source.prompt(task, 0, 0))
+        return out
+
+    def run(self, trainer: L.Trainer, module) -> dict[str, float]:
+        if module.critic is None or not trainer.is_global_zero or self._last_step == trainer.global_step:
+            return self.last
+        if self.states is None:
+            self.states = {}
+            for task in self.tasks:
+                obs, act = validation_states(task, self.goals, seed=self.seed)
+                self.states[task] = (torch.as_tensor(obs), torch.as_tensor(act))
+        was_training = module.training
+        module.eval()
+        try:
+            conditions = self._conditions(module)
+            metrics = critic_diagnostics(module, self.states, conditions, seed=self.seed)
+            episodes = {task: self.source.prompt_episodes(task) for task in self.tasks}
+            metrics.update(critic_calibration(module, episodes, conditions))
+        finally:
+            module.train(was_training)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        self.last, self._last_step = metrics, trainer.global_step
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every > 0 and trainer.global_step // self.every > self._done:
+            self._done = trainer.global_step // self.every
+            self.run(trainer, pl_module)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._done = trainer.global_step // self.every if self.every > 0 else 0
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.run(trainer, pl_module)

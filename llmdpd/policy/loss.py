@@ -1,0 +1,170 @@
+"""The policy stage's objective as torchrl `LossModule`s (the method's items 4 to 6).
+
+`DiffusionQLLoss` reads a flat TensorDict of transitions and returns named parts, summed by the caller:
+
+    in:  obs [n, S], action [n, A], cond [n, C] (with gradient, for the actor), reward [n, 1] (the n-step
+         return), discount [n, 1] (gamma^m (1 - done) for the m steps the return covers), next_obs [n, S]
+         (the state m steps on)
+    out: loss_bc, loss_critic, loss_value (expectile critic), loss_q (already weighted by `eta`),
+         and detached statistics (q_mean, q_std, target_mean, value_mean, awr_weight_mean)
+
+The twin critic lives in the loss as functional parameters with a target copy
+(`convert_to_functional(..., create_target_params=True)`), soft-updated by torchrl's `SoftUpdate`. The
+critics see `cond.detach()`: prompts are shaped by the actor and alignment losses only. The actor's Q term
+evaluates the critic through detached parameters, so one backward of the sum trains every part without
+sending L_q's gradient into the critic.
+
+`MLPBCLoss` is the deterministic behaviour-cloning baseline's objective (loss_bc only).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict, TensorDictBase, TensorDictParams
+from torch import Tensor, nn
+from torchrl.objectives import LossModule
+from torchrl.objectives.iql import IQLLoss
+
+from llmdpd.policy.critic import TwinCritic
+
+CRITIC_KINDS = ("td", "expectile")
+Q_ACTIONS = ("chain", "one_step")
+# Advantage weights exp(A / beta) are clipped here, as in AWAC/IQL implementations, so one lucky transition
+# cannot dominate a batch.
+MAX_AWR_WEIGHT = 100.0
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """|tau - 1(diff < 0)| diff^2, elementwise (torchrl's IQL value loss)."""
+    return IQLLoss.loss_value_diff(diff, expectile)
+
+
+class DiffusionQLLoss(LossModule):
+    """L_bc + eta L_q for a diffusion (or MLP) actor, with a `td` or `expectile` twin critic.
+
+    `target_actor` (the EMA actor) draws a' at s' for the `td` target; it is used without gradient and is
+    not registered here (the LightningModule owns and averages it). `value` is V(s, c) for the expectile
+    critic (None for `td`).
+    """
+
+    critic: TwinCritic
+    critic_params: TensorDictParams
+    target_critic_params: TensorDictParams
+
+    def __init__(
+        self,
+        actor: nn.Module,
+        critic: TwinCritic,
+        target_actor: nn.Module,
+        value: nn.Module | None = None,
+        *,
+        critic_kind: str = "td",
+        expectile: float = 0.7,
+        q_action: str = "chain",
+        awr_beta: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if critic_kind not in CRITIC_KINDS:
+            raise ValueError(f"Unknown policy.critic '{critic_kind}' (expected one of {CRITIC_KINDS})")
+        if q_action not in Q_ACTIONS:
+            raise ValueError(f"Unknown policy.q_action '{q_action}' (expected one of {Q_ACTIONS})")
+        if critic_kind == "expectile" and value is None:
+            raise ValueError("The expectile critic needs a value network")
+        # The actors are owned (registered, checkpointed, averaged) by the LightningModule; the loss only
+        # calls them.
+        self.__dict__["actor"] = actor
+        self.__dict__["target_actor"] = target_actor
+        self.convert_to_functional(critic, "critic", create_target_params=True)
+        self.value = value
+        self.critic_kind = critic_kind
+        self.expectile = float(expectile)
+        self.q_action = q_action
+        self.awr_beta = float(awr_beta)
+        self.in_keys = ["obs", "action", "cond", "reward", "discount", "next_obs"]
+        self.out_keys = ["loss_bc", "loss_critic", "loss_value", "loss_q"]
+        # The weight of L_q this step (the caller ramps it in after the critic warm-up).
+        self.eta = 0.0
+
+    # ------------------------------------------------------------------------------------------ critics
+    def q(self, obs: Tensor, cond: Tensor, action: Tensor, params: TensorDictBase | None = None) -> tuple[Tensor, Tensor]:
+        """Both critics' Q(s, c, a) [n, 1] under `params` (default: the online parameters)."""
+        params = self.critic_params if params is None else params
+        with params.to_module(self.critic):
+            return self.critic(obs, cond, action)
+
+    def target_q_min(self, obs: Tensor, cond: Tensor, action: Tensor) -> Tensor:
+        """min_j Q'_j(s, c, a) of the target critics, fp32 [n, 1]."""
+        q1, q2 = self.q(obs, cond, action, self.target_critic_params)
+        return torch.minimum(q1, q2).float()
+
+    @torch.no_grad()
+    def critic_target(self, td: TensorDictBase, cond: Tensor) -> Tensor:
+        """y = R + discount * (min_j Q'_j(s', c, a') with a' from the EMA actor, or V(s', c))."""
+        if self.critic_kind == "td":
+            next_action = self.target_actor.sample(td["next_obs"], cond)
+            bootstrap = self.target_q_min(td["next_obs"], cond, next_action)
+        else:
+            bootstrap = self.value(td["next_obs"], cond).float()
+        return td["reward"].float() + td["discount"].float() * bootstrap
+
+    # -------------------------------------------------------------------------------------------- parts
+    def forward(self, td: TensorDictBase) -> TensorDict:
+        obs, action, cond = td["obs"], td["action"], td["cond"]
+        critic_cond = cond.detach()
+        out: dict[str, Tensor] = {}
+
+        target = self.critic_target(td, critic_cond)
+        q1, q2 = self.q(obs, critic_cond, action)
+        out["loss_critic"] = F.mse_loss(q1.float(), target) + F.mse_loss(q2.float(), target)
+        out["q_mean"], out["q_std"], out["target_mean"] = q1.detach().float().mean(), q1.detach().float().std(), target.mean()
+
+        weight = None
+        if self.critic_kind == "expectile":
+            with torch.no_grad():
+                q_data = self.target_q_min(obs, critic_cond, action)
+            value = self.value(obs, critic_cond).float()
+            out["loss_value"] = expectile_loss(q_data - value, self.expectile).mean()
+            out["value_mean"] = value.detach().mean()
+            if self.awr_beta > 0:
+                weight = torch.exp((q_data - value.detach()) / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
+                out["awr_weight_mean"] = weight.mean()
+
+        per_sample_bc, predicted = self.actor.loss_and_prediction(action, obs, cond)
+        out["loss_bc"] = (per_sample_bc * weight).mean() if weight is not None else per_sample_bc.mean()
+
+        if self.eta > 0:
+            policy_action = predicted if self.q_action == "one_step" else self.actor.sample(obs, cond)
+            out["loss_q"] = self.eta * self.q_improvement(obs, critic_cond, policy_action)
+        else:
+            out["loss_q"] = torch.zeros((), device=obs.device)
+        return TensorDict(out, batch_size=[])
+
+    def q_improvement(self, obs: Tensor, cond: Tensor, action: Tensor) -> Tensor:
+        """L_q = -mean Q_j(s, c, a) / mean |Q_other(s, c, a)|, head j drawn at random, denominator detached.
+
+        The critic is evaluated through detached parameters: the gradient reaches the action (and through it
+        the actor), never the critic.
+        """
+        q1, q2 = self.q(obs, cond, action, self.critic_params.detach())
+        if torch.rand(()) < 0.5:
+            q1, q2 = q2, q1
+        return -q1.float().mean() / q2.float().abs().mean().detach().clamp_min(1e-6)
+
+
+class MLPBCLoss(LossModule):
+    """MSE between the deterministic actor's action and the dataset action (`loss_bc`)."""
+
+    def __init__(self, actor: nn.Module) -> None:
+        super().__init__()
+        self.__dict__["actor"] = actor
+        self.in_keys, self.out_keys = ["obs", "action", "cond"], ["loss_bc"]
+
+    def forward(self, td: TensorDictBase) -> TensorDict:
+        per_sample, _ = self.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
+        return TensorDict({"loss_bc": per_sample.mean()}, batch_size=[])
+
+
+def loss_total(losses: TensorDictBase) -> Tensor:
+    """The sum of a loss TensorDict's `loss_*` entries (what one backward trains)."""
+    return sum(value for key, value in losses.items() if key.startswith("loss_"))

@@ -1,0 +1,139 @@
+"""The policy stage's objective: expectile and one-step parts by hand, acting rules, n-step targets, eta ramp."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tensordict import TensorDict
+
+from llmdpd.data.batch import random_batch
+from llmdpd.data.episode_store import EpisodeStore, n_step_returns
+from llmdpd.policy.acting import select_candidates, standardise
+from llmdpd.policy.diffusion import DiffusionActor
+from llmdpd.policy.loss import expectile_loss, loss_total
+from tests.test_policy import ACT, OBS, TEXT, batches, loader, make_module, small_cfg
+
+
+def test_expectile_loss_by_hand():
+    diff = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    # tau = 0.7: positive differences weigh 0.7, negative ones 0.3.
+    expected = torch.tensor([0.7 * 4.0, 0.3 * 1.0, 0.7 * 0.25, 0.3 * 9.0])
+    assert torch.allclose(expectile_loss(diff, 0.7), expected)
+    # tau = 0.5 is half the squared error.
+    assert torch.allclose(expectile_loss(diff, 0.5), 0.5 * diff**2)
+
+
+def test_expectile_value_loss_on_a_tiny_example():
+    module = make_module(small_cfg(critic="expectile", expectile=0.9))
+    td = module.loss_input(batches(1)[0])
+    module.loss.target_q_min = lambda s, c, a: torch.full((s.shape[0], 1), 2.0)
+    with torch.no_grad():
+        value = module.value(td["obs"], td["cond"].detach()).float()
+    losses = module.loss(td)
+    expected = torch.where(2.0 - value > 0, 0.9, 0.1) * (2.0 - value) ** 2
+    assert losses["loss_value"].item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    # The Q target is R + discount * V(s'): no actor sample is drawn.
+    module.ema_actor.sample = lambda *a, **k: pytest.fail("the expectile critic must not sample actions")
+    with torch.no_grad():
+        y = module.loss.critic_target(td, td["cond"])
+        v_next = module.value(td["next_obs"], td["cond"]).float()
+    assert torch.allclose(y, td["reward"] + td["discount"] * v_next)
+
+
+def test_one_step_action_matches_the_formula():
+    torch.manual_seed(0)
+    actor = DiffusionActor(OBS, ACT, 5, hidden_dim=16, layers=1, steps=5)
+    action, obs, cond = torch.rand(6, ACT) * 2 - 1, torch.randn(6, OBS), torch.randn(6, 5)
+    torch.manual_seed(1)
+    per_sample, predicted = actor.loss_and_prediction(action, obs, cond)
+    # Redraw the same step and noise, then apply a_hat = (a_k - sqrt(1 - abar_k) eps_theta) / sqrt(abar_k).
+    torch.manual_seed(1)
+    step = torch.randint(0, 5, (6,))
+    noise = torch.randn_like(action)
+    noisy = actor.sqrt_abar[step, None] * action + actor.sqrt_one_minus_abar[step, None] * noise
+    eps = actor.model(noisy, step, obs, cond)
+    abar = actor.sqrt_abar[step, None] ** 2
+    expected = ((noisy - torch.sqrt(1 - abar) * eps) / torch.sqrt(abar)).clamp(-1, 1)
+    assert torch.allclose(predicted, expected, atol=1e-6)
+    assert torch.allclose(per_sample, ((eps - noise) ** 2).mean(-1, keepdim=True), atol=1e-6)
+    # With a perfect noise prediction the approximation recovers the data action exactly.
+    exact = (noisy - actor.sqrt_one_minus_abar[step, None] * noise) / actor.sqrt_abar[step, None]
+    assert torch.allclose(exact, action, atol=1e-5)
+
+
+def test_one_step_q_term_trains_the_actor_only(cpu_trainer):
+    module = make_module(small_cfg(q_action="one_step", critic="expectile", eta=1.0))
+    module.loss.eta = 1.0
+    losses = module.loss(module.loss_input(batches(1)[0]))
+    assert set(losses.keys()) >= {"loss_bc", "loss_critic", "loss_value", "loss_q"}
+    actor_grads = torch.autograd.grad(losses["loss_q"], list(module.actor.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in actor_grads)
+    t = cpu_trainer(3)
+    t.fit(module, loader(batches(4)))
+    assert t.global_step == 3 and torch.isfinite(t.callback_metrics["train/loss_value"])
+
+
+def test_softmax_limits_are_argmax_and_uniform():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(500, 6, generator=g)
+    # T -> 0: the argmax.
+    assert torch.equal(select_candidates(q, "softmax", 1e-4, generator=g), q.argmax(1))
+    assert torch.equal(select_candidates(q, "softmax", 0.0), q.argmax(1))
+    # T -> infinity: a uniform draw over the candidates.
+    picks = torch.stack([select_candidates(q, "softmax", 1e6, generator=g) for _ in range(20)]).flatten()
+    counts = torch.bincount(picks, minlength=6).float() / picks.numel()
+    assert torch.allclose(counts, torch.full((6,), 1 / 6), atol=0.02)
+    # A moderate temperature prefers higher Q without always taking the best.
+    picks = select_candidates(q, "softmax", 1.0, generator=g)
+    ranks = standardise(q).gather(1, picks[:, None]).mean()
+    assert 0.3 < ranks < standardise(q).max(1).values.mean()
+    assert torch.equal(select_candidates(q, "sample"), torch.zeros(500, dtype=torch.long))
+    with pytest.raises(ValueError, match="Unknown acting rule"):
+        select_candidates(q, "best")
+
+
+def test_sample_acting_draws_one_candidate_without_the_critic():
+    module = make_module(small_cfg(num_candidates=8, acting="sample"))
+    calls = []
+    module.loss.target_q_min = lambda *a: calls.append(1)
+    cond = module.prompt_condition(torch.randn(3, TEXT), batches(1)[0][:1])
+    assert module.act(torch.randn(3, OBS), cond).shape == (3, ACT) and not calls
+
+
+def test_n_step_returns_stop_at_episode_ends():
+    def episode(rewards, terminal=False):
+        t = len(rewards)
+        return {
+            "observations": np.arange(t + 1, dtype=np.float32)[:, None].repeat(2, 1),
+            "actions": np.zeros((t, 1), np.float32),
+            "rewards": np.asarray(rewards, np.float32),
+            "terminations": np.asarray([False] * (t - 1) + [terminal]),
+        }
+
+    store = EpisodeStore([[episode([1, 2, 3, 4]), episode([10, 20], terminal=True)]])
+    out = n_step_returns(store, 3, 0.5)
+    assert torch.allclose(out["reward"][:, 0], torch.tensor([1 + 1 + 0.75, 2 + 1.5 + 1, 3 + 2, 4, 10 + 10, 20]))
+    expected_discount = torch.tensor([0.125, 0.125, 0.25, 0.5, 0.0, 0.0])  # the terminal episode never bootstraps
+    assert torch.allclose(out["discount"][:, 0], expected_discount)
+    assert torch.equal(out["next_obs"][:, 0], torch.tensor([3.0, 4, 4, 4, 2, 2]))
+    one = n_step_returns(store, 1, 0.5)
+    assert torch.equal(one["reward"], store.transitions["reward"])
+    assert torch.equal(one["next_obs"], store.transitions["next_obs"])
+
+
+def test_eta_ramps_in_after_the_critic_warm_up():
+    module = make_module(small_cfg(eta=2.0, critic_warmup_steps=10, eta_ramp_steps=4))
+    assert [module.eta_at(s) for s in (0, 9, 10, 11, 13, 50)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]
+    module.cfg.policy.eta_ramp_steps = 0
+    assert module.eta_at(10) == 2.0 and module.eta_at(9) == 0.0
+
+
+def test_loss_parts_sum_to_the_trained_loss():
+    module = make_module(small_cfg(critic="expectile", awr_beta=1.0))
+    module.loss.eta = 0.5
+    torch.manual_seed(0)
+    losses = module.loss(module.loss_input(random_batch(2, 8, 6, OBS, ACT, TEXT)))
+    parts = sum(losses[k] for k in ("loss_bc", "loss_critic", "loss_value", "loss_q"))
+    assert torch.allclose(loss_total(losses), parts)
+    assert 0 < losses["awr_weight_mean"] <= 100
