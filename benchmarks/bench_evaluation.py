@@ -1,5 +1,6 @@
 """Evaluation: env steps/s with the policy in the loop against a scripted-expert rollout of the same tasks
-and episodes (ratio), and milliseconds per batched policy call, at the `metaworld` config's sizes."""
+and episodes (ratio), milliseconds per batched policy call, at the `metaworld` config's sizes, and the
+scripted expert again with at most half the environments alive at once (memory-bounded waves)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from benchmarks.common import report
 from llmdpd.config.load import load_config
 from llmdpd.data.batch import random_batch
 from llmdpd.evaluation.agent import ExpertAgent
-from llmdpd.evaluation.rollout import RolloutTiming, evaluate_episodes, plan_episodes
+from llmdpd.evaluation.plan import plan_episodes
+from llmdpd.evaluation.rollout import RolloutTiming, evaluate_episodes
 from llmdpd.policy.module import PolicyDiffusionModule
 
 STEPS = 100
@@ -19,7 +21,8 @@ STEPS = 100
 def main() -> None:
     cfg = load_config("metaworld")
     episodes = plan_episodes(["reach-v3", "push-v3", "drawer-close-v3", "window-open-v3", "sweep-v3"],
-                             ["door-close-v3", "lever-pull-v3"], 4, cfg.data.train_goals, seed=0)
+                             ["door-close-v3", "lever-pull-v3"], 4, cfg.data.train_goals, seed=0,
+                             validation_goals=cfg.data.validation_goals)
     text_dim = 576  # SmolLM2's width; the condition is computed once per episode, outside the loop
     module = PolicyDiffusionModule(39, 4, text_dim, OmegaConf.to_container(cfg)).eval()
     prompts = random_batch(len(episodes), 1, cfg.data.prompt_length, text_dim=text_dim)
@@ -40,3 +43,8 @@ def main() -> None:
     calls = STEPS
     report(f"batched policy call ({len(episodes)} envs x {cfg.policy.num_candidates} candidates)",
            ours.act_seconds / calls * 1e3, "ms/call")
+
+    bounded = RolloutTiming()
+    half = max(1, len(episodes) // 2)
+    evaluate_episodes(episodes, ExpertAgent(episodes), STEPS, workers=1, timing=bounded, max_envs=half)
+    report(f"scripted expert, max_envs={half} ({bounded.waves} waves)", bounded.steps_per_second, "env steps/s")

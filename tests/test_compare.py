@@ -1,12 +1,17 @@
-"""`llmdpd compare`: runs grouped by method, mean ± std over seeds, TensorBoard steps, the bar chart."""
+"""`llmdpd compare`: runs grouped by method, mean ± std over seeds, TensorBoard steps, the bar chart, validation
+evaluations, and paired bootstrap differences to a baseline."""
 
 from __future__ import annotations
 
 import argparse
+import re
 
+import numpy as np
+import pytest
 import yaml
 
 from llmdpd.cli import compare as compare_cli
+from llmdpd.evaluation.compare import paired_bootstrap_difference, plan_mismatch
 from llmdpd.evaluation.results import write_eval_json
 
 # (method, seed) -> (seen task successes, unseen task successes); split means are the task means.
@@ -69,8 +74,10 @@ def test_compare_table_and_chart(tmp_path, capsys):
     assert code == 0
     lines = captured.out.splitlines()
     # std is the sample std over seeds: std(0.5, 0.7) = 0.1414 -> 14.1 %.
-    assert "| llmdpd | 2 | 60.0 ± 14.1 | 30.0 ± 14.1 | 20/10 | 300 |" in lines
-    assert "| mlp_bc | 2 | 90.0 ± 0.0 | 20.0 ± 14.1 | 20/10 | 100 |" in lines
+    assert lines[0] == ("| method | seeds | seen success (%) | unseen success (%) | episodes (seen/unseen per seed) "
+                        "| episodes per task | steps |")
+    assert "| llmdpd | 2 | 60.0 ± 14.1 | 30.0 ± 14.1 | 20/10 | 10 | 300 |" in lines
+    assert "| mlp_bc | 2 | 90.0 ± 0.0 | 20.0 ± 14.1 | 20/10 | 10 | 100 |" in lines
     assert "| push-v3 | seen | 65.0 ± 7.1 | 85.0 ± 7.1 |" in lines
     assert "| drawer-open-v3 | unseen | 30.0 ± 14.1 | 20.0 ± 14.1 |" in lines
     assert "seed2 (no eval.json yet)" in captured.err
@@ -86,6 +93,106 @@ def test_compare_one_seed_and_grouping_by_folder(tmp_path, capsys):
     _make_runs(tmp_path / "runs")
     assert _run_cli([str(tmp_path / "runs" / "mlp_bc" / "seed1"), "--group-by", "parent"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == "| mlp_bc | 1 | 90.0 | 30.0 | 20/10 | 100 |"
+    assert lines[2] == "| mlp_bc | 1 | 90.0 | 30.0 | 20/10 | 10 | 100 |"
     assert len(lines) == 3
     assert _run_cli([str(tmp_path / "nothing")]) == 1
+
+
+def _validation_json(seed, values, episodes_per_task=10):
+    tasks = {name: {"split": "validation", "success": value, "final_success": value, "return": 1.0,
+                    "episodes": episodes_per_task, "goals": [32 + e % 8 for e in range(episodes_per_task)]}
+             for name, value in zip(["reach-v3", "push-v3"], values)}
+    mean = sum(values) / len(values)
+    empty = {"success_mean": None, "final_success_mean": None, "return_mean": None, "tasks": 0, "episodes": 0}
+    return {"tasks": tasks, "seen": empty, "unseen": empty,
+            "validation": {"success_mean": mean, "final_success_mean": mean, "return_mean": 1.0,
+                           "tasks": len(values), "episodes": episodes_per_task * len(values)},
+            "eval_split": "validation", "seed": seed, "episodes_per_task": episodes_per_task}
+
+
+def _write_run(root, method, seed, summary, name="eval.json"):
+    run = root / method / f"seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"name": method, "seed": seed}))
+    write_eval_json(run / name, summary)
+
+
+def test_compare_validation_evaluations_show_a_validation_column(tmp_path, capsys):
+    for seed, values in ((0, [0.2, 0.4]), (1, [0.4, 0.4])):
+        _write_run(tmp_path, "llmdpd", seed, _validation_json(seed, values), "eval_last_validation.json")
+    assert _run_cli([str(tmp_path), "--eval-file", "eval_last_validation.json", "--per-task"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| method | seeds | validation success (%) | episodes (validation per seed) "
+                        "| episodes per task | steps |")
+    assert lines[2] == "| llmdpd | 2 | 35.0 ± 7.1 | 20 | 10 | - |"
+    assert "| reach-v3 | validation | 30.0 ± 14.1 |" in lines
+
+
+def test_paired_bootstrap_difference_on_hand_made_cases():
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, (3, 6))
+    assert paired_bootstrap_difference(base, base, 2000, np.random.default_rng(0)) == (0.0, 0.0, 0.0)
+    diff, low, high = paired_bootstrap_difference(base + 0.25, base, 2000, np.random.default_rng(0))
+    assert diff == pytest.approx(0.25) and low == pytest.approx(0.25) and high == pytest.approx(0.25)
+    # Noisy: per-task effects plus seed-level and cell-level noise around a true mean difference of 0.1.
+    seeds, tasks = 5, 40
+    task_effect = rng.normal(0.1, 0.05, tasks)
+    method = base.mean() + rng.normal(0, 0.1, (seeds, tasks))
+    baseline = method - task_effect[None, :] - rng.normal(0, 0.05, (seeds, 1)) - rng.normal(0, 0.1, (seeds, tasks))
+    diff, low, high = paired_bootstrap_difference(method, baseline, 4000, np.random.default_rng(0))
+    assert low < 0.1 < high and low < diff < high and high - low < 0.2
+    assert diff == pytest.approx((method - baseline).mean())
+    # Reproducible with the same generator seed; one seed still resamples tasks.
+    assert paired_bootstrap_difference(method, baseline, 4000, np.random.default_rng(0)) == (diff, low, high)
+    one = paired_bootstrap_difference(method[:1], baseline[:1], 1000, np.random.default_rng(0))
+    assert one[1] < one[0] < one[2]
+    with pytest.raises(ValueError, match="one shape"):
+        paired_bootstrap_difference(method, baseline[:, :3], 10)
+
+
+def test_compare_baseline_table_pairs_seeds_and_refuses_other_plans(tmp_path, capsys):
+    _make_runs(tmp_path / "runs")
+    # A third seed only mlp_bc has, and a method evaluated with another number of episodes per task.
+    _write_run(tmp_path / "runs", "mlp_bc", 7, _eval_json(7, [1.0, 1.0], [0.0]))
+    for seed in (0, 1):
+        other = _eval_json(seed, [0.5, 0.5], [0.5])
+        other["episodes_per_task"] = 20
+        _write_run(tmp_path / "runs", "more_episodes", seed, other)
+    argv = [str(tmp_path / "runs"), "--baseline", "llmdpd", "--bootstrap", "2000"]
+    assert _run_cli(argv) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert any(line.startswith("Paired bootstrap against llmdpd: method minus llmdpd in success points, 95 %")
+               for line in lines)
+    assert "| method | split | paired seeds | tasks | difference (points) | 95 % interval |" in lines
+    rows = {}
+    for line in lines:
+        number = r"([+-]\d+\.\d)"
+        match = re.fullmatch(
+            rf"\| (\S+) \| (seen|unseen) \| (\d+) \| (\d+) \| {number} \| \[{number}, {number}\] \|", line
+        )
+        if match:
+            rows[match[1], match[2]] = (int(match[3]), int(match[4]), *map(float, match.groups()[4:]))
+    # mlp_bc minus llmdpd over seeds 0 and 1: seen (0.9 + 0.9) / 2 - (0.5 + 0.7) / 2 = +30 points.
+    seen, unseen = rows["mlp_bc", "seen"], rows["mlp_bc", "unseen"]
+    assert seen[:3] == (2, 2, 30.0) and seen[3] <= 30.0 <= seen[4]
+    assert unseen[:3] == (2, 1, -10.0) and unseen[3] <= -10.0 <= unseen[4]
+    assert "mlp_bc vs llmdpd: 2 paired seeds; seeds 7 left out (not in both)" in lines
+    assert not any(key[0] == "more_episodes" for key in rows)
+    assert any(line.startswith("more_episodes vs llmdpd: refused, the evaluations ran different episode plans")
+               and "episodes per task 10 vs 20" in line for line in lines)
+    assert _run_cli(argv) == 0 and capsys.readouterr().out == out  # reproducible
+    assert _run_cli([str(tmp_path / "runs"), "--baseline", "nobody"]) == 2
+    assert "baseline 'nobody' is not among the methods" in capsys.readouterr().err
+    assert _run_cli([str(tmp_path / "runs"), "--bootstrap", "100"]) == 2
+
+
+def test_plan_mismatch_names_the_difference():
+    a = _eval_json(0, [0.1, 0.2], [0.3])
+    assert plan_mismatch(a, _eval_json(1, [0.5, 0.5], [0.5])) is None
+    b = _eval_json(0, [0.1, 0.2], [0.3])
+    del b["tasks"]["push-v3"]
+    assert "only in the first: push-v3" in plan_mismatch(a, b)
+    c, d = _eval_json(0, [0.1, 0.2], [0.3]), _eval_json(0, [0.1, 0.2], [0.3])
+    c["tasks"]["reach-v3"]["goals"], d["tasks"]["reach-v3"]["goals"] = [40, 41], [41, 40]
+    assert "different goal variations" in plan_mismatch(c, d)

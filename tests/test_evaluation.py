@@ -1,4 +1,5 @@
-"""Evaluation: lock-step rollouts, episode plans, summaries, eval.json, agents and the training callback."""
+"""Evaluation: lock-step rollouts (memory-bounded waves), episode plans (validation and test protocols),
+summaries, eval.json, agents and the training callback."""
 
 from __future__ import annotations
 
@@ -11,25 +12,28 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from llmdpd.config.schema import EvalConfig
+from llmdpd.config.schema import DataConfig, EvalConfig
 from llmdpd.evaluation.agent import ExpertAgent, PolicyAgent
 from llmdpd.evaluation.callback import EvaluationCallback
-from llmdpd.evaluation.results import read_eval_json, summarise, write_eval_json
+from llmdpd.evaluation.plan import EvalEpisode, GoalLayout, plan_episodes, plan_evaluation
+from llmdpd.evaluation.results import read_eval_json, scalar_metrics, summarise, write_eval_json
 from llmdpd.evaluation.rollout import (
     EpisodeResult,
-    EvalEpisode,
     RolloutTiming,
+    cached_env_count,
+    clear_env_cache,
     evaluate_episodes,
-    plan_episodes,
 )
 
 SEEN = ["reach-v3", "push-v3", "button-press-topdown-v3"]
 # The scripted experts succeed within about 75 steps on the held-out goals of these tasks.
 HORIZON = 120
+# The default goal layout: data goals [0, 32), validation goals [32, 40), seen-test goals [40, 50).
+GOALS = {"train_goals": 32, "validation_goals": 8}
 
 
 def test_expert_succeeds_on_seen_tasks():
-    episodes = plan_episodes(SEEN, [], episodes_per_task=3, train_goals=40, seed=0)
+    episodes = plan_episodes(SEEN, [], episodes_per_task=3, **GOALS, seed=0)
     timing = RolloutTiming()
     results = evaluate_episodes(episodes, ExpertAgent(episodes), HORIZON, timing=timing)
     summary = summarise(results, seed=0)
@@ -43,7 +47,7 @@ def test_expert_succeeds_on_seen_tasks():
 
 
 def test_zero_policy_fails_and_rollouts_run_in_lock_step():
-    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], episodes_per_task=2, train_goals=40, seed=0)
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], episodes_per_task=2, **GOALS, seed=0)
     calls = []
 
     def zeros(obs, live):
@@ -74,7 +78,7 @@ def test_worker_errors_reach_the_caller():
 
 
 def test_workers_give_the_same_results_as_one_process():
-    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], episodes_per_task=2, train_goals=40, seed=3)
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], episodes_per_task=2, **GOALS, seed=3)
     one = evaluate_episodes(episodes, ExpertAgent(episodes, noise=0.3, seed=1), 40, workers=1)
     two = evaluate_episodes(episodes, ExpertAgent(episodes, noise=0.3, seed=1), 40, workers=2)
     assert one == two
@@ -82,9 +86,9 @@ def test_workers_give_the_same_results_as_one_process():
 
 
 def test_plan_episodes_holds_out_training_goals_and_is_deterministic():
-    plan = plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, train_goals=40, seed=7)
-    assert plan == plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, train_goals=40, seed=7)
-    assert plan != plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, train_goals=40, seed=8)
+    plan = plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, **GOALS, seed=7)
+    assert plan == plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, **GOALS, seed=7)
+    assert plan != plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, **GOALS, seed=8)
     assert len(plan) == 5 * 12
     for task in SEEN:
         goals = [e.goal for e in plan if e.task == task]
@@ -95,10 +99,109 @@ def test_plan_episodes_holds_out_training_goals_and_is_deterministic():
     unseen = [e.goal for e in plan if e.split == "unseen"]
     assert all(0 <= g < 50 for g in unseen) and len(set(unseen)) > 12
     # A task's goals do not depend on which other tasks are planned.
-    alone = plan_episodes(["push-v3"], [], 12, train_goals=40, seed=7)
+    alone = plan_episodes(["push-v3"], [], 12, **GOALS, seed=7)
     assert [e.goal for e in alone] == [e.goal for e in plan if e.task == "push-v3"]
+    # Without validation goals (the layout before them), seen-test goals are [train_goals, 50).
+    assert plan == plan_episodes(SEEN, ["drawer-open-v3", "door-close-v3"], 12, train_goals=40, seed=7)
     with pytest.raises(ValueError):
         plan_episodes(["reach-v3"], [], 1, train_goals=50, seed=0)
+
+
+@pytest.mark.parametrize("train_goals, validation_goals", [(32, 8), (20, 15), (0, 5), (45, 0)])
+def test_goal_pools_are_disjoint_and_cover_all_goals(train_goals, validation_goals):
+    layout = GoalLayout(train_goals, validation_goals)
+    data, validation, seen_test = set(layout.data), set(layout.validation), set(layout.seen_test)
+    assert data == set(range(train_goals))
+    assert validation == set(range(train_goals, train_goals + validation_goals))
+    assert seen_test == set(range(train_goals + validation_goals, 50)) and seen_test
+    assert not data & validation and not data & seen_test and not validation & seen_test
+    assert data | validation | seen_test == set(range(50)) == set(layout.unseen)
+    if validation_goals == 0:
+        return
+    tasks = SEEN + ["drawer-close-v3"]
+    eval_cfg = EvalConfig(split="validation", episodes_per_task=2 * validation_goals + 1, seed=5)
+    val_plan = plan_evaluation(eval_cfg, tasks, ["drawer-open-v3"], (train_goals, validation_goals))
+    test_plan = plan_evaluation(EvalConfig(split="test", episodes_per_task=12, seed=5), tasks, ["drawer-open-v3"],
+                                (train_goals, validation_goals))
+    for task in tasks:
+        goals = [e.goal for e in val_plan if e.task == task]
+        assert set(goals) == validation  # every validation goal, each before any repeat
+        assert sorted(goals[:validation_goals]) == sorted(validation)
+        assert set(e.goal for e in test_plan if e.task == task) <= seen_test
+    assert {e.split for e in val_plan} == {"validation"}
+    assert {e.split for e in test_plan} == {"seen", "unseen"}
+
+
+def test_default_data_config_layout_and_validation_plans_have_no_unseen_tasks():
+    data = DataConfig()
+    assert (data.train_goals, data.validation_goals) == (32, 8)
+    cfg = EvalConfig(split="validation", episodes_per_task=10)
+    plan = plan_evaluation(cfg, SEEN, ["drawer-open-v3", "door-close-v3"], data)
+    assert len(plan) == 3 * 10 and [e.task for e in plan[::10]] == SEEN
+    assert all(e.split == "validation" and 32 <= e.goal < 40 for e in plan)
+    assert plan == plan_evaluation(cfg, SEEN, ["drawer-open-v3", "door-close-v3"], data)  # same seed, same plan
+    assert plan != plan_evaluation(EvalConfig(split="validation", episodes_per_task=10, seed=1), SEEN, [], data)
+    # The plan_episodes spelling, and the pair spelling of the goal layout, give the same plan.
+    assert plan == plan_episodes(SEEN, ["drawer-open-v3"], 10, 32, cfg.seed, validation_goals=8, split="validation")
+    assert plan == plan_evaluation(cfg, SEEN, [], (32, 8))
+    test = plan_evaluation(EvalConfig(episodes_per_task=10), SEEN, ["drawer-open-v3"], data)
+    assert [e.split for e in test] == ["seen"] * 30 + ["unseen"] * 10
+    assert all(40 <= e.goal < 50 for e in test if e.split == "seen")
+    # The test plan of the default layout is the plan of the layout before validation goals (train_goals 40).
+    assert test == plan_evaluation(EvalConfig(episodes_per_task=10), SEEN, ["drawer-open-v3"], 40)
+
+
+def test_bad_goal_settings_are_clear_errors():
+    for train_goals, validation_goals in ((40, 10), (42, 8), (32, 30), (50, 0)):
+        with pytest.raises(ValueError, match="leaves no seen-test goal variations"):
+            plan_episodes(SEEN, [], 2, train_goals, 0, validation_goals=validation_goals)
+        with pytest.raises(ValueError, match="must be below 50"):
+            plan_evaluation(EvalConfig(split="validation"), SEEN, [],
+                            DataConfig(train_goals=train_goals, validation_goals=validation_goals))
+    with pytest.raises(ValueError, match="must not be negative"):
+        GoalLayout(32, -1)
+    with pytest.raises(ValueError, match="data.validation_goals is 0"):
+        plan_evaluation(EvalConfig(split="validation"), SEEN, [], DataConfig(train_goals=40, validation_goals=0))
+    with pytest.raises(ValueError, match="eval.seen is false"):
+        plan_evaluation(EvalConfig(split="validation", seen=False), SEEN, ["drawer-open-v3"], DataConfig())
+    with pytest.raises(ValueError, match="eval.split must be one of"):
+        plan_evaluation(EvalConfig(split="seen"), SEEN, [], DataConfig())
+
+
+def _fixed_act(obs, live):
+    """Deterministic, and different per episode index: wrong `live` indices would change the results."""
+    return np.sin(3.0 * obs[:, :4] + 0.1 * np.asarray(live, dtype=np.float64)[:, None])
+
+
+def test_bounded_waves_give_the_results_of_one_unbounded_run():
+    episodes = plan_episodes(SEEN, ["drawer-open-v3"], 3, **GOALS, seed=2)  # 12 episodes
+    unbounded = evaluate_episodes(episodes, _fixed_act, 25, max_envs=256)
+    calls = []
+
+    def recording(obs, live):
+        calls.append(list(live))
+        return _fixed_act(obs, live)
+
+    clear_env_cache()
+    timing = RolloutTiming()
+    bounded = evaluate_episodes(episodes, recording, 25, max_envs=5, timing=timing)
+    assert bounded == unbounded
+    # Waves of 5, 5 and 2 consecutive episodes, one batched call per step, `live` indexing the whole plan.
+    assert calls == [[0, 1, 2, 3, 4]] * 25 + [[5, 6, 7, 8, 9]] * 25 + [[10, 11]] * 25
+    assert timing.waves == 3 and timing.env_steps == 12 * 25
+    assert cached_env_count() <= 5  # this process keeps at most max_envs environments
+    expert = evaluate_episodes(episodes, ExpertAgent(episodes), 30, max_envs=4)
+    assert expert == evaluate_episodes(episodes, ExpertAgent(episodes), 30)
+    assert len({r.episode_return for r in expert}) == 12
+    assert cached_env_count() <= 12
+    with pytest.raises(ValueError, match="max_envs"):
+        evaluate_episodes(episodes, _fixed_act, 5, max_envs=0)
+
+
+def test_bounded_waves_with_workers_give_the_same_results():
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, **GOALS, seed=4)  # 6 episodes
+    one = evaluate_episodes(episodes, _fixed_act, 20)
+    assert evaluate_episodes(episodes, _fixed_act, 20, workers=2, max_envs=4) == one  # waves of 4 and 2
 
 
 def _result(task, split, success, final, ret, episode=0):
@@ -118,7 +221,7 @@ def test_summary_means_and_eval_json(tmp_path):
     ]
     summary = summarise(results, seed=3, episodes_per_task=4)
     assert summary["tasks"]["a"] == {
-        "split": "seen", "success": 0.75, "final_success": 0.5, "return": 15.0, "episodes": 4
+        "split": "seen", "success": 0.75, "final_success": 0.5, "return": 15.0, "episodes": 4, "goals": [0] * 4
     }
     assert summary["tasks"]["b"]["success"] == 0.5
     # Split means weigh each task equally.
@@ -128,8 +231,9 @@ def test_summary_means_and_eval_json(tmp_path):
     assert summary["unseen"] == {
         "success_mean": 1.0, "final_success_mean": 0.5, "return_mean": 2.0, "tasks": 1, "episodes": 2
     }
-    assert summary["seed"] == 3 and summary["episodes_per_task"] == 4
-    assert set(summary) == {"tasks", "seen", "unseen", "seed", "episodes_per_task"}
+    assert summary["validation"]["success_mean"] is None and summary["validation"]["tasks"] == 0
+    assert summary["seed"] == 3 and summary["episodes_per_task"] == 4 and summary["eval_split"] == "test"
+    assert set(summary) == {"tasks", "seen", "unseen", "validation", "eval_split", "seed", "episodes_per_task"}
 
     path = tmp_path / "run" / "eval.json"
     write_eval_json(path, summary)
@@ -184,7 +288,7 @@ class _FakePolicy(torch.nn.Module):
 
 
 def test_policy_agent_conditions_each_episode_once():
-    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, train_goals=40, seed=0)
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, **GOALS, seed=0)
     source, module = _FakeSource(), _FakePolicy()
     agent = PolicyAgent(module, source, episodes, prompt_episode=2)
     assert sorted(source.prompt_calls) == [("drawer-open-v3", 2, 0), ("reach-v3", 2, 0)]
@@ -232,7 +336,9 @@ def test_callback_logs_curves_and_writes_eval_json(tmp_path):
         return act
 
     cfg = EvalConfig(every_n_steps=2, episodes_per_task=2, max_episode_steps=10)
-    callback = EvaluationCallback(make_agent, cfg, ["reach-v3"], ["drawer-open-v3"], 40, tmp_path / "eval.json")
+    callback = EvaluationCallback(
+        make_agent, cfg, ["reach-v3"], ["drawer-open-v3"], out_path=tmp_path / "eval.json", data_cfg=DataConfig()
+    )
     module = _TinyModule()
     trainer = L.Trainer(
         max_steps=5, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"), callbacks=[callback],
@@ -259,9 +365,41 @@ def test_callback_logs_curves_and_writes_eval_json(tmp_path):
     assert returns[-1] == pytest.approx(summary["seen"]["return_mean"])
 
 
+def test_callback_plans_validation_and_takes_the_goal_layout():
+    make_agent = lambda module, episodes: None  # noqa: E731
+    cfg = EvalConfig(split="validation", episodes_per_task=2)
+    callback = EvaluationCallback(make_agent, cfg, ["reach-v3", "push-v3"], ["drawer-open-v3"], data_cfg=DataConfig())
+    assert [(e.task, e.split) for e in callback.episodes] == [("reach-v3", "validation")] * 2 + [
+        ("push-v3", "validation")] * 2
+    assert all(32 <= e.goal < 40 for e in callback.episodes)
+    assert list(callback.layout()) == ["eval/validation"] and callback.seen_tasks == ["reach-v3", "push-v3"]
+    assert callback.unseen_tasks == [] and callback.out_path is None and callback.max_envs == 256
+    same = EvaluationCallback(make_agent, cfg, ["reach-v3", "push-v3"], [], train_goals=32, validation_goals=8)
+    assert same.episodes == callback.episodes
+    # train_goals alone: the layout before validation goals, with a warning.
+    with pytest.warns(UserWarning, match="pass data_cfg"):
+        legacy = EvaluationCallback(make_agent, EvalConfig(), ["reach-v3"], [], 40, "eval.json")
+    assert legacy.out_path.name == "eval.json" and all(40 <= e.goal < 50 for e in legacy.episodes)
+    with pytest.raises(ValueError, match="contradict"):
+        EvaluationCallback(make_agent, cfg, ["reach-v3"], [], train_goals=40, data_cfg=DataConfig())
+    with pytest.raises(TypeError, match="data_cfg"):
+        EvaluationCallback(make_agent, cfg, ["reach-v3"], [])
+    with pytest.raises(ValueError, match="data.validation_goals is 0"):
+        EvaluationCallback(make_agent, cfg, ["reach-v3"], [], data_cfg=DataConfig(train_goals=40, validation_goals=0))
+
+    results = [EpisodeResult("reach-v3", "validation", 33, 0, True, True, 5.0, 10),
+               EpisodeResult("push-v3", "validation", 35, 0, False, False, 1.0, 10)]
+    summary = summarise(results, seed=0)
+    assert summary["eval_split"] == "validation" and summary["validation"]["success_mean"] == 0.5
+    assert summary["seen"]["success_mean"] is None and summary["unseen"]["success_mean"] is None
+    metrics = scalar_metrics(summary)
+    assert metrics["eval/validation/success_mean"] == 0.5 and metrics["eval/validation/reach-v3/success"] == 1.0
+    assert not any(key.startswith(("eval/seen", "eval/unseen")) for key in metrics)
+
+
 _DDP_SCRIPT = '''
 import sys, json, torch, lightning as L
-from llmdpd.config.schema import EvalConfig
+from llmdpd.config.schema import DataConfig, EvalConfig
 from llmdpd.evaluation.agent import ExpertAgent
 from llmdpd.evaluation.callback import EvaluationCallback
 
@@ -289,7 +427,8 @@ def make_agent(module, episodes):
 
 if __name__ == "__main__":
     cfg = EvalConfig(episodes_per_task=3, max_episode_steps=30)
-    callback = EvaluationCallback(make_agent, cfg, ["reach-v3"], ["drawer-open-v3"], 40, sys.argv[1] + "/eval.json")
+    callback = EvaluationCallback(make_agent, cfg, ["reach-v3"], ["drawer-open-v3"],
+                                  out_path=sys.argv[1] + "/eval.json", data_cfg=DataConfig())
     trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp", logger=False, callbacks=[callback],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(Tiny())
@@ -311,6 +450,24 @@ def test_callback_splits_episodes_across_ddp_ranks(tmp_path):
                       [["reach-v3", 1], ["drawer-open-v3", 0], ["drawer-open-v3", 2]]]
     gathered = [json.loads((tmp_path / f"summary{r}.json").read_text()) for r in (0, 1)]
     assert gathered[0] == gathered[1] == read_eval_json(tmp_path / "eval.json")
-    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, train_goals=40, seed=EvalConfig().seed)
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, **GOALS, seed=EvalConfig().seed)
     alone = summarise(evaluate_episodes(episodes, ExpertAgent(episodes), 30), seed=0, episodes_per_task=3)
     assert gathered[0] == alone
+
+
+def test_llmdpd_eval_names_validation_results_apart_and_rejects_bad_splits(tmp_path, capsys):
+    from llmdpd.cli.evaluate import default_out_path
+    from llmdpd.cli.main import main
+
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert default_out_path(ckpt, "test") == (tmp_path / "run" / "eval_last.json").resolve()
+    assert default_out_path(ckpt, "validation") == (tmp_path / "run" / "eval_last_validation.json").resolve()
+    for overrides, message in (
+        (["eval.split=validation", "data.validation_goals=0"], "data.validation_goals is 0"),
+        (["data.train_goals=45", "data.validation_goals=5"], "leaves no seen-test goal variations"),
+        (["eval.split=everything"], "eval.split must be one of"),
+        (["eval.split=validation", "eval.seen=false"], "eval.seen is false"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["eval", "smoke", f"ckpt={ckpt}", f"paths.runs_dir={tmp_path}", *overrides])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""`llmdpd compare RUN_DIR ... [--per-task] [--out results.png]`: tabulate and plot finished runs."""
+"""`llmdpd compare RUN_DIR ... [--per-task] [--out results.png] [--baseline METHOD [--bootstrap N]]`:
+tabulate and plot finished runs, and bound each method's difference to a baseline by a paired bootstrap."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "compare",
         help="compare runs: success per method, mean ± std over seeds",
-        description="Print a markdown table of seen/unseen success per method (runs grouped by config name, "
-        "mean ± std over seeds) from each run's eval.json; optionally plot it.",
+        description="Print a markdown table of success per method and split (runs grouped by config name, "
+        "mean ± std over seeds) from each run's eval.json: seen/unseen for test evaluations, validation for "
+        "validation evaluations. With --baseline, a second table: each other method minus the baseline per "
+        "split, with a paired bootstrap interval (runs paired by seed; seeds and, within, tasks resampled). "
+        "Optionally plot the first table.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     parser.add_argument("--per-task", action="store_true", help="also a table of success per task")
@@ -21,19 +25,47 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--group-by", choices=("name", "parent"), default="name",
         help="method = the config's name (default) or the run directory's parent folder",
     )
+    parser.add_argument(
+        "--eval-file", default="eval.json", metavar="NAME",
+        help="the evaluation file of each run (default eval.json; e.g. eval_last_validation.json from "
+        "`llmdpd eval EXP ckpt=last eval.split=validation`)",
+    )
+    parser.add_argument("--baseline", default=None, metavar="METHOD",
+                        help="add paired differences of every other method to this one")
+    parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                        help="bootstrap resamples for --baseline (default 10000)")
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from llmdpd.evaluation.compare import bar_chart, find_runs, group_methods, markdown_table
+    from llmdpd.evaluation.compare import (
+        DEFAULT_BOOTSTRAP,
+        bar_chart,
+        bootstrap_table,
+        find_runs,
+        group_methods,
+        markdown_table,
+    )
 
-    runs = find_runs(args.runs, group_by=args.group_by)
+    if args.bootstrap is not None and (args.baseline is None or args.bootstrap < 1):
+        print("compare: --bootstrap N needs --baseline METHOD and N >= 1", file=sys.stderr)
+        return 2
+    runs = find_runs(args.runs, group_by=args.group_by, eval_file=args.eval_file)
     if not runs:
-        print(f"compare: no finished runs (config.yaml + eval.json) under {' '.join(args.runs)}", file=sys.stderr)
+        print(f"compare: no finished runs (config.yaml + {args.eval_file}) under {' '.join(args.runs)}",
+              file=sys.stderr)
         return 1
     methods = group_methods(runs)
+    if args.baseline is not None and args.baseline not in {method.name for method in methods}:
+        print(f"compare: baseline '{args.baseline}' is not among the methods: "
+              f"{', '.join(method.name for method in methods)}", file=sys.stderr)
+        return 2
     print(markdown_table(methods, per_task=args.per_task))
+    if args.baseline is not None:
+        n = args.bootstrap if args.bootstrap is not None else DEFAULT_BOOTSTRAP
+        print()
+        print(bootstrap_table(methods, args.baseline, n=n))
     if args.out:
         bar_chart(methods, args.out)
         print(f"\nwrote {args.out}")

@@ -1,9 +1,14 @@
-"""`llmdpd eval EXP ckpt=PATH [key=value ...]`: re-evaluate a checkpoint on seen and unseen tasks.
+"""`llmdpd eval EXP ckpt=PATH [key=value ...]`: re-evaluate a checkpoint.
+
+`eval.split=test` (the default): the training tasks on their seen-test goals and the unseen tasks, written
+to eval_<ckpt name>.json. `eval.split=validation`: the training tasks on their validation goals only, for
+every tuning choice, written to eval_<ckpt name>_validation.json (never over a test evaluation).
 
 Other wordings of a task: `--descriptions FILE` (YAML: task -> list of texts) or
 `eval.descriptions='{drawer-open-v3: ["Pull the drawer open."]}'`. Another demonstration as the
-trajectory prompt: `eval.prompt_episode=2`. Acting-time settings apply too: `policy.num_candidates=1`
-(no Q-based selection), `policy.guidance_weight=2` (classifier-free guidance).
+trajectory prompt: `eval.prompt_episode=2`. Acting-time settings apply too: `policy.acting=softmax`,
+`policy.acting_temperature=0.5`, `policy.num_candidates=32`, `policy.guidance_weight=2` (classifier-free
+guidance).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ def register(sub) -> None:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_arguments(parser)
     parser.add_argument("--descriptions", type=Path, help="YAML file: task -> list of descriptions")
-    parser.add_argument("--out", type=Path, help="where to write the results (default: eval_<ckpt name>.json "
-                        "beside the run's eval.json)")
+    parser.add_argument("--out", type=Path, help="where to write the results (default: eval_<ckpt name>.json, "
+                        "or eval_<ckpt name>_validation.json with eval.split=validation, beside the run's eval.json)")
     parser.set_defaults(run=run)
 
 
@@ -30,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from llmdpd.config.load import ConfigError, load_config
+    from llmdpd.evaluation.plan import check_split
     from llmdpd.evaluation.runner import evaluate_checkpoint
     from llmdpd.training.pipeline import resolve_ckpt, run_dir
 
@@ -39,13 +45,19 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(texts, dict) or not all(isinstance(v, list) and v for v in texts.values()):
             raise ConfigError(f"{args.descriptions}: expected a mapping task -> non-empty list of descriptions")
         cfg.eval.descriptions = OmegaConf.merge(cfg.eval.descriptions, texts)
+    try:
+        check_split(cfg.eval.split, cfg.data)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.eval.split == "validation" and not cfg.eval.seen:
+        raise ConfigError("eval.split=validation evaluates the training tasks, but eval.seen is false")
     if cfg.ckpt is None:
         raise ConfigError("llmdpd eval needs ckpt=PATH (or ckpt=last for the experiment's run directory)")
     ckpt = resolve_ckpt(cfg, run_dir(cfg))
     if ckpt is None:
         raise ConfigError(f"ckpt=last: no checkpoints/last.ckpt in {run_dir(cfg)}")
     summary = evaluate_checkpoint(cfg, ckpt)
-    out = args.out or Path(ckpt).resolve().parent.parent / f"eval_{Path(ckpt).stem}.json"
+    out = args.out or default_out_path(ckpt, cfg.eval.split)
     from llmdpd.evaluation.results import write_eval_json
     from llmdpd.evaluation.runner import format_summary
 
@@ -53,3 +65,10 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(summary))
     print(f"written: {out}")
     return 0
+
+
+def default_out_path(ckpt: str | Path, split: str) -> Path:
+    """eval_<ckpt name>.json beside the run's eval.json, with `_validation` before `.json` for a validation
+    evaluation."""
+    suffix = "_validation" if split == "validation" else ""
+    return Path(ckpt).resolve().parent.parent / f"eval_{Path(ckpt).stem}{suffix}.json"

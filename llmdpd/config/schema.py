@@ -196,6 +196,8 @@ class EvalConfig:
     unseen: bool = True
     max_episode_steps: int = 500
     workers: int = 1
+    # At most this many Meta-World environments (about 20 MB each) live at once; larger plans run in waves.
+    max_envs: int = 256
     # Which prompt episode of an unseen task's prompt dataset conditions the agent.
     prompt_episode: int = 0
     # Override the descriptions of a task at evaluation time: task -> list of texts.

@@ -1,34 +1,47 @@
-"""Evaluate the policy during and at the end of training, log the curves and write `eval.json`."""
+"""Evaluate the policy during and at the end of training, log the curves and write `eval.json`.
+
+Which episodes run is `eval.split`: "validation" (training tasks on the validation goals, logged under
+`eval/validation/...`) or "test" (training tasks on the seen-test goals under `eval/seen/...`, unseen tasks
+under `eval/unseen/...`); see `llmdpd.evaluation.plan`.
+"""
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
 
-from llmdpd.config.schema import EvalConfig
+from llmdpd.config.schema import DataConfig, EvalConfig
+from llmdpd.evaluation.plan import EvalEpisode, GoalLayout, goal_layout, plan_evaluation
 from llmdpd.evaluation.results import SPLITS, scalar_metrics, summarise, write_eval_json
-from llmdpd.evaluation.rollout import ActFn, EpisodeResult, EvalEpisode, evaluate_episodes, plan_evaluation
+from llmdpd.evaluation.rollout import ActFn, EpisodeResult, evaluate_episodes
 
 MakeAgent = Callable[[L.LightningModule, list[EvalEpisode]], ActFn]
 
 
 class EvaluationCallback(L.Callback):
-    """Rolls out seen and unseen tasks every `cfg.every_n_steps` training steps (0: only at the end) and when
+    """Rolls out the planned episodes every `cfg.every_n_steps` training steps (0: only at the end) and when
     training ends.
 
-    Every evaluation runs the same plan of episodes (`plan_evaluation`, seeded by `cfg.seed`). Under DDP rank r runs
-    episodes r, r + world, ... and the results are gathered on every rank. Rank 0 logs
+    Every evaluation runs the same plan of episodes (`plan_evaluation`, seeded by `cfg.seed`, of the kind
+    `cfg.split`: "test" plans seen and unseen tasks, "validation" the training tasks on validation goals).
+    Under DDP rank r runs episodes r, r + world, ... and the results are gathered on every rank. Rank 0 logs
     `eval/<split>/<task>/{success,final_success,return}` and `eval/<split>/{success,final_success,return}_mean`
     to every logger at the trainer's global step, adds a TensorBoard custom-scalars layout grouping the
-    curves per split, and writes `out_path` (eval.json) after the last evaluation.
+    curves per split, and writes `out_path` (eval.json; nothing when None) after the last evaluation.
+
+    The goal layout comes from `data_cfg` (the experiment's DataConfig: train_goals, validation_goals), or
+    from `train_goals` and `validation_goals`; `train_goals` alone means no validation goals (seen-test goals
+    [train_goals, 50)), the layout before validation goals existed, and warns.
 
     `make_agent(module, episodes)` builds the act_fn for one rank's episodes (e.g. a `PolicyAgent`). The
     module is in eval mode during rollouts. `env_seed` must be the seed the datasets were generated with
-    (it fixes Meta-World's goal variations); `run_seed` is recorded in eval.json.
+    (it fixes Meta-World's goal variations); `run_seed` is recorded in eval.json. At most `max_envs`
+    environments live at once (default: `cfg.max_envs`).
     """
 
     def __init__(
@@ -37,19 +50,33 @@ class EvaluationCallback(L.Callback):
         cfg: EvalConfig,
         seen_tasks: Sequence[str],
         unseen_tasks: Sequence[str],
-        train_goals: int,
-        out_path: str | Path,
+        train_goals: int | None = None,
+        out_path: str | Path | None = None,
         env_seed: int = 0,
         run_seed: int = 0,
+        *,
+        validation_goals: int | None = None,
+        data_cfg: DataConfig | None = None,
+        max_envs: int | None = None,
     ) -> None:
         self.make_agent = make_agent
         self.cfg = cfg
-        self.seen_tasks = list(seen_tasks) if cfg.seen else []
-        self.unseen_tasks = list(unseen_tasks) if cfg.unseen else []
-        self.episodes = plan_evaluation(cfg, seen_tasks, unseen_tasks, train_goals)
-        self.out_path = Path(out_path)
+        self.goals = _goal_layout(train_goals, validation_goals, data_cfg)
+        self.split = getattr(cfg, "split", "test")
+        self.episodes = plan_evaluation(cfg, seen_tasks, unseen_tasks, self.goals)
+        # Tasks per split label, in plan order (the TensorBoard layout).
+        self.split_tasks: dict[str, list[str]] = {}
+        for episode in self.episodes:
+            tasks = self.split_tasks.setdefault(episode.split, [])
+            if episode.task not in tasks:
+                tasks.append(episode.task)
+        # The training tasks evaluated (split "seen" or "validation") and the unseen tasks evaluated.
+        self.seen_tasks = self.split_tasks.get("seen", []) + self.split_tasks.get("validation", [])
+        self.unseen_tasks = self.split_tasks.get("unseen", [])
+        self.out_path = Path(out_path) if out_path is not None else None
         self.env_seed = env_seed
         self.run_seed = run_seed
+        self.max_envs = max_envs if max_envs is not None else int(cfg.max_envs)
         self.last_summary: dict[str, Any] | None = None
         self._last_step: int | None = None
         self._periods_done = 0
@@ -81,7 +108,7 @@ class EvaluationCallback(L.Callback):
             return  # stopped early (preempted): the resumed run evaluates; a preemption window is short
         if self._last_step != trainer.global_step:
             self.evaluate(trainer, pl_module)
-        if trainer.is_global_zero and self.last_summary is not None:
+        if trainer.is_global_zero and self.last_summary is not None and self.out_path is not None:
             write_eval_json(self.out_path, self.last_summary)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -96,12 +123,15 @@ class EvaluationCallback(L.Callback):
             try:
                 act_fn = self.make_agent(pl_module, episodes)
                 results = evaluate_episodes(
-                    episodes, act_fn, self.cfg.max_episode_steps, workers=self.cfg.workers, env_seed=self.env_seed
+                    episodes, act_fn, self.cfg.max_episode_steps, workers=self.cfg.workers, env_seed=self.env_seed,
+                    max_envs=self.max_envs,
                 )
             finally:
                 pl_module.train(was_training)
         ordered = _gather(list(zip(mine, results)), world)
-        summary = summarise(ordered, seed=self.run_seed, episodes_per_task=self.cfg.episodes_per_task)
+        summary = summarise(
+            ordered, seed=self.run_seed, episodes_per_task=self.cfg.episodes_per_task, eval_split=self.split
+        )
         if trainer.is_global_zero:
             metrics = scalar_metrics(summary)
             for logger in trainer.loggers:
@@ -113,7 +143,8 @@ class EvaluationCallback(L.Callback):
     def layout(self) -> dict[str, dict[str, list]]:
         """TensorBoard custom-scalars layout: per split, one chart per metric with a line per task."""
         layout = {}
-        for split, tasks in zip(SPLITS, (self.seen_tasks, self.unseen_tasks)):
+        for split in SPLITS:
+            tasks = self.split_tasks.get(split, [])
             if not tasks:
                 continue
             charts = {
@@ -126,6 +157,28 @@ class EvaluationCallback(L.Callback):
             charts["return mean"] = ["Multiline", [_exact(f"eval/{split}/return_mean")]]
             layout[f"eval/{split}"] = charts
         return layout
+
+
+def _goal_layout(train_goals: int | None, validation_goals: int | None, data_cfg: DataConfig | None) -> GoalLayout:
+    if data_cfg is not None:
+        layout = goal_layout(data_cfg)
+        given = (train_goals, validation_goals)
+        if given[0] not in (None, layout.train_goals) or given[1] not in (None, layout.validation_goals):
+            raise ValueError(
+                f"EvaluationCallback: train_goals={train_goals}, validation_goals={validation_goals} contradict "
+                f"data_cfg ({layout.train_goals}, {layout.validation_goals}); pass data_cfg alone"
+            )
+        return layout
+    if train_goals is None:
+        raise TypeError("EvaluationCallback needs data_cfg (the experiment's DataConfig) or train_goals")
+    if validation_goals is None:
+        warnings.warn(
+            f"EvaluationCallback: train_goals={train_goals} without validation_goals or data_cfg: no validation "
+            f"goals, seen-test goals [{train_goals}, 50); pass data_cfg=cfg.data",
+            stacklevel=3,
+        )
+        validation_goals = 0
+    return GoalLayout(int(train_goals), int(validation_goals))
 
 
 def _exact(tag: str) -> str:

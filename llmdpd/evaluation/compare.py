@@ -1,12 +1,23 @@
-"""Compare finished runs: a markdown table of seen/unseen success per method (mean ± std over seeds) and a
-bar chart.
+"""Compare finished runs: a markdown table of success per method and split (mean ± std over seeds), a bar
+chart, and paired bootstrap intervals of each method's difference to a baseline.
 
-A run is a directory holding `config.yaml` and `eval.json`; directories given on the command line are
-searched for runs below them, so `runs/*` or `runs/llmdpd` both work. Runs are grouped into methods by the
-config's `name` (the experiment name; `group_by="parent"` groups by the run directory's parent folder
+A run is a directory holding `config.yaml` and `eval.json` (or another evaluation file, e.g.
+`eval_last_validation.json` from `llmdpd eval ... eval.split=validation`); directories given on the command
+line are searched for runs below them, so `runs/*` or `runs/llmdpd` both work. Runs are grouped into methods
+by the config's `name` (the experiment name; `group_by="parent"` groups by the run directory's parent folder
 instead, for ablations launched from one experiment with overrides). eval.json is the source of truth for
 every number; the TensorBoard event files only add how many training steps each run logged. The std is the
 sample standard deviation over seeds (ddof 1), left out with a single seed.
+
+The tables show the splits that have values: seen and unseen for test evaluations, validation for
+validation evaluations.
+
+Paired bootstrap (`paired_differences`): for a method against the baseline, runs are paired by seed (seeds
+both have), and both must have run the same episode plan (episodes per task, tasks and, where recorded, goal
+variations), or the pair is refused. Per split, the statistic is the difference (method minus baseline) of
+mean success over tasks and seeds; each resample draws seeds with replacement and, within each drawn seed,
+tasks with replacement, the same draws for both methods; the interval is the percentile interval, from a
+generator with a fixed seed so the output is reproducible.
 """
 
 from __future__ import annotations
@@ -21,6 +32,9 @@ import numpy as np
 import yaml
 
 from llmdpd.evaluation.results import SPLITS, read_eval_json
+
+DEFAULT_BOOTSTRAP = 10_000
+BOOTSTRAP_SEED = 0
 
 
 @dataclass
@@ -42,15 +56,15 @@ class Method:
     runs: list[Run] = field(default_factory=list)
 
     def split_values(self, split: str) -> list[float]:
-        values = [run.summary[split]["success_mean"] for run in self.runs]
+        values = [(run.summary.get(split) or {}).get("success_mean") for run in self.runs]
         return [v for v in values if v is not None]
 
     def task_values(self, task: str) -> list[float]:
         return [run.summary["tasks"][task]["success"] for run in self.runs if task in run.summary["tasks"]]
 
 
-def find_runs(paths: Iterable[str | Path], group_by: str = "name") -> list[Run]:
-    """Every run directory at or below `paths` that holds config.yaml and eval.json, in path order."""
+def find_runs(paths: Iterable[str | Path], group_by: str = "name", eval_file: str = "eval.json") -> list[Run]:
+    """Every run directory at or below `paths` that holds config.yaml and `eval_file`, in path order."""
     run_dirs: set[Path] = set()
     for path in map(Path, paths):
         if (path / "config.yaml").is_file():
@@ -59,12 +73,12 @@ def find_runs(paths: Iterable[str | Path], group_by: str = "name") -> list[Run]:
             run_dirs.update(config.parent for config in path.rglob("config.yaml"))
     runs = []
     for run_dir in sorted(run_dirs):
-        if not (run_dir / "eval.json").is_file():
-            print(f"compare: skipping {run_dir} (no eval.json yet)", file=sys.stderr)
+        if not (run_dir / eval_file).is_file():
+            print(f"compare: skipping {run_dir} (no {eval_file} yet)", file=sys.stderr)
             continue
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         method = run_dir.parent.name if group_by == "parent" else str(config.get("name", run_dir.parent.name))
-        runs.append(Run(run_dir, method, config.get("seed"), read_eval_json(run_dir / "eval.json"), last_step(run_dir)))
+        runs.append(Run(run_dir, method, config.get("seed"), read_eval_json(run_dir / eval_file), last_step(run_dir)))
     return runs
 
 
@@ -91,6 +105,12 @@ def group_methods(runs: Sequence[Run]) -> list[Method]:
     return list(methods.values())
 
 
+def shown_splits(methods: Sequence[Method]) -> list[str]:
+    """The splits any run has a value for, in SPLITS order; seen and unseen when none has any."""
+    splits = [split for split in SPLITS if any(method.split_values(split) for method in methods)]
+    return splits or ["seen", "unseen"]
+
+
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample std (None for fewer than two values); (nan, None) for no values."""
     if not values:
@@ -106,24 +126,35 @@ def format_rate(values: Sequence[float]) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
 
 
+def _episodes_per_task(method: Method) -> str:
+    counts = sorted({run.summary.get("episodes_per_task") for run in method.runs}, key=str)
+    return ",".join("-" if count is None else str(count) for count in counts)
+
+
 def markdown_table(methods: Sequence[Method], per_task: bool = False) -> str:
-    """Seen/unseen success per method (and per task with `per_task`), as a markdown table."""
+    """Success per method and split (and per task with `per_task`), as a markdown table.
+
+    Columns: seeds, success (%) per shown split as mean ± std over seeds, episodes per split of one seed,
+    episodes per task, and the training steps logged.
+    """
+    splits = shown_splits(methods)
     lines = [
-        "| method | seeds | seen success (%) | unseen success (%) | episodes (seen/unseen per seed) | steps |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | seeds | " + " | ".join(f"{split} success (%)" for split in splits)
+        + f" | episodes ({'/'.join(splits)} per seed) | episodes per task | steps |",
+        "| --- | --- |" + " --- |" * len(splits) + " --- | --- | --- |",
     ]
     for method in methods:
         first = method.runs[0].summary
         steps = [run.steps for run in method.runs if run.steps is not None]
+        rates = " | ".join(format_rate(method.split_values(split)) for split in splits)
+        episodes = "/".join(str((first.get(split) or {}).get("episodes", 0)) for split in splits)
         lines.append(
-            f"| {method.name} | {len(method.runs)} | {format_rate(method.split_values('seen'))} "
-            f"| {format_rate(method.split_values('unseen'))} "
-            f"| {first['seen']['episodes']}/{first['unseen']['episodes']} "
+            f"| {method.name} | {len(method.runs)} | {rates} | {episodes} | {_episodes_per_task(method)} "
             f"| {int(np.mean(steps)) if steps else '-'} |"
         )
     if per_task:
         names = [method.name for method in methods]
-        tasks = {}
+        tasks: dict[str, str] = {}
         for method in methods:
             for run in method.runs:
                 for task, entry in run.summary["tasks"].items():
@@ -136,17 +167,185 @@ def markdown_table(methods: Sequence[Method], per_task: bool = False) -> str:
     return "\n".join(lines)
 
 
+def paired_bootstrap_difference(
+    a: Any, b: Any, n: int = DEFAULT_BOOTSTRAP, rng: np.random.Generator | None = None, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean difference a - b and its paired, stratified bootstrap percentile interval.
+
+    `a` and `b` are [seeds, tasks] success rates of two methods, row s of both from the same seed and column
+    t from the same task. Each of `n` resamples draws seeds with replacement and, within each drawn seed,
+    tasks with replacement (the same draws for a and b), and takes the difference of the mean success over
+    the drawn (seed, task) cells. Returns (difference over all cells, low, high).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"expected two [seeds, tasks] arrays of one shape, got {a.shape} and {b.shape}")
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    rng = rng if rng is not None else np.random.default_rng(BOOTSTRAP_SEED)
+    diff = a - b
+    seeds, tasks = diff.shape
+    stats = np.empty(n)
+    chunk = max(1, 4_000_000 // diff.size)  # resamples per batch: bounded memory for the index arrays
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        seed_idx = rng.integers(seeds, size=(m, seeds))
+        task_idx = rng.integers(tasks, size=(m, seeds, tasks))
+        stats[start:start + m] = diff[seed_idx[:, :, None], task_idx].mean(axis=(1, 2))
+    alpha = (1.0 - confidence) / 2
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(diff.mean()), float(low), float(high)
+
+
+def plan_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why two eval.json summaries were not made with the same episode plan, or None if they were."""
+    if a.get("episodes_per_task") != b.get("episodes_per_task"):
+        return f"episodes per task {a.get('episodes_per_task')} vs {b.get('episodes_per_task')}"
+    tasks_a = {task: entry["split"] for task, entry in a["tasks"].items()}
+    tasks_b = {task: entry["split"] for task, entry in b["tasks"].items()}
+    if tasks_a != tasks_b:
+        only_a, only_b = sorted(set(tasks_a) - set(tasks_b)), sorted(set(tasks_b) - set(tasks_a))
+        moved = sorted(t for t in set(tasks_a) & set(tasks_b) if tasks_a[t] != tasks_b[t])
+        parts = [f"only in the first: {', '.join(only_a)}" if only_a else "",
+                 f"only in the second: {', '.join(only_b)}" if only_b else "",
+                 f"in another split: {', '.join(moved)}" if moved else ""]
+        return "different tasks (" + "; ".join(p for p in parts if p) + ")"
+    for task in tasks_a:
+        entry_a, entry_b = a["tasks"][task], b["tasks"][task]
+        if entry_a.get("episodes") != entry_b.get("episodes"):
+            return f"{task}: {entry_a.get('episodes')} vs {entry_b.get('episodes')} episodes"
+        if "goals" in entry_a and "goals" in entry_b and entry_a["goals"] != entry_b["goals"]:
+            return f"{task}: different goal variations (another eval seed or goal layout)"
+    return None
+
+
+@dataclass
+class PairedDifference:
+    """One row of the bootstrap table: `method` minus the baseline on `split`, in success fractions."""
+
+    method: str
+    split: str
+    seeds: int
+    tasks: int
+    difference: float
+    low: float
+    high: float
+
+
+def paired_differences(
+    methods: Sequence[Method],
+    baseline: str,
+    splits: Sequence[str] | None = None,
+    n: int = DEFAULT_BOOTSTRAP,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = 0.95,
+) -> tuple[list[PairedDifference], list[str]]:
+    """Each other method against `baseline`, per split: (rows, notes). Notes say which seeds were left out
+    and which pairs were refused (several runs with one seed, no seed in common, different episode plans).
+    Every (method, split) draws from its own generator seeded by `seed`, so rows do not depend on which other
+    methods are compared."""
+    by_name = {method.name: method for method in methods}
+    if baseline not in by_name:
+        raise ValueError(f"baseline '{baseline}' is not among the methods: {', '.join(by_name)}")
+    splits = list(splits) if splits is not None else shown_splits(methods)
+    base = by_name[baseline]
+    rows: list[PairedDifference] = []
+    notes: list[str] = []
+    base_runs = _runs_by_seed(base, notes)
+    for method in methods:
+        if method.name == baseline or base_runs is None:
+            continue
+        runs = _runs_by_seed(method, notes)
+        if runs is None:
+            continue
+        common = sorted(set(runs) & set(base_runs), key=str)
+        left_out = sorted(set(runs) ^ set(base_runs), key=str)
+        if not common:
+            notes.append(f"{method.name} vs {baseline}: refused, no seed in common")
+            continue
+        if left_out:
+            notes.append(
+                f"{method.name} vs {baseline}: {len(common)} paired seeds; seeds {', '.join(map(str, left_out))} "
+                "left out (not in both)"
+            )
+        reference = base_runs[common[0]].summary
+        reason = None
+        for s in common:
+            for run in (base_runs[s], runs[s]):
+                why = plan_mismatch(reference, run.summary)
+                if why is not None and reason is None:
+                    reason = f"{run.method} seed {s}: {why}"
+        if reason is not None:
+            notes.append(
+                f"{method.name} vs {baseline}: refused, the evaluations ran different episode plans ({reason})"
+            )
+            continue
+        for split in splits:
+            tasks = sorted(task for task, entry in reference["tasks"].items() if entry["split"] == split)
+            if not tasks:
+                continue
+            a = [[runs[s].summary["tasks"][t]["success"] for t in tasks] for s in common]
+            b = [[base_runs[s].summary["tasks"][t]["success"] for t in tasks] for s in common]
+            diff, low, high = paired_bootstrap_difference(a, b, n, np.random.default_rng(seed), confidence)
+            rows.append(PairedDifference(method.name, split, len(common), len(tasks), diff, low, high))
+    return rows, notes
+
+
+def _runs_by_seed(method: Method, notes: list[str]) -> dict[Any, Run] | None:
+    runs: dict[Any, Run] = {}
+    for run in method.runs:
+        if run.seed in runs:
+            notes.append(f"{method.name}: several runs with seed {run.seed} ({runs[run.seed].path}, {run.path}); "
+                         "not paired")
+            return None
+        runs[run.seed] = run
+    return runs
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def bootstrap_table(
+    methods: Sequence[Method],
+    baseline: str,
+    n: int = DEFAULT_BOOTSTRAP,
+    seed: int = BOOTSTRAP_SEED,
+    confidence: float = 0.95,
+) -> str:
+    """Markdown: a caption, the table of paired differences to `baseline`, and the notes below it."""
+    rows, notes = paired_differences(methods, baseline, n=n, seed=seed, confidence=confidence)
+    level = f"{100 * confidence:g} %"
+    lines = [
+        f"Paired bootstrap against {baseline}: method minus {baseline} in success points, {level} percentile "
+        f"interval over {n} resamples of seeds and, within each, tasks (the same draws for both; rng seed {seed}).",
+        "",
+        f"| method | split | paired seeds | tasks | difference (points) | {level} interval |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.method} | {row.split} | {row.seeds} | {row.tasks} | {_points(row.difference)} "
+            f"| [{_points(row.low)}, {_points(row.high)}] |"
+        )
+    if notes:
+        lines += [""] + notes
+    return "\n".join(lines)
+
+
 def bar_chart(methods: Sequence[Method], path: str | Path) -> None:
-    """A PNG of seen and unseen success per method, with error bars of one std over seeds."""
+    """A PNG of success per method and shown split, with error bars of one std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    splits = shown_splits(methods)
     x = np.arange(len(methods))
-    width = 0.38
+    width = 0.76 / len(splits)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(methods) + 1.5), 3.6))
-    for offset, split in ((-width / 2, "seen"), (width / 2, "unseen")):
+    for k, split in enumerate(splits):
+        offset = (k - (len(splits) - 1) / 2) * width
         stats = [mean_std(method.split_values(split)) for method in methods]
         means = [100 * m if not math.isnan(m) else 0.0 for m, _ in stats]
         errors = [100 * s if s is not None else 0.0 for _, s in stats]

@@ -1,12 +1,17 @@
 """Evaluation summaries: per-task and per-split means, and the run directory's `eval.json`.
 
 eval.json:
-    {"tasks":  {task: {"split", "success", "final_success", "return", "episodes"}},
-     "seen":   {"success_mean", "final_success_mean", "return_mean", "tasks", "episodes"},
-     "unseen": {... as "seen"},
-     "seed": the run's seed, "episodes_per_task": ...}
+    {"tasks":      {task: {"split", "success", "final_success", "return", "episodes", "goals"}},
+     "seen":       {"success_mean", "final_success_mean", "return_mean", "tasks", "episodes"},
+     "unseen":     {... as "seen"},
+     "validation": {... as "seen"},
+     "eval_split": "test" or "validation", "seed": the run's seed, "episodes_per_task": ...}
 
-A split's means are over its tasks (each task weighs the same); a split with no tasks has null means.
+A test evaluation (`eval.split=test`) fills "seen" (training tasks on seen-test goals) and "unseen"; a
+validation evaluation fills "validation" (training tasks on validation goals). A split's means are over its
+tasks (each task weighs the same); a split with no tasks has null means. "goals" lists each task's goal
+variations in episode order, so that two evaluations can be checked to have run the same episode plan.
+Older eval.json files may lack "validation", "eval_split" and "goals"; readers treat them as absent.
 """
 
 from __future__ import annotations
@@ -21,11 +26,15 @@ import numpy as np
 
 from llmdpd.evaluation.rollout import EpisodeResult
 
-SPLITS = ("seen", "unseen")
+# Split labels of episodes and tasks: "seen" and "unseen" in a test evaluation, "validation" in a validation one.
+SPLITS = ("seen", "unseen", "validation")
 
 
-def summarise(results: Sequence[EpisodeResult], seed: int, episodes_per_task: int | None = None) -> dict[str, Any]:
-    """The eval.json structure of one evaluation; `episodes_per_task` defaults to the largest count seen."""
+def summarise(
+    results: Sequence[EpisodeResult], seed: int, episodes_per_task: int | None = None, eval_split: str | None = None
+) -> dict[str, Any]:
+    """The eval.json structure of one evaluation; `episodes_per_task` defaults to the largest count seen, and
+    `eval_split` ("test" or "validation") to "validation" when the results are validation episodes."""
     by_task: dict[str, list[EpisodeResult]] = {}
     for result in results:
         by_task.setdefault(result.task, []).append(result)
@@ -33,13 +42,14 @@ def summarise(results: Sequence[EpisodeResult], seed: int, episodes_per_task: in
     for task, rows in by_task.items():
         splits = {row.split for row in rows}
         if len(splits) != 1:
-            raise ValueError(f"Task '{task}' appears in both splits")
+            raise ValueError(f"Task '{task}' appears in several splits: {sorted(splits)}")
         tasks[task] = {
             "split": rows[0].split,
             "success": float(np.mean([row.success for row in rows])),
             "final_success": float(np.mean([row.final_success for row in rows])),
             "return": float(np.mean([row.episode_return for row in rows])),
             "episodes": len(rows),
+            "goals": [row.goal for row in sorted(rows, key=lambda row: row.episode)],
         }
     summary: dict[str, Any] = {"tasks": tasks}
     for split in SPLITS:
@@ -51,6 +61,9 @@ def summarise(results: Sequence[EpisodeResult], seed: int, episodes_per_task: in
             "tasks": len(members),
             "episodes": sum(entry["episodes"] for entry in members),
         }
+    if eval_split is None:
+        eval_split = "validation" if any(entry["split"] == "validation" for entry in tasks.values()) else "test"
+    summary["eval_split"] = eval_split
     summary["seed"] = seed
     summary["episodes_per_task"] = (
         episodes_per_task if episodes_per_task is not None else max((e["episodes"] for e in tasks.values()), default=0)
@@ -70,7 +83,7 @@ def scalar_metrics(summary: dict[str, Any], prefix: str = "eval") -> dict[str, f
             metrics[f"{prefix}/{entry['split']}/{task}/{key}"] = entry[key]
     for split in SPLITS:
         for key in ("success_mean", "final_success_mean", "return_mean"):
-            if summary[split][key] is not None:
+            if summary.get(split, {}).get(key) is not None:
                 metrics[f"{prefix}/{split}/{key}"] = summary[split][key]
     return metrics
 

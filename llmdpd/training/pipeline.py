@@ -127,6 +127,7 @@ def train(cfg: ExperimentConfig) -> Path:
     from llmdpd.evaluation.callback import EvaluationCallback
     from llmdpd.evaluation.agent import PolicyAgent
     from llmdpd.evaluation.diagnostics import CriticDiagnosticsCallback
+    from llmdpd.evaluation.plan import goal_layout
     from llmdpd.policy.module import PolicyDiffusionModule
 
     L.seed_everything(cfg.seed, workers=True)
@@ -151,7 +152,7 @@ def train(cfg: ExperimentConfig) -> Path:
         cfg=cfg.eval,
         seen_tasks=dm.train_tasks,
         unseen_tasks=dm.unseen_tasks,
-        train_goals=cfg.data.train_goals,
+        data_cfg=cfg.data,
         out_path=directory / "eval.json",
         env_seed=cfg.data.seed,
         run_seed=cfg.seed,
@@ -159,8 +160,7 @@ def train(cfg: ExperimentConfig) -> Path:
     signals = SignalCheckpoint(directory / "checkpoints" / "last.ckpt")
     callbacks = [checkpoints, evaluation, signals]
     if cfg.eval.diagnostics and cfg.policy.kind == "diffusion":
-        first = cfg.data.train_goals
-        goals = range(first, first + cfg.data.validation_goals)
+        goals = goal_layout(cfg.data).validation
         callbacks.append(CriticDiagnosticsCallback(dm, dm.train_tasks, goals, cfg.eval.every_n_steps, seed=cfg.data.seed))
     trainer = _stage_trainer(cfg, directory, int(cfg.trainer.max_steps), "policy", callbacks)
     # Set up the data with a trainer attached: it gives each DDP rank its own batch stream and device.
