@@ -106,5 +106,5 @@ def test_resume_state_continues_the_batch_sequence(dm):
 
 def test_missing_data_names_dataset_and_command(tmp_path):
     cfg = load_config("smoke", [f"paths.data_dir={tmp_path}"])
-    with pytest.raises(DatasetError, match=r"metaworld/reach-v3/mixed-v0.*llmdpd data smoke"):
+    with pytest.raises(DatasetError, match=r"metaworld/reach-v3/mixed-v1.*llmdpd data smoke"):
         MetaWorldDataModule(cfg).setup()

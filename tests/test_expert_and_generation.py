@@ -38,8 +38,8 @@ def test_scripted_expert_succeeds(task):
 def test_dataset_reads_back_with_minari(smoke_data_dir):
     cfg = load_config("smoke", [f"paths.data_dir={smoke_data_dir}"])
     with minari_root(smoke_data_dir):
-        ds = minari.load_dataset("metaworld/reach-v3/mixed-v0")
-        prompts = minari.load_dataset("metaworld/reach-v3/prompt-v0")
+        ds = minari.load_dataset(dataset_id(cfg, "reach-v3", "mixed"))
+        prompts = minari.load_dataset(dataset_id(cfg, "reach-v3", "prompt"))
     assert ds.total_episodes == cfg.data.episodes_per_task
     assert prompts.total_episodes == cfg.data.prompt_episodes
     assert ds.total_steps == cfg.data.episodes_per_task * cfg.data.max_episode_steps
@@ -48,6 +48,8 @@ def test_dataset_reads_back_with_minari(smoke_data_dir):
     assert len(meta["descriptions"]) >= 3
     assert meta["noise"]["scales"] == [c.scale for c in cfg.data.noise]
     assert all(0 <= g < cfg.data.train_goals for g in meta["episode_goals"])
+    n = cfg.data.episodes_per_task
+    assert len(meta["episode_behaviours"]) == len(meta["episode_returns"]) == len(meta["episode_successes"]) == n
     for ep in ds.iterate_episodes():
         assert ep.observations.shape == (cfg.data.max_episode_steps + 1, 39)
         assert ep.actions.shape == (cfg.data.max_episode_steps, 4)
@@ -93,11 +95,12 @@ def test_interrupted_collection_resumes_identical(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 120
-    while time.time() < deadline and not list(resumed.glob("metaworld/*/*-v0/data/metadata.json")):
+    pattern = f"metaworld/*/*-{_small(resumed).data.dataset_version}/data/metadata.json"
+    while time.time() < deadline and not list(resumed.glob(pattern)):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    landed = list(resumed.glob("metaworld/*/*-v0/data/metadata.json"))
+    landed = list(resumed.glob(pattern))
     assert 1 <= len(landed) < 6, "the kill should land between the first and the last dataset"
 
     statuses = generate(_small(resumed), progress=False)
@@ -114,7 +117,7 @@ def test_parallel_generation_matches_serial(tmp_path):
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     generate(_small(serial, workers=1), progress=False)
     generate(_small(parallel, workers=2), progress=False)
-    ds_id = "metaworld/button-press-topdown-v3/mixed-v0"
+    ds_id = dataset_id(_small(serial), "button-press-topdown-v3", "mixed")
     for x, y in zip(_arrays(serial, ds_id), _arrays(parallel, ds_id), strict=True):
         np.testing.assert_array_equal(x["actions"], y["actions"])
 
@@ -126,7 +129,7 @@ def test_changed_recipe_is_refused_then_forced(tmp_path):
         generate(changed, progress=False)
     statuses = generate(changed, force=True, progress=False)
     assert set(statuses.values()) == {"written"}
-    assert load_dataset(tmp_path, "metaworld/reach-v3/mixed-v0").total_episodes == 2
+    assert load_dataset(tmp_path, dataset_id(changed, "reach-v3", "mixed")).total_episodes == 2
 
 
 def test_missing_dataset_names_id_and_command(tmp_path):
@@ -159,4 +162,4 @@ def test_relative_data_dir(tmp_path, monkeypatch):
                                 "data.prompt_episodes=1", "data.train_tasks=[reach-v3]", "data.unseen_tasks=[]"])
     generate(cfg, progress=False)
     with minari_root(Path("data")):
-        assert minari.load_dataset("metaworld/reach-v3/mixed-v0").total_episodes == 1
+        assert minari.load_dataset(dataset_id(cfg, "reach-v3", "mixed")).total_episodes == 1

@@ -1,4 +1,8 @@
-"""`llmdpd data EXP [key=value ...]`: generate the datasets an experiment needs."""
+"""`llmdpd data EXP [key=value ...] [--report]`: generate the datasets an experiment needs.
+
+With `--report`, then print per task a markdown table of its data by behaviour (episodes, success rate,
+mean return) next to the noiseless expert on the validation goal variations.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ def register(sub) -> None:
 
     parser = sub.add_parser("data", help="generate the Minari datasets of an experiment", description=__doc__)
     add_experiment_arguments(parser)
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="after generating, print per task the data's success rate and return by behaviour, and the expert's",
+    )
     parser.set_defaults(run=run)
 
 
@@ -19,4 +28,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.exp, args.overrides)
     generate(cfg)
+    if getattr(args, "report", False):
+        from llmdpd.data.report import report
+
+        print(report(cfg), flush=True)
     return 0

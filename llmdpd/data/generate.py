@@ -1,5 +1,12 @@
 """`llmdpd data`: generate the Minari datasets an experiment needs, in parallel, resumably.
 
+For every task two datasets: `mixed-<version>` and `prompt-<version>` (llmdpd/data/collect.py). With
+`data.dataset_version: v1` (the default) the mixed datasets draw a behaviour per episode from
+`data.behaviours` (noisy, wrong_goal, other_task, stall); with `v0`, or behaviours that are noise only,
+they are the v0 noisy-expert data, byte for byte and with v0's recipe fingerprint. Prompt datasets are
+low-noise expert episodes in every version. The metadata holds every episode's goal, behaviour, noise
+scale, return and success.
+
 Each (task, kind) dataset is one job. A job that finds its dataset complete (same recipe fingerprint in
 its metadata) skips it, so an interrupted run resumes where it stopped. Jobs hold a file lock per dataset,
 so concurrent `llmdpd data` calls on one folder (several DDP ranks, two terminals) write each dataset once.
@@ -16,27 +23,53 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 import llmdpd
+from llmdpd.config.load import ConfigError
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data import tasks as task_registry
-from llmdpd.data.collect import CollectionRecipe, collect_episodes
+from llmdpd.data.collect import BEHAVIOUR_PARAMS, BEHAVIOURS, OTHER_TASKS, CollectionRecipe, collect_episodes
 from llmdpd.data.minari_store import DatasetError, read_metadata, write_episodes
 
 _progress = None  # shared episode counter in worker processes
 
 
 def dataset_id(cfg: ExperimentConfig, task: str, kind: str) -> str:
-    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v0`."""
+    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`."""
     if task in cfg.data.minari_ids and kind == "mixed":
         return cfg.data.minari_ids[task]
     return f"{cfg.data.benchmark}/{task}/{kind}-{cfg.data.dataset_version}"
 
 
+def behaviour_mixture(cfg: ExperimentConfig, task: str) -> tuple[tuple[tuple[str, float], ...], tuple[str, ...]]:
+    """(behaviours, other tasks) of a task's mixed dataset; both empty for noise-only data (v0)."""
+    data = cfg.data
+    behaviours = tuple((str(c.kind), float(c.weight)) for c in data.behaviours)
+    for kind, weight in behaviours:
+        if kind not in BEHAVIOURS:
+            raise ConfigError(f"Unknown behaviour '{kind}' in data.behaviours; known: {list(BEHAVIOURS)}")
+        if not weight >= 0:
+            raise ConfigError(f"Behaviour '{kind}' has a negative weight ({weight}) in data.behaviours")
+    behaviours = tuple((kind, weight) for kind, weight in behaviours if weight > 0)
+    if data.dataset_version == "v0" or all(kind == "noisy" for kind, _ in behaviours):
+        return (), ()
+    kinds = {kind for kind, _ in behaviours}
+    if "wrong_goal" in kinds and int(data.train_goals) < 2:
+        raise ConfigError("Behaviour 'wrong_goal' needs data.train_goals >= 2 (another data goal to follow)")
+    _, unseen = task_registry.split_tasks(data)
+    other_tasks = tuple(t for t in OTHER_TASKS if t != task and t not in unseen)
+    if "other_task" in kinds and not other_tasks:
+        raise ConfigError(f"Behaviour 'other_task' has no other task for '{task}' (all are unseen tasks)")
+    return behaviours, other_tasks
+
+
 def recipe_for(cfg: ExperimentConfig, task: str, kind: str) -> CollectionRecipe:
     data = cfg.data
+    behaviours: tuple = ()
+    other_tasks: tuple = ()
     if kind == "mixed":
         scales = tuple(float(c.scale) for c in data.noise)
         weights = tuple(float(c.weight) for c in data.noise)
         episodes = data.episodes_per_task
+        behaviours, other_tasks = behaviour_mixture(cfg, task)
     else:
         scales, weights, episodes = (float(data.prompt_noise),), (1.0,), data.prompt_episodes
     return CollectionRecipe(
@@ -49,6 +82,8 @@ def recipe_for(cfg: ExperimentConfig, task: str, kind: str) -> CollectionRecipe:
         train_goals=int(data.train_goals),
         seed=int(data.seed),
         descriptions=tuple(task_registry.descriptions(task, dict(data.descriptions))),
+        behaviours=behaviours,
+        other_tasks=other_tasks,
     )
 
 
@@ -58,8 +93,17 @@ def is_complete(root: Path, ds_id: str, recipe: CollectionRecipe) -> bool:
 
 
 def _metadata(recipe: CollectionRecipe, episodes) -> dict:
-    successes = [bool(ep.success.any()) for ep in episodes]
-    return {
+    successes = [ep.succeeded for ep in episodes]
+    if recipe.behaviours:
+        summary = (
+            f"Meta-World {recipe.task}: scripted expert with a behaviour per episode "
+            f"({', '.join(kind for kind, _ in recipe.behaviours)}) ({recipe.kind})."
+        )
+        algorithm = "metaworld-scripted-expert+behaviour-mixture"
+    else:
+        summary = f"Meta-World {recipe.task}: scripted expert with Gaussian action noise ({recipe.kind})."
+        algorithm = "metaworld-scripted-expert+gaussian-noise"
+    meta = {
         "task": recipe.task,
         "kind": recipe.kind,
         "descriptions": list(recipe.descriptions),
@@ -71,10 +115,23 @@ def _metadata(recipe: CollectionRecipe, episodes) -> dict:
         "recipe": asdict(recipe),
         "episode_goals": [ep.goal for ep in episodes],
         "episode_noise_scales": [ep.noise_scale for ep in episodes],
+        "episode_behaviours": [ep.behaviour for ep in episodes],
+        "episode_returns": [ep.episode_return for ep in episodes],
+        "episode_successes": successes,
+        "episode_behaviour_details": [ep.detail for ep in episodes],
         "success_rate": sum(successes) / max(len(successes), 1),
         "llmdpd_version": llmdpd.__version__,
-        "summary": f"Meta-World {recipe.task}: scripted expert with Gaussian action noise ({recipe.kind}).",
+        "summary": summary,
+        "algorithm_name": algorithm,
     }
+    if recipe.behaviours:
+        meta["behaviours"] = {
+            "kinds": [kind for kind, _ in recipe.behaviours],
+            "weights": [weight for _, weight in recipe.behaviours],
+            "other_tasks": list(recipe.other_tasks),
+            "params": BEHAVIOUR_PARAMS,
+        }
+    return meta
 
 
 def _init_worker(counter) -> None:
@@ -100,7 +157,8 @@ def run_job(root: str, ds_id: str, recipe: CollectionRecipe, force: bool) -> tup
             return ds_id, "skipped"
         if not force and read_metadata(root_path, ds_id) is not None:
             raise DatasetError(
-                f"Dataset '{ds_id}' exists with a different recipe (seed, noise or episode counts changed). "
+                f"Dataset '{ds_id}' exists with a different recipe "
+                "(seed, noise, behaviours or episode counts changed). "
                 "Regenerate it with force=true, or set data.dataset_version to keep both."
             )
         episodes = collect_episodes(recipe, on_episode=_tick)

@@ -79,7 +79,7 @@ def write_episodes(root: Path, dataset_id: str, episodes: list, metadata: dict[s
                 buffer=buffers,
                 observation_space=gym.spaces.Box(-np.inf, np.inf, (OBS_SPACE_DIM,), np.float32),
                 action_space=gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32),
-                algorithm_name="metaworld-scripted-expert+gaussian-noise",
+                algorithm_name=metadata.get("algorithm_name", "metaworld-scripted-expert+gaussian-noise"),
                 author="llmdpd",
                 description=metadata.get("summary"),
                 data_format="hdf5",

@@ -47,6 +47,7 @@ class MetaWorldTaskEnv:
         self._mt1 = _benchmark(task, seed)
         self.env = self._mt1.train_classes[task]()
         self.t = 0
+        self._initial: dict[int, np.ndarray] = {}
 
     @property
     def goals(self) -> list[Any]:
@@ -57,6 +58,16 @@ class MetaWorldTaskEnv:
         obs, _ = self.env.reset()
         self.t = 0
         return obs.astype(np.float32)
+
+    def initial_observation(self, goal: int) -> np.ndarray:
+        """The first observation of goal variation `goal` (where it puts the objects and the goal), cached.
+
+        Resets the environment the first time a variation is asked for: reset again before stepping.
+        Resets do not depend on what ran before, so this changes no later episode.
+        """
+        if goal not in self._initial:
+            self._initial[goal] = self.reset(goal).copy()
+        return self._initial[goal]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         """Step; returns (obs, reward, success, truncated)."""
