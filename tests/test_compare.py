@@ -196,3 +196,24 @@ def test_plan_mismatch_names_the_difference():
     c, d = _eval_json(0, [0.1, 0.2], [0.3]), _eval_json(0, [0.1, 0.2], [0.3])
     c["tasks"]["reach-v3"]["goals"], d["tasks"]["reach-v3"]["goals"] = [40, 41], [41, 40]
     assert "different goal variations" in plan_mismatch(c, d)
+
+
+def test_comparison_lists_only_runs_without_results(tmp_path, capsys):
+    from llmdpd.cli.main import main
+
+    done = tmp_path / "results" / "ml10" / "mlp_bc" / "seed0"
+    done.mkdir(parents=True)
+    (done / "eval.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_:
+        main(["comparison", "ml10", "mlp_bc", "llmdpd", "--seeds", "0", "1", "--results", str(tmp_path / "results"), "--dry-run"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert "3 run(s) to do: llmdpd/seed0, mlp_bc/seed1, llmdpd/seed1" in out
+
+
+def test_comparison_names_an_unknown_method(tmp_path, capsys):
+    from llmdpd.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["comparison", "ml45", "text_only", "--results", str(tmp_path), "--dry-run"])
+    assert exit_.value.code == 2 and "text_only" in capsys.readouterr().err

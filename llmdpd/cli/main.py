@@ -14,6 +14,7 @@ COMMANDS = {
     "train": "llmdpd.cli.train",
     "eval": "llmdpd.cli.evaluate",
     "compare": "llmdpd.cli.compare",
+    "comparison": "llmdpd.cli.comparison",
     "launch": "llmdpd.cli.launch",
 }
 

@@ -1,0 +1,112 @@
+"""`llmdpd comparison BENCHMARK --seeds 0 1 2 [--jobs 2] [--commit] [METHOD ...]`: run a published comparison.
+
+Every (method, seed) run is `llmdpd train <experiment> seed=<seed> ckpt=last` in its own process (so an
+interrupted run resumes where it stopped), followed by a copy of its `config.yaml` and `eval.json` into
+`results/<benchmark>/<method>/seed<seed>/` (with `--commit`, a git commit of that folder at once). A run whose
+results are already there is skipped, so the command can be started again after any interruption and only
+does what is missing. Several invocations may share the queue: each run is claimed with a file lock.
+Runs go seed-major (every method's seed 0 first), so a partial comparison is balanced across methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Benchmark -> method -> experiment (a name in experiments/ or a path).
+COMPARISONS: dict[str, dict[str, str]] = {
+    "ml10": {
+        "llmdpd": "llmdpd",
+        "mlp_bc_prompts": "mlp_bc_prompts",
+        "mlp_bc": "mlp_bc",
+        "no_prompts": "no_prompts",
+        "diffusion_bc": "diffusion_bc",
+        "text_only": "text_only",
+        "trajectory_only": "trajectory_only",
+    },
+    "ml45": {
+        "llmdpd": "ml45/llmdpd",
+        "mlp_bc_prompts": "ml45/mlp_bc_prompts",
+        "mlp_bc": "ml45/mlp_bc",
+        "no_prompts": "ml45/no_prompts",
+    },
+}
+
+
+def register(sub) -> None:
+    parser = sub.add_parser("comparison", help="run (or resume) a published comparison into results/",
+                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=sorted(COMPARISONS))
+    parser.add_argument("methods", nargs="*", help="methods to run (default: all of the benchmark's)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--commit", action="store_true", help="git-commit each finished run's results folder")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
+    parser.set_defaults(run=run)
+
+
+def _commit(folder: Path, message: str) -> None:
+    for attempt in range(10):  # another process may hold git's index lock for a moment
+        added = subprocess.run(["git", "add", str(folder)], capture_output=True, text=True)
+        done = added.returncode == 0 and subprocess.run(
+            ["git", "commit", "-q", "-m", message, "--", str(folder)], capture_output=True, text=True
+        ).returncode == 0
+        if done:
+            return
+        time.sleep(2 + attempt)
+    print(f"comparison: could not commit {folder}; commit it by hand", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from filelock import FileLock, Timeout
+
+    from llmdpd.config.load import ConfigError, load_config
+    from llmdpd.training.pipeline import run_dir
+
+    table = COMPARISONS[args.benchmark]
+    unknown = [m for m in args.methods if m not in table]
+    if unknown:
+        raise ConfigError(f"Unknown method(s) {unknown} for {args.benchmark}; known: {sorted(table)}")
+    methods = args.methods or list(table)
+    todo = [(seed, m) for seed in args.seeds for m in methods
+            if not (args.results / args.benchmark / m / f"seed{seed}" / "eval.json").is_file()]
+    print(f"comparison {args.benchmark}: {len(todo)} run(s) to do: " + ", ".join(f"{m}/seed{s}" for s, m in todo))
+    if args.dry_run:
+        return 0
+    locks = args.results / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    for seed, method in todo:
+        target = args.results / args.benchmark / method / f"seed{seed}"
+        lock = FileLock(str(locks / f"{args.benchmark}-{method}-seed{seed}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # another invocation is running it
+        try:
+            if (target / "eval.json").is_file():
+                continue
+            experiment = table[method]
+            overrides = [f"seed={seed}", "ckpt=last"]
+            directory = run_dir(load_config(experiment, overrides))
+            start = time.perf_counter()
+            print(f"comparison: {method} seed {seed} -> {directory}", flush=True)
+            code = subprocess.call([sys.executable, "-m", "llmdpd", "train", experiment, *overrides], env=os.environ.copy())
+            if code != 0 or not (directory / "eval.json").is_file():
+                print(f"comparison: {method} seed {seed} failed (exit {code}); rerun to resume it", file=sys.stderr)
+                continue
+            target.mkdir(parents=True, exist_ok=True)
+            for name in ("config.yaml", "eval.json"):
+                shutil.copy2(directory / name, target / name)
+            minutes = (time.perf_counter() - start) / 60
+            (target / "wall_time.txt").write_text(f"{minutes:.1f} min (this invocation)\n")
+            print(f"comparison: {method} seed {seed} done in {minutes:.1f} min -> {target}", flush=True)
+            if args.commit:
+                _commit(target, f"results: {args.benchmark} {method} seed {seed}")
+        finally:
+            lock.release()
+    return 0
