@@ -1,12 +1,25 @@
 """Policy-stage training steps/s: Lightning (`PolicyDiffusionModule` + `MetaWorldDataModule`) against a bare
-PyTorch loop over the same networks, losses, batch sizes and updates (target ratio >= 0.85).
+PyTorch loop over the same networks, loss module, batch sizes and updates (target ratio >= 0.85), for each
+critic / Q-action pair in {td, expectile} x {chain, one_step}.
+
+The bare loop shares the objective with the framework: it builds the same networks, a `DiffusionQLLoss` and a
+torchrl `SoftUpdate` for the target critics, and writes out only what `PolicyDiffusionModule` adds around
+them: prompt encoding once per task, the flat loss input (with `discount` = gamma (1 - done) when the batch
+has none), one backward of `loss_total`, per-group clipping, AdamW with the module's schedules (the critic
+group on `policy.critic_lr_schedule`), the target update and the EMA actor. So the ratio measures the
+framework's cost (Lightning, DataModule, logging), not a difference between two copies of the losses.
 
 Sizes and batch are the `metaworld` experiment's (10 ML10 tasks x 64 transitions, 20-step prompts, 3 x 256
-actor and critics, a 3-layer transformer prompt encoder). The data is a small generated dataset of the ML10
-training tasks; text embeddings are fixed random vectors of SmolLM2's width (the language model never runs
-during training). Rounds alternate bare / framework so that load from other processes hits both alike; each
-variant reports its best round. On CPU everything runs on one thread. The same comparison with tiny networks
-shows the framework's fixed cost per step (hooks, `self.log` of 16 scalars), which matters when steps are fast.
+actor and critics, a 3-layer transformer prompt encoder). `policy.critic_warmup_steps=0` and
+`policy.eta_ramp_steps=0`, so eta > 0 from the first step and every timed step computes the Q term. The data
+is a small generated dataset of the ML10 training tasks; text embeddings are fixed random vectors of
+SmolLM2's width (the language model never runs during training). Rounds alternate bare / framework (and the
+four pairs) so that load from other processes hits all alike; each variant reports its best round. To keep
+the whole benchmark near 5 minutes on one CPU thread, the four-pair sweep runs ROUNDS = 2 rounds (was 4 for
+the single pair before) of WARMUP + TIMED steps; TIMED stays a multiple of log_every_n_steps so logging is
+amortised fairly. On CPU everything runs on one thread. The same comparison with tiny networks (td, chain;
+TINY_ROUNDS rounds) shows the framework's fixed cost per step (hooks, `self.log` of ~20 scalars), which
+matters when steps are fast.
 """
 
 from __future__ import annotations
@@ -18,28 +31,35 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
-from torch.func import functional_call
+from tensordict import TensorDict
+from torchrl.objectives import SoftUpdate
 
 from benchmarks.common import ml10_config, report
 from llmdpd.config.schema import ExperimentConfig
+from llmdpd.data.batch import TRANSITION_KEYS
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
 from llmdpd.policy.conditioning import PromptConditioning
-from llmdpd.policy.critic import TwinCritic
+from llmdpd.policy.critic import TwinCritic, ValueNetwork
 from llmdpd.policy.diffusion import DiffusionActor
+from llmdpd.policy.loss import DiffusionQLLoss, loss_total
 from llmdpd.policy.module import PolicyDiffusionModule
 from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
 from llmdpd.training.pipeline import trainer_kwargs
 
-WARMUP, TIMED, ROUNDS = 5, 50, 4  # TIMED is a multiple of log_every_n_steps (50): logging is amortised fairly
+WARMUP, TIMED = 5, 50  # TIMED is a multiple of log_every_n_steps (50): logging is amortised fairly
+ROUNDS, TINY_ROUNDS = 2, 3  # rounds per (critic, q_action) pair at metaworld sizes; rounds of the tiny comparison
+PAIRS = [(critic, q_action) for critic in ("td", "expectile") for q_action in ("chain", "one_step")]
 TEXT_DIM = 576  # SmolLM2-135M's hidden size, the metaworld experiment's language model
+# The Q term from the first step, at its full weight: every timed step pays for it.
+TIMING = ["policy.critic_warmup_steps=0", "policy.eta_ramp_steps=0"]
 TINY = ["data.batch_size_per_task=4", "policy.hidden_dim=32", "policy.critic_hidden_dim=32", "trajectory.width=32",
         "trajectory.layers=1", "text.hidden_dim=32", "text.out_dim=16"]  # fmt: skip
 
@@ -61,14 +81,19 @@ def sync(device: torch.device) -> None:
 
 # ------------------------------------------------------------------------------------------- bare loop
 class BareSampler:
-    """Task-grouped batches by plain tensor indexing over the normalised training data."""
+    """Task-grouped batches by plain tensor indexing over the normalised training data (with the n-step
+    `reward` / `discount` / `next_obs` the DataModule stores)."""
 
     def __init__(self, dm: MetaWorldDataModule) -> None:
         store = dm.transitions
-        self.data = {k: store.transitions[k] for k in ("obs", "action", "reward", "next_obs", "done", "position")}
+        self.keys = [k for k in TRANSITION_KEYS if k in store.transitions.keys()]
+        self.data = {k: store.transitions[k] for k in self.keys}
         self.task_start, self.task_count = store.task_start, store.task_count
-        self.episode_start, self.episode_length = store.episode_start, store.episode_length
-        self.episode_offset, self.episodes_per_task = store.episode_offset, store.episodes_per_task
+        # The prompts come from the tasks' prompt episodes, as the DataModule draws them.
+        prompts = dm._train_prompts
+        self.prompt_data = {k: prompts.transitions[k] for k in ("obs", "action", "reward")}
+        self.episode_start, self.episode_length = prompts.episode_start, prompts.episode_length
+        self.episode_offset, self.episodes_per_task = prompts.episode_offset, prompts.episodes_per_task
         self.text_table, self.text_count = dm.text_table, dm.text_count
         self.n, self.b, self.h = len(dm.train_tasks), dm.batch_size_per_task, dm.prompt_length
         self.device = self.task_start.device
@@ -77,96 +102,99 @@ class BareSampler:
         n, b, h, dev = self.n, self.b, self.h, self.device
         tasks = torch.arange(n, device=dev)
         idx = self.task_start[:, None] + (torch.rand(n, b, device=dev) * self.task_count[:, None]).long()
-        batch = {k: self.data[k][idx] for k in ("obs", "action", "reward", "next_obs", "done")}
+        batch = {k: self.data[k][idx] for k in self.keys}
         # One demonstration per task, H steps spaced evenly from a random offset.
         episode = self.episode_offset + (torch.rand(n, device=dev) * self.episodes_per_task).long()
         stride = (self.episode_length[episode] // h).clamp(min=1)
         steps = (torch.rand(n, device=dev) * stride).long()[:, None] + stride[:, None] * torch.arange(h, device=dev)
         steps = torch.minimum(steps, self.episode_length[episode][:, None] - 1)
         flat = self.episode_start[episode][:, None] + steps
-        batch.update(prompt_obs=self.data["obs"][flat], prompt_action=self.data["action"][flat])
-        batch.update(prompt_reward=self.data["reward"][flat], prompt_position=steps)
+        prompt = self.prompt_data
+        batch.update(prompt_obs=prompt["obs"][flat], prompt_action=prompt["action"][flat])
+        batch.update(prompt_reward=prompt["reward"][flat], prompt_position=steps)
         batch["text_emb"] = self.text_table[tasks, (torch.rand(n, device=dev) * self.text_count).long()]
         return batch
 
 
+def lr_factor(schedule: str, total: int) -> Callable[[int], float]:
+    if schedule == "constant" or total <= 0:
+        return lambda step: 1.0
+    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
 class BareLearner:
-    """The LLMDPD policy-stage update written out in plain PyTorch: BC + critic + Q losses, one backward,
-    per-group gradient clipping, AdamW with a cosine schedule, soft target update, EMA actor."""
+    """The LLMDPD policy-stage update in plain PyTorch around the shared `DiffusionQLLoss`: prompt encoding
+    once per task, the flat loss input, one backward of `loss_total`, per-group gradient clipping, AdamW with
+    the module's schedules, torchrl's `SoftUpdate` of the target critics, EMA actor."""
 
     def __init__(self, obs_dim: int, action_dim: int, cfg: ExperimentConfig, device: torch.device) -> None:
         p = self.p = cfg.policy
         self.text = TextPromptEncoder(TEXT_DIM, cfg.text).to(device)
         self.trajectory = TrajectoryPromptEncoder(obs_dim, action_dim, cfg.trajectory).to(device)
         self.cond = PromptConditioning(cfg.text.out_dim, cfg.trajectory.width, True, True, p.prompt_dropout).to(device)
+        if cfg.alignment.enabled and cfg.alignment.freeze_in_policy_stage:
+            self.text.requires_grad_(False)
+            self.trajectory.requires_grad_(False)
         cond_dim = self.cond.cond_dim
         self.actor = DiffusionActor(
             obs_dim, action_dim, cond_dim, p.hidden_dim, p.layers, p.time_dim, p.diffusion_steps, p.beta_schedule
         ).to(device)
-        self.critic = TwinCritic(obs_dim, action_dim, cond_dim, p.critic_hidden_dim, p.critic_layers).to(device)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
-        prompt = [*self.text.parameters(), *self.trajectory.parameters(), *self.cond.parameters()]
+        critic = TwinCritic(obs_dim, action_dim, cond_dim, p.critic_hidden_dim, p.critic_layers)
+        value = ValueNetwork(obs_dim, cond_dim, p.critic_hidden_dim, p.critic_layers) if p.critic == "expectile" else None
+        self.loss = DiffusionQLLoss(
+            self.actor, critic, self.ema_actor, value, critic_kind=p.critic, expectile=p.expectile,
+            q_action=p.q_action, awr_beta=p.awr_beta,
+        ).to(device)  # fmt: skip
+        self.target_updater = SoftUpdate(self.loss, tau=p.tau)
+        prompt = [w for m in (self.text, self.trajectory, self.cond) for w in m.parameters() if w.requires_grad]
+        clip = lambda value: value if value > 0 else math.inf  # noqa: E731
         groups = [
-            {"params": [*self.actor.parameters()], "lr": p.actor_lr, "weight_decay": 0.0, "clip": p.actor_grad_clip},
-            {"params": [*self.critic.parameters()], "lr": p.critic_lr, "weight_decay": 0.0, "clip": p.critic_grad_clip},
-            {"params": prompt, "lr": p.prompt_lr, "weight_decay": cfg.alignment.weight_decay, "clip": p.actor_grad_clip},
-        ]
+            {"params": [*self.actor.parameters()], "lr": p.actor_lr, "weight_decay": 0.0, "clip": clip(p.actor_grad_clip)},
+            {"params": [*self.loss.parameters()], "lr": p.critic_lr, "weight_decay": 0.0, "clip": clip(p.critic_grad_clip)},
+            {"params": prompt, "lr": p.prompt_lr, "weight_decay": cfg.alignment.weight_decay, "clip": clip(p.actor_grad_clip)},
+        ]  # fmt: skip
         self.optimizer = torch.optim.AdamW(groups)
-        total = int(cfg.trainer.max_steps)
-        cosine = lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine)
+        total = int(cfg.trainer.max_steps or -1)
+        factors = [lr_factor(s, total) for s in (p.lr_schedule, p.critic_lr_schedule, p.lr_schedule)]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factors)
         self.steps_done = 0
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
 
-    def losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        p, actor = self.p, self.actor
+    def eta(self, step: int) -> float:
+        p = self.p
+        if p.eta <= 0 or step < p.critic_warmup_steps:
+            return 0.0
+        ramp = int(p.eta_ramp_steps)
+        return float(p.eta) * (min(1.0, (step - p.critic_warmup_steps + 1) / ramp) if ramp > 0 else 1.0)
+
+    def loss_input(self, batch: dict[str, torch.Tensor]) -> TensorDict:
         n, b = batch["obs"].shape[:2]
-        obs, action, reward, next_obs, done = (
-            batch[k].reshape(n * b, -1) for k in ("obs", "action", "reward", "next_obs", "done")
-        )
         z_text = self.text(batch["text_emb"])
         prompt = (batch[k] for k in ("prompt_obs", "prompt_action", "prompt_reward", "prompt_position"))
         z_traj = self.trajectory(*prompt)
         cond = self.cond(z_text, z_traj, n, drop=True).repeat_interleave(b, 0)
-
-        # Behaviour cloning: predict the noise added at a random diffusion step.
-        k = torch.randint(0, actor.steps, (n * b,), device=obs.device)
-        noise = torch.randn_like(action)
-        noisy = actor.sqrt_abar[k, None] * action + actor.sqrt_one_minus_abar[k, None] * noise
-        bc_loss = F.mse_loss(actor.model(noisy, k, obs, cond).float(), noise)
-
-        # Critic: TD target from the target critics at an EMA-policy action; the condition is detached.
-        c = cond.detach()
-        with torch.no_grad():
-            next_action = self.ema_actor.sample(next_obs, c)
-            q1_next, q2_next = self.critic_target(next_obs, c, next_action)
-            target = reward + p.gamma * (1.0 - done) * torch.minimum(q1_next, q2_next).float()
-        q1, q2 = self.critic(obs, c, action)
-        critic_loss = F.mse_loss(q1.float(), target) + F.mse_loss(q2.float(), target)
-
-        # Policy improvement through the reverse chain, against the critic's current (frozen) weights.
-        new_action = actor.sample(obs, cond)
-        frozen = {name: w.detach() for name, w in self.critic.named_parameters()}
-        q1_new, q2_new = functional_call(self.critic, frozen, (obs, c, new_action))
-        q_loss = -q1_new.float().mean() / q2_new.float().abs().mean().detach().clamp_min(1e-6)
-        return critic_loss + bc_loss + p.eta * q_loss
+        data = {k: batch[k].reshape(n * b, *batch[k].shape[2:]) for k in TRANSITION_KEYS if k in batch}
+        if "discount" not in data:
+            data["discount"] = self.p.gamma * (1.0 - data["done"])
+        return TensorDict({**data, "cond": cond}, batch_size=[n * b])
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
+        self.loss.eta = self.eta(self.steps_done)
         with self.autocast:
-            loss = self.losses(batch)
+            loss = loss_total(self.loss(self.loss_input(batch)))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for group in self.optimizer.param_groups:
             torch.nn.utils.clip_grad_norm_(group["params"], group["clip"])
         self.optimizer.step()
         self.scheduler.step()
-        soft_update_(self.critic_target, self.critic, self.p.tau)
+        self.steps_done += 1  # Lightning's global_step advances with the optimizer step
+        self.target_updater.step()
         if self.steps_done < self.p.ema_start:
             copy_parameters_(self.ema_actor, self.actor)
         elif self.steps_done % self.p.ema_every == 0:
             soft_update_(self.ema_actor, self.actor, 1.0 - self.p.ema_decay)
-        self.steps_done += 1
 
 
 def bare_round(learner: BareLearner, sampler: BareSampler, device: torch.device) -> float:
@@ -218,26 +246,32 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def measure(cfg: ExperimentConfig, rounds: int, logs: Path) -> dict[str, dict[str, float]]:
-    """Best seconds per TIMED steps, peak RSS after the first round and CUDA peak, per variant."""
+def measure(
+    cfg: ExperimentConfig, pairs: list[tuple[str, str]], rounds: int, logs: Path
+) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """Per (critic, q_action) pair and variant: best seconds per TIMED steps, peak RSS after the variant's
+    first round and CUDA peak. Rounds run pair by pair, bare then framework, so load hits all alike."""
     dm = MetaWorldDataModule(cfg, RandomTextEmbedder())
     dm.setup("fit")
     device = dm.device
-    torch.manual_seed(0)
-    module = PolicyDiffusionModule(
-        dm.obs_dim, dm.action_dim, dm.text_dim, OmegaConf.to_container(cfg), dm.normalizer.mean, dm.normalizer.std
-    )
-    learner, sampler = BareLearner(dm.obs_dim, dm.action_dim, cfg, device), BareSampler(dm)
-    runs = {
-        "bare": lambda: bare_round(learner, sampler, device),
-        "framework": lambda: framework_round(module, dm, cfg, logs),
-    }
-    results = {name: {"seconds": math.inf, "rss_mib": 0.0, "cuda_mib": 0.0} for name in runs}
+    runs: dict[tuple[tuple[str, str], str], Callable[[], float]] = {}
+    for critic, q_action in pairs:
+        pair_cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"policy.critic={critic}", f"policy.q_action={q_action}"]))
+        torch.manual_seed(0)
+        module = PolicyDiffusionModule(
+            dm.obs_dim, dm.action_dim, dm.text_dim, OmegaConf.to_container(pair_cfg), dm.normalizer.mean, dm.normalizer.std
+        )  # fmt: skip
+        learner, sampler = BareLearner(dm.obs_dim, dm.action_dim, pair_cfg, device), BareSampler(dm)
+        runs[(critic, q_action), "bare"] = lambda learner=learner, sampler=sampler: bare_round(learner, sampler, device)
+        runs[(critic, q_action), "framework"] = lambda module=module, pair_cfg=pair_cfg: framework_round(
+            module, dm, pair_cfg, logs
+        )
+    results = {pair: {v: {"seconds": math.inf, "rss_mib": 0.0, "cuda_mib": 0.0} for v in ("bare", "framework")} for pair in pairs}
     for _ in range(rounds):
-        for name, run in runs.items():
+        for (pair, variant), run in runs.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            result = results[name]
+            result = results[pair][variant]
             result["seconds"] = min(result["seconds"], run())
             result["rss_mib"] = result["rss_mib"] or peak_rss_mib()
             if device.type == "cuda":
@@ -249,25 +283,29 @@ def main() -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
-        cfg = ml10_config(root)
+        cfg = ml10_config(root, *TIMING)
         generate(cfg, progress=False)
-        full = measure(cfg, ROUNDS, Path(root) / "tb")
+        full = measure(cfg, PAIRS, ROUNDS, Path(root) / "tb")
         # Tiny networks and batches: the step is cheap, so the framework's fixed cost per step shows.
         tiny = OmegaConf.merge(cfg, OmegaConf.from_dotlist(TINY))
-        small = measure(tiny, ROUNDS, Path(root) / "tb")
-    bare, ours = full["bare"], full["framework"]
+        small = measure(tiny, [("td", "chain")], TINY_ROUNDS, Path(root) / "tb")[("td", "chain")]
     device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} thread(s)"
-    print(f"{device}; metaworld sizes, batch {cfg.data.batch_size_per_task} x 10 tasks; best of {ROUNDS} rounds "
-          f"of {WARMUP} warm-up + {TIMED} timed steps", flush=True)  # fmt: skip
-    report("bare PyTorch loop", TIMED / bare["seconds"], "steps/s")
-    report("Lightning (PolicyDiffusionModule + DataModule + logger)", TIMED / ours["seconds"], "steps/s")
-    report("ratio framework / bare", bare["seconds"] / ours["seconds"], "x", "(target >= 0.85)")
-    report("peak RSS after the first bare round", bare["rss_mib"], "MiB")
-    report("peak RSS after the first framework round (process peak)", ours["rss_mib"], "MiB")
-    if torch.cuda.is_available():
-        report("CUDA max allocated, bare", bare["cuda_mib"], "MiB")
-        report("CUDA max allocated, framework", ours["cuda_mib"], "MiB")
+    print(f"{device}; metaworld sizes, batch {cfg.data.batch_size_per_task} x 10 tasks, eta {cfg.policy.eta} from "
+          f"step 0; best of {ROUNDS} rounds of {WARMUP} warm-up + {TIMED} timed steps per pair", flush=True)  # fmt: skip
+    for (critic, q_action), result in full.items():
+        bare, ours = result["bare"], result["framework"]
+        name = f"{critic}, {q_action}"
+        report(f"{name}: bare PyTorch loop", TIMED / bare["seconds"], "steps/s")
+        report(f"{name}: Lightning", TIMED / ours["seconds"], "steps/s")
+        report(f"{name}: ratio framework / bare", bare["seconds"] / ours["seconds"], "x", "(target >= 0.85)")
+        if torch.cuda.is_available():
+            report(f"{name}: CUDA max allocated, bare", bare["cuda_mib"], "MiB")
+            report(f"{name}: CUDA max allocated, framework", ours["cuda_mib"], "MiB")
+    first = full[PAIRS[0]]
+    report("peak RSS after the first bare round", first["bare"]["rss_mib"], "MiB")
+    report("peak RSS after the first framework round (process peak)", first["framework"]["rss_mib"], "MiB")
     bare_ms, ours_ms = (1e3 * small[k]["seconds"] / TIMED for k in ("bare", "framework"))
+    print(f"tiny networks (critic=td, q_action=chain): best of {TINY_ROUNDS} rounds", flush=True)
     report("tiny networks: bare PyTorch loop", bare_ms, "ms/step")
     report("tiny networks: Lightning", ours_ms, "ms/step")
     report("framework overhead per step (tiny networks)", ours_ms - bare_ms, "ms/step")

@@ -135,7 +135,7 @@ class AlignmentConfig:
 
 @dataclass
 class PolicyConfig:
-    """Diffusion policy, twin critics and their optimisation (DESIGN.md items 3 to 9)."""
+    """Diffusion policy, twin critics and their optimisation (the method's items 3 to 9 in the README)."""
 
     # "diffusion" (LLMDPD / Diffusion-QL) or "mlp_bc" (deterministic MLP behaviour cloning baseline).
     kind: str = "diffusion"

@@ -1,4 +1,4 @@
-"""The policy's condition c = [z_text; z_traj] (DESIGN.md item 3), with learned null vectors.
+"""The policy's condition c = [z_text; z_traj] (the method's item 3 in the README), with learned null vectors.
 
 A disabled prompt (ablation) always contributes its null vector, so the condition width is the same for
 every ablation and checkpoints of different methods share one architecture. During training each prompt is

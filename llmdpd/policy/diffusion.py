@@ -1,4 +1,4 @@
-"""Diffusion actor (DESIGN.md item 4): a DDPM over actions, conditioned on the state and the prompt condition.
+"""Diffusion actor (the method's item 4 in the README): a DDPM over actions, conditioned on the state and the prompt condition.
 
 Follows Diffusion-QL (Wang et al., 2023): few denoising steps, a variance-preserving beta schedule, an MLP
 noise network with a sinusoidal step embedding, the predicted clean action clipped to the action box at every

@@ -1,4 +1,4 @@
-"""Prompt-encoding stage (DESIGN.md item 7): align trajectory prompts with their task's text by InfoNCE."""
+"""Prompt-encoding stage (the method's item 7 in the README): align trajectory prompts with their task's text by InfoNCE."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frozen language-model embeddings of task descriptions, cached on disk (DESIGN.md item 1).
+"""Frozen language-model embeddings of task descriptions, cached on disk (the method's item 1 in the README).
 
 One cache file per (model, pooling) under ``<cache_dir>/embeddings/`` maps each text to its vector, so
 training and evaluation never load the language model once the cache holds their descriptions.
