@@ -5,6 +5,8 @@ interrupted run resumes where it stopped), followed by a copy of its `config.yam
 `results/<benchmark>/<method>/seed<seed>/` (with `--commit`, a git commit of that folder at once). A run whose
 results are already there is skipped, so the command can be started again after any interruption and only
 does what is missing. Several invocations may share the queue: each run is claimed with a file lock.
+`--results` may lie in another checkout: a comparison can run from a frozen copy of the code (a git
+worktree of the commit whose configuration was chosen) while its results land in the working repository.
 Runs go seed-major (every method's seed 0 first), so a partial comparison is balanced across methods.
 """
 
@@ -51,10 +53,13 @@ def register(sub) -> None:
 
 
 def _commit(folder: Path, message: str) -> None:
+    """Commit `folder` in the repository that holds it (which need not be the one running the code)."""
+    folder = folder.resolve()
+    git = ["git", "-C", str(folder)]
     for attempt in range(10):  # another process may hold git's index lock for a moment
-        added = subprocess.run(["git", "add", str(folder)], capture_output=True, text=True)
+        added = subprocess.run([*git, "add", "."], capture_output=True, text=True)
         done = added.returncode == 0 and subprocess.run(
-            ["git", "commit", "-q", "-m", message, "--", str(folder)], capture_output=True, text=True
+            [*git, "commit", "-q", "-m", message, "--", "."], capture_output=True, text=True
         ).returncode == 0
         if done:
             return
