@@ -19,7 +19,7 @@ def test_every_experiment_loads(exp):
 def test_overrides_are_typed_and_applied():
     cfg = load_config("smoke", ["trainer.max_steps=7", "policy.eta=0", "seed=3"])
     assert cfg.trainer.max_steps == 7 and cfg.policy.eta == 0.0 and cfg.seed == 3
-    with pytest.raises(ConfigError, match="Invalid override"):
+    with pytest.raises(ConfigError, match="Invalid value for 'policy.eta'"):
         load_config("smoke", ["policy.eta=abc"])
 
 

@@ -6,11 +6,14 @@ before the file itself). Overrides are OmegaConf dot-lists (`trainer.max_steps=1
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
@@ -37,12 +40,28 @@ def experiment_path(exp: str) -> Path:
     raise ConfigError(f"Unknown experiment '{exp}': not a YAML file and not one of {known}.{hint}")
 
 
+def _yaml_error(err: yaml.YAMLError, where: str) -> ConfigError:
+    """A YAML syntax error as one line: where, line and column (1-based), and what the parser expected."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    context = getattr(err, "context", None)
+    detail = f"{context}: {problem}" if context else problem
+    if mark is None:
+        return ConfigError(f"{where}: YAML syntax error: {detail}")
+    return ConfigError(f"{where}, line {mark.line + 1}, column {mark.column + 1}: YAML syntax error: {detail}")
+
+
 def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     if path in seen:
         raise ConfigError(f"Circular 'defaults' in {path}")
     if not path.is_file():
         raise ConfigError(f"Config file not found: {path}")
-    node = OmegaConf.load(path)
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        raise _yaml_error(err, str(path)) from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: an experiment file must be a mapping of keys to values, not a {type(node).__name__}")
     defaults = node.pop("defaults", []) if isinstance(node, DictConfig) else []
     merged = OmegaConf.create()
     for name in defaults:
@@ -70,15 +89,107 @@ def _unknown_key_error(err: Exception, schema: DictConfig, source: str) -> Confi
     return ConfigError(f"Unknown config key '{key}' (in {source}).{hint}")
 
 
+def _type_name(tp: Any) -> str:
+    """A readable name of a type annotation: `int`, `float or None`, `one of 32, 'bf16-mixed'`, `list of str`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is type(None):
+        return "null"
+    if origin is typing.Union:
+        literals = [v for a in args if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+        others = [_type_name(a) for a in args if typing.get_origin(a) is not typing.Literal]
+        names = (["one of " + ", ".join(repr(v) for v in literals)] if literals else []) + others
+        return " or ".join(dict.fromkeys(names))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (list, tuple):
+        return f"list of {_type_name(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether a plain YAML value (int, float, str, bool, None, list, dict) fits annotation `tp`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin is not None:
+        return isinstance(value, origin if origin is not tuple else (list, tuple))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # an annotation this check does not understand: leave it to Lightning
+
+
 def _check_trainer_keys(trainer: dict[str, Any]) -> None:
+    """Every `trainer.*` key is an argument of `lightning.Trainer`, and its value has the argument's type."""
     from lightning.pytorch import Trainer
 
     allowed = set(inspect.signature(Trainer.__init__).parameters) - {"self"}
-    for key in trainer:
+    try:
+        hints = typing.get_type_hints(Trainer.__init__)
+    except Exception:  # unresolvable annotations in some Lightning version: names are still checked
+        hints = {}
+    for key, value in trainer.items():
         if key not in allowed:
             close = difflib.get_close_matches(key, sorted(allowed), n=1)
             hint = f" Did you mean 'trainer.{close[0]}'?" if close else ""
             raise ConfigError(f"Unknown config key 'trainer.{key}': not an argument of lightning.Trainer.{hint}")
+        if key in hints and not _matches(value, hints[key]):
+            raise ConfigError(f"Invalid value for 'trainer.{key}': {value!r}; expected {_type_name(hints[key])}")
+
+
+def _schema_type(key: str) -> Any:
+    """The annotation of dotted `key` in `ExperimentConfig` (None when it is not a dataclass field)."""
+    from llmdpd.config.schema import ExperimentConfig
+
+    node: Any = ExperimentConfig
+    tp: Any = None
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(node):
+            return None
+        hints = typing.get_type_hints(node)
+        if part not in hints:
+            return None
+        tp = node = hints[part]
+    return tp
+
+
+def _validation_error(err: ValidationError, source: str) -> ConfigError:
+    """OmegaConf's multi-line validation error as one line: key, value and the expected type."""
+    key = getattr(err, "full_key", None)
+    if not key:
+        first = str(err).strip().splitlines()[0]
+        return ConfigError(f"Invalid value (in {source}): {first}; a section takes a mapping of its keys")
+    tp = _schema_type(str(key))
+    expected = _type_name(tp) if tp is not None else "another type"
+    if dataclasses.is_dataclass(tp):
+        expected = "a mapping of its keys"
+    value = getattr(err, "value", None)
+    return ConfigError(f"Invalid value for '{key}' (in {source}): {value!r}; expected {expected}")
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override '{item}' is not of the form key=value")
+    for item in overrides:  # one at a time, so that an error names its override
+        try:
+            OmegaConf.from_dotlist([item])
+        except yaml.YAMLError as err:
+            raise _yaml_error(err, f"override '{item}'") from None
+    return OmegaConf.from_dotlist(list(overrides))
 
 
 def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = True) -> ExperimentConfig:
@@ -91,16 +202,14 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
     except (ConfigKeyError, ConfigAttributeError) as err:
         raise _unknown_key_error(err, schema, str(path)) from None
     except ValidationError as err:
-        raise ConfigError(f"Invalid value in {path}: {err}") from None
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"Override '{item}' is not of the form key=value")
+        raise _validation_error(err, str(path)) from None
+    dotlist = _parse_overrides(overrides)
     try:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(cfg, dotlist)
     except (ConfigKeyError, ConfigAttributeError) as err:
         raise _unknown_key_error(err, schema, "command-line overrides") from None
     except ValidationError as err:
-        raise ConfigError(f"Invalid override value: {err}") from None
+        raise _validation_error(err, "command-line overrides") from None
     if cfg.name == "experiment":
         cfg.name = path.stem
     if check_trainer:
