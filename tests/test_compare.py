@@ -217,3 +217,52 @@ def test_comparison_names_an_unknown_method(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["comparison", "ml45", "text_only", "--results", str(tmp_path), "--dry-run"])
     assert exit_.value.code == 2 and "text_only" in capsys.readouterr().err
+
+
+def test_compare_counts_the_newest_finished_version_of_each_seed(tmp_path, capsys):
+    from llmdpd.evaluation.compare import find_runs
+
+    base = tmp_path / "runs" / "llmdpd" / "seed0"
+    for version, success in ((0, 0.1), (1, 0.9)):
+        run = base / f"version_{version}"
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"name": "llmdpd", "seed": 0}))
+        write_eval_json(run / "eval.json", _eval_json(0, [success, success], [success]))
+    unfinished = base / "version_2"  # still training: the newest finished version counts
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text(yaml.safe_dump({"name": "llmdpd", "seed": 0}))
+    runs = find_runs([tmp_path / "runs" / "llmdpd"], group_by="parent")
+    assert [(r.path.name, r.method, r.summary["seen"]["success_mean"]) for r in runs] == [("version_1", "llmdpd", 0.9)]
+    # A version named on the command line is taken as it is.
+    assert [r.path.name for r in find_runs([base / "version_0", base / "version_1"])] == ["version_0", "version_1"]
+
+
+def test_comparison_copies_from_the_run_that_ckpt_last_continued(tmp_path, monkeypatch, capsys):
+    from llmdpd.cli import comparison
+    from llmdpd.cli.main import main
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    monkeypatch.chdir(tmp_path)  # the experiments' paths.runs_dir is runs/
+    base = runs / "mlp_bc" / "seed0"
+    old = base / "version_0"  # an earlier, finished run of the same experiment and seed
+    old.mkdir(parents=True)
+    (old / "config.yaml").write_text("name: mlp_bc\nnote: old\n")
+    write_eval_json(old / "eval.json", _eval_json(0, [0.1, 0.1], [0.1]))
+    calls = []
+
+    def fake_train(command, env):  # `llmdpd train mlp_bc seed=0 ckpt=last ...` continues the newest run
+        calls.append(command)
+        new = base / "version_1"
+        new.mkdir()
+        (new / "config.yaml").write_text("name: mlp_bc\nnote: new\n")
+        write_eval_json(new / "eval.json", _eval_json(0, [0.9, 0.9], [0.9]))
+        return 0
+
+    monkeypatch.setattr(comparison.subprocess, "call", fake_train)
+    monkeypatch.setitem(comparison.COMPARISONS, "ml10", {"mlp_bc": "mlp_bc"})
+    with pytest.raises(SystemExit) as exit_:
+        main(["comparison", "ml10", "mlp_bc", "--seeds", "0", "--results", str(results)])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    target = results / "ml10" / "mlp_bc" / "seed0"
+    assert (target / "config.yaml").read_text() == "name: mlp_bc\nnote: new\n"
+    assert "ckpt=last" in calls[0]

@@ -21,7 +21,8 @@ import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from llmdpd.cli.main import main
-from llmdpd.training.requeue import SignalCheckpoint, latest_checkpoint
+from llmdpd.runs import latest_checkpoint
+from llmdpd.training.requeue import SignalCheckpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -136,7 +137,7 @@ def test_two_nodes_on_loopback_train_in_lockstep(smoke_data_dir, tmp_path):
     for key, value in finals[0]["state"].items():
         assert torch.equal(value, finals[1]["state"][key]), key
 
-    run = runs / "smoke" / "seed0"
+    run = runs / "smoke" / "seed0" / "version_0"
     saved = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert saved["global_step"] == 6
     for key, value in finals[0]["state"].items():
@@ -210,7 +211,7 @@ def test_slurm_script_asks_for_one_task_per_gpu_and_resumes(tmp_path, capsys, mo
 
 def test_sigusr1_saves_last_checkpoint_stops_and_resume_continues(smoke_data_dir, tmp_path):
     runs = tmp_path / "runs"
-    run = runs / "smoke" / "seed0"
+    run = runs / "smoke" / "seed0" / "version_0"
     args = _smoke(smoke_data_dir, runs, "checkpoint_every_n_steps=5")
     log = tmp_path / "first.log"
     proc = _start([PYTHON, "-m", "llmdpd", "train", *args, "trainer.max_steps=100000"], log)

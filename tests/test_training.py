@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from llmdpd.config.load import load_config
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.policy.module import PolicyDiffusionModule
+from llmdpd.prompts.text_embeddings import make_text_embedder
 from llmdpd.training import pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def test_llmdpd_train_smoke_leaves_a_complete_run_directory(smoke_data_dir, tmp_
     runs = tmp_path / "runs"
     overrides = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={runs}"]
     run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *overrides], timeout=300)
-    run = runs / "smoke" / "seed0"
+    run = runs / "smoke" / "seed0" / "version_0"
 
     # config.yaml: the resolved config, which loads back as an experiment of its own.
     saved = OmegaConf.load(run / "config.yaml")
@@ -79,10 +80,10 @@ def test_llmdpd_train_smoke_leaves_a_complete_run_directory(smoke_data_dir, tmp_
 
     # TensorBoard: both stages' curves and the evaluation, readable by TensorBoard's own reader.
     series = scalars(run / "tb")
-    wanted = ["train/bc_loss", "train/critic_loss", "lr/actor", "align/loss"]
+    wanted = ["train/loss_bc", "train/loss_critic", "lr/actor", "align/loss"]
     wanted += ["eval/seen/success_mean", "eval/unseen/success_mean"]
     assert set(wanted) <= set(series), sorted(series)
-    assert [step for step, _ in series["train/bc_loss"]] == [9, 19, 29, 39, 49, 59]  # log_every_n_steps=10
+    assert [step for step, _ in series["train/loss_bc"]] == [9, 19, 29, 39, 49, 59]  # log_every_n_steps=10
     # Alignment: the two training tasks' demonstrations retrieve their own descriptions (chance 0.5).
     assert series["align/retrieval/seen"][-1][1] == 1.0
     assert all(math.isfinite(value) for tag in wanted for _, value in series[tag])
@@ -255,7 +256,7 @@ class LossRecorder(L.Callback):
     """The losses of every training step."""
 
     def __init__(self) -> None:
-        self.losses: dict[str, list[float]] = {"train/bc_loss": [], "train/critic_loss": []}
+        self.losses: dict[str, list[float]] = {"train/loss_bc": [], "train/loss_critic": []}
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         for name, values in self.losses.items():
@@ -268,7 +269,7 @@ def test_losses_fall_on_the_smoke_data(smoke_data_dir):
     L.seed_everything(0)
     learning = ["policy.actor_lr=1e-3", "policy.lr_schedule=constant", "trainer.max_steps=100"]
     cfg = load_config("smoke", [f"paths.data_dir={smoke_data_dir}", *FAST, *learning])
-    dm = MetaWorldDataModule(cfg, pipeline.make_text_embedder(cfg))
+    dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup("fit")
     module = PolicyDiffusionModule(
         dm.obs_dim, dm.action_dim, dm.text_dim, OmegaConf.to_container(cfg), dm.normalizer.mean, dm.normalizer.std

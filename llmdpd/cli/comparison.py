@@ -1,7 +1,8 @@
 """`llmdpd comparison BENCHMARK --seeds 0 1 2 [--jobs 2] [--commit] [METHOD ...]`: run a published comparison.
 
 Every (method, seed) run is `llmdpd train <experiment> seed=<seed> ckpt=last` in its own process (so an
-interrupted run resumes where it stopped), followed by a copy of its `config.yaml` and `eval.json` into
+interrupted run resumes where it stopped, in its own run directory: the newest `version_<n>` of that
+experiment and seed, which `ckpt=last` continues or creates), followed by a copy of its `config.yaml` and `eval.json` into
 `results/<benchmark>/<method>/seed<seed>/` (with `--commit`, a git commit of that folder at once). A run whose
 results are already there is skipped, so the command can be started again after any interruption and only
 does what is missing. Several invocations may share the queue: each run is claimed with a file lock.
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from filelock import FileLock, Timeout
 
     from llmdpd.config.load import ConfigError, load_config
-    from llmdpd.training.pipeline import run_dir
+    from llmdpd.runs import newest_run, run_base
 
     table = COMPARISONS[args.benchmark]
     unknown = [m for m in args.methods if m not in table]
@@ -97,11 +98,13 @@ def run(args: argparse.Namespace) -> int:
                 continue
             experiment = table[method]
             overrides = [f"seed={seed}", "ckpt=last"]
-            directory = run_dir(load_config(experiment, overrides))
+            base = run_base(load_config(experiment, overrides))
             start = time.perf_counter()
-            print(f"comparison: {method} seed {seed} -> {directory}", flush=True)
+            print(f"comparison: {method} seed {seed} -> {base}", flush=True)
             code = subprocess.call([sys.executable, "-m", "llmdpd", "train", experiment, *overrides], env=os.environ.copy())
-            if code != 0 or not (directory / "eval.json").is_file():
+            # `ckpt=last` continued the newest run under `base` or created it; the lock keeps others out.
+            directory = newest_run(base)
+            if code != 0 or directory is None or not (directory / "eval.json").is_file():
                 print(f"comparison: {method} seed {seed} failed (exit {code}); rerun to resume it", file=sys.stderr)
                 continue
             target.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""`llmdpd eval EXP ckpt=PATH [key=value ...]`: re-evaluate a checkpoint.
+"""`llmdpd eval EXP ckpt=PATH [key=value ...]`: re-evaluate a checkpoint (`ckpt=last`: the newest readable
+policy checkpoint of the experiment's newest run).
 
 `eval.split=test` (the default): the training tasks on their seen-test goals and the unseen tasks, written
 to eval_<ckpt name>.json. `eval.split=validation`: the training tasks on their validation goals only, for
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from llmdpd.config.load import ConfigError, load_config
     from llmdpd.evaluation.plan import check_split
     from llmdpd.evaluation.runner import evaluate_checkpoint
-    from llmdpd.training.pipeline import resolve_ckpt, run_dir
+    from llmdpd.runs import checkpoint_for_evaluation
 
     cfg = load_config(args.exp, args.overrides)
     if args.descriptions is not None:
@@ -51,11 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(str(err)) from None
     if cfg.eval.split == "validation" and not cfg.eval.seen:
         raise ConfigError("eval.split=validation evaluates the training tasks, but eval.seen is false")
-    if cfg.ckpt is None:
-        raise ConfigError("llmdpd eval needs ckpt=PATH (or ckpt=last for the experiment's run directory)")
-    ckpt = resolve_ckpt(cfg, run_dir(cfg))
-    if ckpt is None:
-        raise ConfigError(f"ckpt=last: no checkpoints/last.ckpt in {run_dir(cfg)}")
+    ckpt = checkpoint_for_evaluation(cfg)
     summary = evaluate_checkpoint(cfg, ckpt)
     out = args.out or default_out_path(ckpt, cfg.eval.split)
     from llmdpd.evaluation.results import write_eval_json
@@ -68,7 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_out_path(ckpt: str | Path, split: str) -> Path:
-    """eval_<ckpt name>.json beside the run's eval.json, with `_validation` before `.json` for a validation
-    evaluation."""
+    """eval_<ckpt name>.json beside the run's eval.json (beside the checkpoint when it is in no run directory),
+    with `_validation` before `.json` for a validation evaluation."""
+    from llmdpd.runs import run_holding
+
     suffix = "_validation" if split == "validation" else ""
-    return Path(ckpt).resolve().parent.parent / f"eval_{Path(ckpt).stem}{suffix}.json"
+    folder = run_holding(ckpt) or Path(ckpt).resolve().parent
+    return folder / f"eval_{Path(ckpt).stem}{suffix}.json"

@@ -1,7 +1,7 @@
 """`llmdpd launch slurm EXP --nodes N --gpus-per-node G [options] [key=value ...]`: write (and submit) a
 SLURM batch script that trains EXP on N x G GPUs, resumable across preemption and requeue.
 
-The script goes into the experiment's run directory (the one `llmdpd train` would use), is printed, and
+The script goes into the folder that holds the experiment's run versions (`runs/<name>/seed<s>/`), is printed, and
 is submitted with `sbatch` when `--submit` is given. Overrides are checked now, not on the compute nodes.
 """
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from llmdpd.launch.slurm import (
         LaunchError, SlurmJob, batch_script, llmdpd_executable, submit, train_command, write_script,
     )
-    from llmdpd.training.pipeline import run_dir
+    from llmdpd.runs import run_base
 
     for override in args.overrides:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         job_name=args.job_name or f"llmdpd-{cfg.name}",
         requeue_signal_seconds=args.signal_seconds,
     )
-    directory = run_dir(cfg)
+    directory = run_base(cfg)  # the job's `ckpt=last` continues the newest version below it, or makes one
     try:
         command = train_command(job, args.exp, args.overrides, llmdpd_executable(), args.container)
         script = write_script(batch_script(job, command, directory, Path.cwd()), directory)

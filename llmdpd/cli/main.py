@@ -68,12 +68,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray or rest)}")
     if rest:
         args.overrides = list(args.overrides) + rest
-    from llmdpd.config.load import ConfigError
-    from llmdpd.data.minari_store import DatasetError
+    from llmdpd.errors import no_space
+    from llmdpd.errors import TrainingError, user_errors
 
     try:
         code = args.run(args)
-    except (ConfigError, DatasetError) as err:
-        print(f"llmdpd {args.command}: error: {err}", file=sys.stderr)
+    except user_errors() as err:
+        print(f"llmdpd {args.command}: error: {one_line(err)}", file=sys.stderr)
+        code = 2
+    except TrainingError as err:
+        print(f"llmdpd {args.command}: error: {one_line(err)}", file=sys.stderr)
+        code = 1
+    except OSError as err:
+        if not no_space(err):
+            raise
+        where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+        print(f"llmdpd {args.command}: error: no space left on device{where}", file=sys.stderr)
         code = 2
     sys.exit(code)
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line."""
+    return " ".join(str(err).split())

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 import llmdpd
+from llmdpd.errors import no_space
 
 OBS_SPACE_DIM = 39
 ACTION_DIM = 4
@@ -89,6 +90,13 @@ def write_episodes(root: Path, dataset_id: str, episodes: list, metadata: dict[s
         if final.exists():
             shutil.rmtree(final)
         os.replace(scratch / dataset_id, final)
+    except Exception as err:
+        if no_space(err):
+            raise DatasetError(
+                f"could not write dataset '{dataset_id}' to {final}: no space left on device "
+                "(nothing was written in its place; free space and run again)"
+            ) from None
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return final
@@ -145,9 +153,25 @@ def read_episodes(dataset) -> list[dict[str, np.ndarray]]:
                     "truncations": np.asarray(ep.truncations, dtype=bool),
                 }
             )
-        return episodes
     except Exception as err:
         raise DatasetError(
             f"Dataset '{dataset.spec.dataset_id}' could not be read ({type(err).__name__}: {err}); "
             "the file is corrupt or truncated. Delete it or regenerate with force=true."
         ) from None
+    check_finite(dataset.spec.dataset_id, episodes)
+    return episodes
+
+
+def check_finite(dataset_id: str, episodes: list[dict[str, np.ndarray]]) -> None:
+    """A `DatasetError` naming the dataset, episode, field and step of the first NaN or infinite value."""
+    for i, episode in enumerate(episodes):
+        for field in ("observations", "actions", "rewards"):
+            values = episode[field]
+            finite = np.isfinite(values)
+            if finite.all():
+                continue
+            step = int(np.argwhere(~finite.reshape(len(values), -1).all(axis=1))[0, 0])
+            raise DatasetError(
+                f"Dataset '{dataset_id}' episode {i} holds a non-finite value ({values[step][~finite[step]].flat[0]}) "
+                f"in its {field} at step {step}; regenerate it (force=true) or remove the episode"
+            )

@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from llmdpd.evaluation.results import SPLITS, read_eval_json
+from llmdpd.runs import version_number
 
 DEFAULT_BOOTSTRAP = 10_000
 BOOTSTRAP_SEED = 0
@@ -64,20 +65,35 @@ class Method:
 
 
 def find_runs(paths: Iterable[str | Path], group_by: str = "name", eval_file: str = "eval.json") -> list[Run]:
-    """Every run directory at or below `paths` that holds config.yaml and `eval_file`, in path order."""
-    run_dirs: set[Path] = set()
+    """Every run directory at or below `paths` that holds config.yaml and `eval_file`, in path order.
+
+    A run directory given by name is taken as it is. Found below a folder, the versions of one experiment
+    and seed (`<name>/seed<s>/version_<n>`) count once: the newest that holds `eval_file`.
+    """
+    given: set[Path] = set()
+    found: dict[Path, list[Path]] = {}  # versions' parent (or the run itself) -> run directories
     for path in map(Path, paths):
         if (path / "config.yaml").is_file():
-            run_dirs.add(path)
+            given.add(path)
         elif path.is_dir():
-            run_dirs.update(config.parent for config in path.rglob("config.yaml"))
+            for config in path.rglob("config.yaml"):
+                run_dir = config.parent
+                key = run_dir.parent if version_number(run_dir) is not None else run_dir
+                found.setdefault(key, []).append(run_dir)
+    run_dirs = set(given)
+    for candidates in found.values():
+        finished = [d for d in candidates if (d / eval_file).is_file()]
+        newest = max(finished or candidates, key=lambda d: version_number(d) or -1)
+        run_dirs.add(newest)
     runs = []
     for run_dir in sorted(run_dirs):
         if not (run_dir / eval_file).is_file():
             print(f"compare: skipping {run_dir} (no {eval_file} yet)", file=sys.stderr)
             continue
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        method = run_dir.parent.name if group_by == "parent" else str(config.get("name", run_dir.parent.name))
+        # The folder naming the run: a version's parent (`seed<s>`), or an unversioned run directory itself.
+        named = run_dir.parent if version_number(run_dir) is not None else run_dir
+        method = named.parent.name if group_by == "parent" else str(config.get("name", named.parent.name))
         runs.append(Run(run_dir, method, config.get("seed"), read_eval_json(run_dir / eval_file), last_step(run_dir)))
     return runs
 

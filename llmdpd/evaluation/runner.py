@@ -18,10 +18,10 @@ from llmdpd.evaluation.rollout import evaluate_episodes
 def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     """Roll out `ckpt` on the plan of `cfg.eval.split`; returns the eval.json summary."""
     from llmdpd.policy.module import PolicyDiffusionModule
-    from llmdpd.training.pipeline import make_text_embedder
+    from llmdpd.prompts.text_embeddings import make_text_embedder
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    module = PolicyDiffusionModule.load_from_checkpoint(ckpt, map_location=device).eval()
+    module = load_policy(cfg, ckpt).to(device).eval()
     # Acting-time settings come from this command's config, not from training's.
     for key in ("acting", "acting_temperature", "num_candidates", "guidance_weight"):
         module.cfg.policy[key] = cfg.policy[key]
@@ -36,6 +36,29 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     return summarise(
         results, seed=cfg.seed, episodes_per_task=cfg.eval.episodes_per_task, eval_split=cfg.eval.split
     )
+
+
+def load_policy(cfg: ExperimentConfig, ckpt: str):
+    """The policy module saved in `ckpt`, on the CPU; a `CheckpointError` names the file when it is unreadable,
+    not a policy-stage checkpoint, or trained with a text embedder other than this command's."""
+    from omegaconf import OmegaConf
+
+    from llmdpd.checkpoints import CheckpointError, check_fits, config_differences, read_checkpoint
+    from llmdpd.policy.module import PolicyDiffusionModule
+
+    checkpoint = read_checkpoint(ckpt, map_location="cpu")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if "cfg" not in hparams or not any(k.startswith("ema_actor.") for k in checkpoint["state_dict"]):
+        raise CheckpointError(f"checkpoint {ckpt} is not a policy-stage checkpoint (an alignment-stage one?)")
+    current = OmegaConf.to_container(cfg, resolve=True)
+    # The embedder is built from this command's config: it must be the one the policy was trained on.
+    changed = config_differences(hparams["cfg"], current, keys=("text.enabled", "text.model", "text.pooling"))
+    if changed:
+        raise CheckpointError(f"checkpoint {ckpt} does not fit this experiment: {'; '.join(changed)}")
+    module = PolicyDiffusionModule(**hparams)
+    check_fits(checkpoint, ckpt, module, current)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
 
 
 def format_summary(summary: dict[str, Any]) -> str:

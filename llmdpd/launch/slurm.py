@@ -3,7 +3,7 @@
 The script asks SLURM for SIGUSR1 `requeue_signal_seconds` before the time limit. Under `srun`, Lightning
 detects SLURM (`SLURMEnvironment`, auto-requeue on): its handler saves `hpc_ckpt_<n>.ckpt` in the run
 directory and calls `scontrol requeue`; the requeued job runs the same command, and `ckpt=last` resumes
-from the newest checkpoint (`llmdpd.training.requeue.latest_checkpoint`). `--open-mode=append` keeps one log
+from the newest checkpoint of the newest run (`llmdpd.runs.latest_checkpoint`). `--open-mode=append` keeps one log
 across requeues (the job id stays the same).
 """
 

@@ -171,3 +171,11 @@ class TextEmbedder:
         partial = self.cache_path.with_name(f".{self.cache_path.name}.{os.getpid()}.tmp")
         torch.save(content, partial)
         os.replace(partial, self.cache_path)  # readers see the old file or the new one, never half of one
+
+
+def make_text_embedder(cfg: Any) -> "TextEmbedder | None":
+    """The experiment's text embedder (`text.model`, `text.pooling`, cached under `paths.cache_dir`), or None
+    when text prompts are off."""
+    if not cfg.text.enabled:
+        return None
+    return TextEmbedder(cfg.text.model, cfg.text.pooling, cache_dir=cfg.paths.cache_dir)

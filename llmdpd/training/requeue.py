@@ -9,8 +9,9 @@ Two mechanisms write the checkpoint a preempted policy stage continues from; `ck
 - Anywhere else (torchrun, plain runs), `SignalCheckpoint` handles SIGUSR1: it saves `checkpoints/last.ckpt`
   at the next batch end and stops training cleanly, so `ckpt=last` continues from that step.
 
-`latest_checkpoint` picks the newest (highest global step) of `checkpoints/last.ckpt` and the policy stage's
-`hpc_ckpt_*.ckpt`, so a periodic checkpoint written after an old requeue checkpoint wins, and vice versa.
+`llmdpd.runs.latest_checkpoint` picks the newest readable (highest global step) of `checkpoints/last.ckpt`,
+`checkpoints/step<N>.ckpt` and the policy stage's `hpc_ckpt_*.ckpt`, so a periodic checkpoint written after an
+old requeue checkpoint wins, and vice versa.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import lightning as L
-import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-HPC_CHECKPOINT_GLOB = "hpc_ckpt_*.ckpt"
+from llmdpd.runs import HPC_CHECKPOINT_GLOB, latest_checkpoint  # noqa: F401  (re-exported)
 
 
 def lightning_handles_requeue(trainer: L.Trainer) -> bool:
@@ -107,45 +107,3 @@ class SignalCheckpoint(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
-
-
-def _load_meta(path: Path) -> dict[str, Any]:
-    # mmap: only the few fields read here are paged in, not the weights.
-    return torch.load(str(path), map_location="cpu", mmap=True, weights_only=False)
-
-
-def _written_into(checkpoint: dict[str, Any], checkpoint_dir: Path) -> bool:
-    """Whether the trainer that wrote `checkpoint` kept its ModelCheckpoint files in `checkpoint_dir`.
-
-    Requeue checkpoints of every stage land in the run directory; this tells the policy stage's
-    (ModelCheckpoint in checkpoints/) from the alignment stage's (checkpoints/align/).
-    """
-    tail = checkpoint_dir.resolve().parts[-2:]
-    for state in checkpoint.get("callbacks", {}).values():
-        dirpath = state.get("dirpath") if isinstance(state, dict) else None
-        if dirpath and Path(dirpath).parts[-2:] == tail:
-            return True
-    return False
-
-
-def latest_checkpoint(directory: Union[str, Path]) -> Optional[str]:
-    """The policy-stage checkpoint `ckpt=last` resumes from in run directory `directory`, or None.
-
-    Candidates: `checkpoints/last.ckpt` (periodic, or written by `SignalCheckpoint`) and Lightning's SLURM
-    requeue checkpoints `hpc_ckpt_<n>.ckpt` written by the policy stage. The highest global step wins;
-    on a tie the requeue checkpoint, which is the later write.
-    """
-    directory = Path(directory)
-    checkpoint_dir = directory / "checkpoints"
-    best: Optional[tuple[int, Path]] = None
-    last = checkpoint_dir / "last.ckpt"
-    if last.is_file():
-        best = (int(_load_meta(last).get("global_step", 0)), last)
-    for path in sorted(directory.glob(HPC_CHECKPOINT_GLOB)):
-        meta = _load_meta(path)
-        if not _written_into(meta, checkpoint_dir):
-            continue
-        step = int(meta.get("global_step", 0))
-        if best is None or step >= best[0]:
-            best = (step, path)
-    return None if best is None else str(best[1])
