@@ -116,7 +116,7 @@ def create_run(base: PathLike) -> Path:
 def run_holding(ckpt: PathLike) -> Optional[Path]:
     """The run directory a policy checkpoint belongs to (`<run>/checkpoints/x.ckpt` or `<run>/hpc_ckpt_k.ckpt`)."""
     parent = Path(ckpt).resolve().parent
-    if parent.name == "checkpoints" and is_run_dir(parent.parent):
+    if parent.name == "checkpoints":
         return parent.parent
     if is_run_dir(parent) and parent.name != "align":
         return parent

@@ -66,6 +66,20 @@ def test_normalisation_statistics(dm):
     torch.testing.assert_close(obs.std(0, unbiased=False)[varying], torch.ones(int(varying.sum())), atol=1e-3, rtol=0)
 
 
+def test_evaluation_normalises_prompts_with_the_checkpoints_normaliser(dm, smoke_cfg):
+    # A checkpoint's statistics, not the command's config, normalise what evaluation feeds the policy.
+    from llmdpd.data.normalizer import Normalizer
+
+    stats = Normalizer(dm.normalizer.mean + 1.0, dm.normalizer.std * 2.0, 0.5)
+    evaluation = MetaWorldDataModule(smoke_cfg)
+    evaluation.setup_for_evaluation(stats)
+    trained, evaluated = dm.prompt("drawer-close-v3", 1, 3), evaluation.prompt("drawer-close-v3", 1, 3)
+    raw_obs = trained["prompt_obs"] * dm.normalizer.std + dm.normalizer.mean
+    torch.testing.assert_close(evaluated["prompt_obs"], (raw_obs - stats.mean) / stats.std)
+    torch.testing.assert_close(evaluated["prompt_reward"], trained["prompt_reward"] / 0.1 * 0.5)
+    assert torch.equal(evaluated["prompt_action"], trained["prompt_action"])
+
+
 def test_batches_are_a_function_of_seed_rank_and_index(dm, smoke_cfg):
     a, b = dm.sample_batch(7), dm.sample_batch(7)
     assert torch.equal(a["obs"], b["obs"])

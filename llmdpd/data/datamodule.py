@@ -23,7 +23,7 @@ from llmdpd.data.generate import dataset_id
 from llmdpd.data.batch import TRANSITION_KEYS
 from llmdpd.data.episode_store import EpisodeStore, n_step_returns, prompt_indices, stack_prompt_stores
 from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
-from llmdpd.data.normalizer import ObservationNormalizer
+from llmdpd.data.normalizer import Normalizer
 
 
 class TaskGroupedBatches(IterableDataset):
@@ -104,18 +104,16 @@ class MetaWorldDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         self.rank = trainer.global_rank if trainer is not None else 0
         store = EpisodeStore([self._episodes(task, "mixed") for task in self.train_tasks])
-        self.normalizer = ObservationNormalizer.fit(store.transitions["obs"])
+        self.normalizer = Normalizer.fit(store.transitions["obs"], self.reward_scale)
         # Normalise once, here, so that sampling is pure indexing.
-        store.transitions["obs"] = self.normalizer(store.transitions["obs"])
-        store.transitions["next_obs"] = self.normalizer(store.transitions["next_obs"])
-        store.transitions["reward"] = store.transitions["reward"] * self.reward_scale
+        store.transitions.update(self.normalizer.transitions(store.transitions))
         # The critic's targets: n-step returns within each episode (reward, discount, next_obs replaced).
         store.transitions.update(n_step_returns(store, int(self.cfg.policy.n_step), float(self.cfg.policy.gamma)))
         self._device = self.device
         self.transitions = store.to(self._device)
         self.normalizer = self.normalizer.to(self._device)
         prompts = [self._prompt_store(task) for task in self.train_tasks]
-        self._train_prompts = stack_prompt_stores(prompts, self.normalizer, self.reward_scale)
+        self._train_prompts = stack_prompt_stores(prompts, self.normalizer)
         # One packed [steps, S + A + 1 + S + 1] tensor per store: a batch is a single gather, then views.
         self._widths = [store.transitions[k].shape[-1] for k in TRANSITION_KEYS]
         self._packed = torch.cat([store.transitions[k] for k in TRANSITION_KEYS], -1)
@@ -125,10 +123,10 @@ class MetaWorldDataModule(L.LightningDataModule):
         self._all_tasks = torch.arange(len(self.train_tasks), device=self._device)
         self.text_table, self.text_count = self._text_table(self.train_tasks)
 
-    def setup_for_evaluation(self, obs_mean: torch.Tensor, obs_std: torch.Tensor) -> None:
-        """Prompts and texts only, normalised with a checkpoint's statistics (no training data is loaded)."""
+    def setup_for_evaluation(self, normalizer: Normalizer) -> None:
+        """Prompts and texts only, normalised with a checkpoint's normaliser (no training data is loaded)."""
         self._device = self.device
-        self.normalizer = ObservationNormalizer(obs_mean.float(), obs_std.float()).to(self._device)
+        self.normalizer = normalizer.to(self._device)
 
     def _text_table(self, tasks: list[str]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         if self.text_embedder is None:
@@ -222,15 +220,13 @@ class MetaWorldDataModule(L.LightningDataModule):
         frac = torch.tensor([min(offset, stride - 1) / stride], device=store.episode_length.device)
         flat, _ = prompt_indices(store, torch.tensor([episode], device=frac.device), self.prompt_length, frac)
         steps = store.transitions[flat[0]]
-        return TensorDict(
-            {
-                "prompt_obs": self.normalizer(steps["obs"]),
-                "prompt_action": steps["action"],
-                "prompt_reward": steps["reward"] * self.reward_scale,
-                "prompt_position": steps["position"],
-            },
-            batch_size=[],
-        )
+        raw = {
+            "prompt_obs": steps["obs"],
+            "prompt_action": steps["action"],
+            "prompt_reward": steps["reward"],
+            "prompt_position": steps["position"],
+        }
+        return TensorDict(self.normalizer.prompt(raw), batch_size=[])
 
     # ------------------------------------------------------------------------------------- Lightning
     def train_dataloader(self) -> DataLoader:

@@ -71,14 +71,13 @@ def prompt_indices(
     return store.episode_start[episode][:, None] + steps, steps
 
 
-def stack_prompt_stores(stores: list[EpisodeStore], normalizer, reward_scale: float) -> EpisodeStore:
-    """One store over several tasks' prompt episodes, normalised like the transitions."""
+def stack_prompt_stores(stores: list[EpisodeStore], normalizer) -> EpisodeStore:
+    """One store over several tasks' prompt episodes, normalised like the transitions (`normalizer`: a
+    `llmdpd.data.normalizer.Normalizer`)."""
     merged = EpisodeStore.__new__(EpisodeStore)
     tds = [s.transitions for s in stores]
     merged.transitions = torch.cat(tds)
-    merged.transitions["obs"] = normalizer(merged.transitions["obs"])
-    merged.transitions["next_obs"] = normalizer(merged.transitions["next_obs"])
-    merged.transitions["reward"] = merged.transitions["reward"] * reward_scale
+    merged.transitions.update(normalizer.transitions(merged.transitions))
     sizes = torch.tensor([len(t) for t in tds], device=tds[0].device)
     step_offset = torch.cumsum(sizes, 0) - sizes
     merged.episode_start = torch.cat([s.episode_start + o for s, o in zip(stores, step_offset)])

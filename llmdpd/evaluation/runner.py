@@ -23,10 +23,10 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = load_policy(cfg, ckpt).to(device).eval()
     # Acting-time settings come from this command's config, not from training's.
-    for key in ("acting", "acting_temperature", "num_candidates", "guidance_weight"):
+    for key in ("acting", "acting_temperature", "sample_temperature", "num_candidates", "guidance_weight"):
         module.cfg.policy[key] = cfg.policy[key]
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
-    dm.setup_for_evaluation(module.obs_mean, module.obs_std)
+    dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
     episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data)
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode)
     results = evaluate_episodes(

@@ -15,6 +15,7 @@ from torchrl.objectives import SoftUpdate
 
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.batch import TRANSITION_KEYS
+from llmdpd.data.normalizer import Normalizer
 from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder, config_section
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
 from llmdpd.policy.acting import ACTING_RULES, select_candidates
@@ -168,8 +169,13 @@ class PolicyDiffusionModule(LightningModule):
             z_trajectory = self.trajectory_encoder.encode(prompt)
         return self.conditioning(z_text, z_trajectory, n, drop=drop)
 
+    @property
+    def normalizer(self) -> Normalizer:
+        """The normaliser whose statistics this module owns (buffers `obs_mean`, `obs_std`, `reward_scale`)."""
+        return Normalizer(self.obs_mean, self.obs_std, self.reward_scale)
+
     def normalize_obs(self, obs: Tensor) -> Tensor:
-        return (obs - self.obs_mean) / self.obs_std
+        return self.normalizer.obs(obs)
 
     @torch.no_grad()
     def prompt_condition(self, text_emb: Optional[Tensor], prompt: Any, normalized: bool = True) -> Tensor:
@@ -189,8 +195,7 @@ class PolicyDiffusionModule(LightningModule):
             if prompt["prompt_obs"].dim() == 2:
                 prompt = {k: v[None] for k, v in prompt.items()}
             if not normalized:
-                prompt["prompt_obs"] = self.normalize_obs(prompt["prompt_obs"].to(self.obs_mean.dtype))
-                prompt["prompt_reward"] = prompt["prompt_reward"] * self.reward_scale
+                prompt = self.normalizer.prompt(prompt)
         sizes = [x.shape[0] for x in (text_emb, None if prompt is None else prompt["prompt_obs"]) if x is not None]
         n = max(sizes, default=1)
         with _eval_mode(self.text_encoder, self.trajectory_encoder):
