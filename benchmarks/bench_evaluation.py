@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from benchmarks.common import report
 from llmdpd.config.load import load_config
 from llmdpd.data.batch import random_batch
+from llmdpd.data.keys import TEXT_EMB
 from llmdpd.evaluation.agent import ExpertAgent
 from llmdpd.evaluation.plan import plan_episodes
 from llmdpd.evaluation.rollout import RolloutTiming, evaluate_episodes
@@ -26,7 +27,7 @@ def main() -> None:
     text_dim = 576  # SmolLM2's width; the condition is computed once per episode, outside the loop
     module = PolicyDiffusionModule(39, 4, text_dim, OmegaConf.to_container(cfg)).eval()
     prompts = random_batch(len(episodes), 1, cfg.data.prompt_length, text_dim=text_dim)
-    cond = module.prompt_condition(prompts["text_emb"], prompts)
+    cond = module.prompt_condition(prompts[TEXT_EMB], prompts)
 
     def policy(obs, live):
         with torch.no_grad():

@@ -42,7 +42,8 @@ from torchrl.objectives import SoftUpdate
 
 from benchmarks.common import ml10_config, report
 from llmdpd.config.schema import ExperimentConfig
-from llmdpd.data.batch import TRANSITION_KEYS
+from llmdpd.data import keys as K
+from llmdpd.data.keys import PROMPT_KEYS, PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
@@ -91,7 +92,7 @@ class BareSampler:
         self.task_start, self.task_count = store.task_start, store.task_count
         # The prompts come from the tasks' prompt episodes, as the DataModule draws them.
         prompts = dm._train_prompts
-        self.prompt_data = {k: prompts.transitions[k] for k in ("obs", "action", "reward")}
+        self.prompt_data = {k: prompts.transitions[PROMPT_SOURCE[k]] for k in PROMPT_STEP_KEYS}
         self.episode_start, self.episode_length = prompts.episode_start, prompts.episode_length
         self.episode_offset, self.episodes_per_task = prompts.episode_offset, prompts.episodes_per_task
         self.text_table, self.text_count = dm.text_table, dm.text_count
@@ -102,17 +103,16 @@ class BareSampler:
         n, b, h, dev = self.n, self.b, self.h, self.device
         tasks = torch.arange(n, device=dev)
         idx = self.task_start[:, None] + (torch.rand(n, b, device=dev) * self.task_count[:, None]).long()
-        batch = {k: self.data[k][idx] for k in self.keys}
+        batch = {K.TASK: tasks, **{k: self.data[k][idx] for k in self.keys}}
         # One demonstration per task, H steps spaced evenly from a random offset.
         episode = self.episode_offset + (torch.rand(n, device=dev) * self.episodes_per_task).long()
         stride = (self.episode_length[episode] // h).clamp(min=1)
         steps = (torch.rand(n, device=dev) * stride).long()[:, None] + stride[:, None] * torch.arange(h, device=dev)
         steps = torch.minimum(steps, self.episode_length[episode][:, None] - 1)
         flat = self.episode_start[episode][:, None] + steps
-        prompt = self.prompt_data
-        batch.update(prompt_obs=prompt["obs"][flat], prompt_action=prompt["action"][flat])
-        batch.update(prompt_reward=prompt["reward"][flat], prompt_position=steps)
-        batch["text_emb"] = self.text_table[tasks, (torch.rand(n, device=dev) * self.text_count).long()]
+        batch.update({k: values[flat] for k, values in self.prompt_data.items()})
+        batch[K.PROMPT_POSITION] = steps
+        batch[K.TEXT_EMB] = self.text_table[tasks, (torch.rand(n, device=dev) * self.text_count).long()]
         return batch
 
 
@@ -169,14 +169,14 @@ class BareLearner:
         return float(p.eta) * (min(1.0, (step - p.critic_warmup_steps + 1) / ramp) if ramp > 0 else 1.0)
 
     def loss_input(self, batch: dict[str, torch.Tensor]) -> TensorDict:
-        n, b = batch["obs"].shape[:2]
-        z_text = self.text(batch["text_emb"])
-        prompt = (batch[k] for k in ("prompt_obs", "prompt_action", "prompt_reward", "prompt_position"))
+        n, b = batch[K.OBS].shape[:2]
+        z_text = self.text(batch[K.TEXT_EMB])
+        prompt = (batch[k] for k in PROMPT_KEYS)
         z_traj = self.trajectory(*prompt)
         cond = self.cond(z_text, z_traj, n, drop=True).repeat_interleave(b, 0)
         data = {k: batch[k].reshape(n * b, *batch[k].shape[2:]) for k in TRANSITION_KEYS if k in batch}
-        if "discount" not in data:
-            data["discount"] = self.p.gamma * (1.0 - data["done"])
+        if K.DISCOUNT not in data:
+            data[K.DISCOUNT] = self.p.gamma * (1.0 - data[K.DONE])
         return TensorDict({**data, "cond": cond}, batch_size=[n * b])
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:

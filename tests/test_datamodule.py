@@ -29,6 +29,29 @@ def test_batch_shapes(dm, smoke_cfg):
     assert batch["action"].abs().max() <= 1.0
 
 
+def test_batches_keep_the_contract_in_keys(dm, smoke_cfg):
+    import sys
+    from pathlib import Path
+
+    from llmdpd.data.batch import random_batch
+    from llmdpd.data.keys import check_alignment_batch, check_batch
+
+    sizes = {"B": smoke_cfg.data.batch_size_per_task, "H": smoke_cfg.data.prompt_length, "S": 39, "A": 4}
+    check_batch(dm.sample_batch(0), sizes)
+    check_alignment_batch(dm.sample_alignment_batch(0, 3), {"H": smoke_cfg.data.prompt_length, "S": 39, "A": 4})
+    check_batch(random_batch(2, 5, 7, text_dim=16), {"B": 5, "H": 7, "S": 39, "A": 4, "E": 16})
+    # The training benchmark's bare loop draws batches of the same contract.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.bench_training import BareSampler
+
+    dm.text_table, dm.text_count = torch.zeros(len(dm.train_tasks), 1, 16), torch.ones(len(dm.train_tasks), dtype=torch.long)
+    check_batch(BareSampler(dm).sample(), {**sizes, "E": 16})
+    bad = dm.sample_batch(0)
+    bad["obs"] = bad["obs"][:, :, :5]
+    with pytest.raises(ValueError, match=r"batch\['obs'\] has shape \[2, 32, 5\], expected \[2, 32, 39\]"):
+        check_batch(bad, sizes)
+
+
 def test_transitions_are_grouped_by_task(dm):
     store = dm.transitions.transitions
     batch = dm.sample_batch(3)

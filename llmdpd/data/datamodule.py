@@ -1,7 +1,7 @@
 """`MetaWorldDataModule`: all training tasks' transitions in memory, task-grouped batches by index arithmetic.
 
-Each batch draws B transitions from each of N tasks plus one trajectory prompt per task (layout in
-`llmdpd.data.batch`). Batch i of rank r is drawn from a generator seeded by (seed, r, i) alone, so a
+Each batch draws B transitions from each of N tasks plus one trajectory prompt per task (the contract in
+`llmdpd.data.keys`). Batch i of rank r is drawn from a generator seeded by (seed, r, i) alone, so a
 resumed run sees exactly the batches an uninterrupted one would, whatever the loader prefetched.
 """
 
@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data import tasks as task_registry
 from llmdpd.data.generate import dataset_id
-from llmdpd.data.batch import TRANSITION_KEYS
+from llmdpd.data import keys as K
+from llmdpd.data.keys import PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
 from llmdpd.data.episode_store import EpisodeStore, n_step_returns, prompt_indices, stack_prompt_stores
 from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
 from llmdpd.data.normalizer import Normalizer
@@ -104,7 +105,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         self.rank = trainer.global_rank if trainer is not None else 0
         store = EpisodeStore([self._episodes(task, "mixed") for task in self.train_tasks])
-        self.normalizer = Normalizer.fit(store.transitions["obs"], self.reward_scale)
+        self.normalizer = Normalizer.fit(store.transitions[K.OBS], self.reward_scale)
         # Normalise once, here, so that sampling is pure indexing.
         store.transitions.update(self.normalizer.transitions(store.transitions))
         # The critic's targets: n-step returns within each episode (reward, discount, next_obs replaced).
@@ -117,9 +118,9 @@ class MetaWorldDataModule(L.LightningDataModule):
         # One packed [steps, S + A + 1 + S + 1] tensor per store: a batch is a single gather, then views.
         self._widths = [store.transitions[k].shape[-1] for k in TRANSITION_KEYS]
         self._packed = torch.cat([store.transitions[k] for k in TRANSITION_KEYS], -1)
-        prompt_keys = ("obs", "action", "reward")
-        self._prompt_widths = [self._train_prompts.transitions[k].shape[-1] for k in prompt_keys]
-        self._packed_prompts = torch.cat([self._train_prompts.transitions[k] for k in prompt_keys], -1)
+        prompt_fields = [PROMPT_SOURCE[k] for k in PROMPT_STEP_KEYS]
+        self._prompt_widths = [self._train_prompts.transitions[k].shape[-1] for k in prompt_fields]
+        self._packed_prompts = torch.cat([self._train_prompts.transitions[k] for k in prompt_fields], -1)
         self._all_tasks = torch.arange(len(self.train_tasks), device=self._device)
         self.text_table, self.text_count = self._text_table(self.train_tasks)
 
@@ -141,11 +142,11 @@ class MetaWorldDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------------------------ properties
     @property
     def obs_dim(self) -> int:
-        return int(self.transitions.transitions["obs"].shape[-1])
+        return int(self.transitions.transitions[K.OBS].shape[-1])
 
     @property
     def action_dim(self) -> int:
-        return int(self.transitions.transitions["action"].shape[-1])
+        return int(self.transitions.transitions[K.ACTION].shape[-1])
 
     @property
     def text_dim(self) -> int:
@@ -170,19 +171,19 @@ class MetaWorldDataModule(L.LightningDataModule):
         u = torch.rand(n * b + 3 * n, generator=g, device=dev)
         idx = store.task_start[tasks][:, None] + (u[: n * b].view(n, b) * store.task_count[tasks][:, None]).long()
         data = dict(zip(TRANSITION_KEYS, self._packed[idx].split(self._widths, dim=-1)))
-        data["task"] = tasks
+        data[K.TASK] = tasks
         data.update(self._sample_prompts(tasks, u[n * b : n * b + n], u[n * b + n : n * b + 2 * n]))
         if self.text_table is not None:
             choice = (u[n * b + 2 * n :] * self.text_count[tasks]).long()
-            data["text_emb"] = self.text_table[tasks, choice]
+            data[K.TEXT_EMB] = self.text_table[tasks, choice]
         return TensorDict(data, batch_size=[n], device=dev)
 
     def _sample_prompts(self, tasks: torch.Tensor, u_episode: torch.Tensor, u_offset: torch.Tensor) -> dict:
         prompt = self._train_prompts
         ep = prompt.episode_offset[tasks] + (u_episode * prompt.episodes_per_task[tasks]).long()
         flat, steps = prompt_indices(prompt, ep, self.prompt_length, u_offset)
-        obs, action, reward = self._packed_prompts[flat].split(self._prompt_widths, dim=-1)
-        return {"prompt_obs": obs, "prompt_action": action, "prompt_reward": reward, "prompt_position": steps}
+        steps_data = dict(zip(PROMPT_STEP_KEYS, self._packed_prompts[flat].split(self._prompt_widths, dim=-1)))
+        return {**steps_data, K.PROMPT_POSITION: steps}
 
     def sample_alignment_batch(self, batch_index: int, prompts_per_task: int) -> TensorDict:
         """An alignment batch [N, K]: K prompts per training task, each with an independent paraphrase."""
@@ -190,9 +191,9 @@ class MetaWorldDataModule(L.LightningDataModule):
         n, k = len(self.train_tasks), prompts_per_task
         tasks = self._all_tasks[:, None].expand(n, k).reshape(-1)
         u = torch.rand(3, n * k, generator=g, device=self._device)
-        data = {"task": tasks, **self._sample_prompts(tasks, u[0], u[1])}
+        data = {K.TASK: tasks, **self._sample_prompts(tasks, u[0], u[1])}
         if self.text_table is not None:
-            data["text_emb"] = self.text_table[tasks, (u[2] * self.text_count[tasks]).long()]
+            data[K.TEXT_EMB] = self.text_table[tasks, (u[2] * self.text_count[tasks]).long()]
         return TensorDict(data, batch_size=[n * k], device=self._device).reshape(n, k)
 
     # --------------------------------------------------------------------- evaluation-side accessors
@@ -220,12 +221,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         frac = torch.tensor([min(offset, stride - 1) / stride], device=store.episode_length.device)
         flat, _ = prompt_indices(store, torch.tensor([episode], device=frac.device), self.prompt_length, frac)
         steps = store.transitions[flat[0]]
-        raw = {
-            "prompt_obs": steps["obs"],
-            "prompt_action": steps["action"],
-            "prompt_reward": steps["reward"],
-            "prompt_position": steps["position"],
-        }
+        raw = {key: steps[field] for key, field in PROMPT_SOURCE.items()}
         return TensorDict(self.normalizer.prompt(raw), batch_size=[])
 
     # ------------------------------------------------------------------------------------- Lightning

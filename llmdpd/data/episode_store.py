@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from llmdpd.data import keys as K
+
 
 class EpisodeStore:
     """Episodes of several tasks concatenated into flat tensors, with per-task and per-episode offsets."""
@@ -31,12 +33,12 @@ class EpisodeStore:
             task_count.append(cursor - task_start[-1])
         self.transitions = TensorDict(
             {
-                "obs": torch.from_numpy(np.concatenate(obs)),
-                "action": torch.from_numpy(np.concatenate(act)),
-                "reward": torch.from_numpy(np.concatenate(rew))[:, None],
-                "next_obs": torch.from_numpy(np.concatenate(nxt)),
-                "done": torch.from_numpy(np.concatenate(done)).float()[:, None],
-                "position": torch.from_numpy(np.concatenate(positions)),
+                K.OBS: torch.from_numpy(np.concatenate(obs)),
+                K.ACTION: torch.from_numpy(np.concatenate(act)),
+                K.REWARD: torch.from_numpy(np.concatenate(rew))[:, None],
+                K.NEXT_OBS: torch.from_numpy(np.concatenate(nxt)),
+                K.DONE: torch.from_numpy(np.concatenate(done)).float()[:, None],
+                K.POSITION: torch.from_numpy(np.concatenate(positions)),
             },
             batch_size=[cursor],
         )
@@ -101,17 +103,17 @@ def n_step_returns(store: EpisodeStore, n: int, gamma: float) -> dict[str, torch
     if n < 1:
         raise ValueError(f"policy.n_step must be at least 1 (got {n})")
     td = store.transitions
-    total = td["reward"].shape[0]
+    total = td[K.REWARD].shape[0]
     episode_of = torch.repeat_interleave(torch.arange(len(store.episode_length)), store.episode_length.cpu())
     end = (store.episode_start + store.episode_length).cpu()[episode_of]  # exclusive, per transition
     index = torch.arange(total)
-    reward = torch.zeros_like(td["reward"])
+    reward = torch.zeros_like(td[K.REWARD])
     last = index.clone()
     for k in range(n):
         step = index + k
         inside = step < end
-        reward[inside] += (gamma**k) * td["reward"][step[inside]]
+        reward[inside] += (gamma**k) * td[K.REWARD][step[inside]]
         last[inside] = step[inside]
-    steps = (last - index + 1).to(td["reward"].dtype)[:, None]
-    discount = gamma**steps * (1.0 - td["done"][last])
-    return {"reward": reward, "discount": discount, "next_obs": td["next_obs"][last]}
+    steps = (last - index + 1).to(td[K.REWARD].dtype)[:, None]
+    discount = gamma**steps * (1.0 - td[K.DONE][last])
+    return {K.REWARD: reward, K.DISCOUNT: discount, K.NEXT_OBS: td[K.NEXT_OBS][last]}

@@ -10,6 +10,8 @@ from typing import Any, Mapping
 
 import torch
 
+from llmdpd.data import keys as K
+
 
 class Normalizer:
     """Per-dimension observation mean/std (constant dimensions get std 1, so they map to 0 rather than blowing
@@ -44,18 +46,18 @@ class Normalizer:
     def transitions(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """`obs`, `next_obs` and `reward` of raw transitions normalised (other keys unchanged)."""
         out = dict(data.items())
-        for key in ("obs", "next_obs"):
+        for key in (K.OBS, K.NEXT_OBS):
             if key in out:
                 out[key] = self.obs(out[key])
-        if "reward" in out:
-            out["reward"] = self.reward(out["reward"])
+        if K.REWARD in out:
+            out[K.REWARD] = self.reward(out[K.REWARD])
         return out
 
     def prompt(self, prompt: Mapping[str, Any]) -> dict[str, Any]:
         """`prompt_obs` and `prompt_reward` of a raw trajectory prompt normalised (other keys unchanged)."""
         out = {key: prompt[key] for key in prompt.keys()}
-        out["prompt_obs"] = self.obs(out["prompt_obs"].float())
-        out["prompt_reward"] = self.reward(out["prompt_reward"])
+        out[K.PROMPT_OBS] = self.obs(out[K.PROMPT_OBS].float())
+        out[K.PROMPT_REWARD] = self.reward(out[K.PROMPT_REWARD])
         return out
 
     def to(self, device: torch.device | str) -> "Normalizer":

@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from llmdpd.config.schema import ExperimentConfig
+from llmdpd.data import keys as K
 from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder, config_section
 
 # CLIP's bounds on the learned temperature: sharper than 0.01 is unstable, softer than 1 is useless.
@@ -42,7 +43,7 @@ class PromptEncoderModule(LightningModule):
     """Stage 1: trains the trajectory encoder (and the text projection) so that a task's demonstration
     segments lie closest to that task's text, with a learned temperature.
 
-    Reads alignment batches ([N, K] TensorDicts, see `llmdpd.data.batch`): every prompt is paired with its
+    Reads alignment batches ([N, K] TensorDicts, see `llmdpd.data.keys`): every prompt is paired with its
     own independently drawn paraphrase, so one step sees N*K segments and N*K texts, and the loss counts
     all texts of a segment's task as positives (`task_contrastive_loss`). When the text width differs from
     the trajectory width, a linear head maps texts into the trajectory space (identity otherwise).
@@ -67,9 +68,9 @@ class PromptEncoderModule(LightningModule):
         return self.trajectory_encoder.encode(prompts)
 
     def training_step(self, batch: Any, batch_idx: int = 0) -> Tensor:
-        task = batch["task"].reshape(-1)
+        task = batch[K.TASK].reshape(-1)
         z_traj = self.embed_prompts(batch).reshape(task.numel(), -1)
-        z_text = self.embed_texts(batch["text_emb"]).reshape(task.numel(), -1)
+        z_text = self.embed_texts(batch[K.TEXT_EMB]).reshape(task.numel(), -1)
         loss, accuracy = task_contrastive_loss(z_traj, z_text, task, self.log_temperature)
         temperature = self.log_temperature.detach().clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()
         self.log_dict(

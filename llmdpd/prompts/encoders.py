@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from llmdpd.config.schema import TextPromptConfig, TrajectoryPromptConfig
+from llmdpd.data.keys import PROMPT_POSITION, PROMPT_STEP_KEYS
 
 SectionT = TypeVar("SectionT")
 
@@ -89,7 +90,8 @@ class TrajectoryPromptEncoder(nn.Module):
         return self.out_norm(hidden[:, 0]).reshape(*lead, self.width)
 
     def encode(self, prompt: Any) -> Tensor:
-        """Encode a TensorDict or dict holding the four `prompt_*` keys (moved to this module's device)."""
+        """Encode a TensorDict or dict holding the four prompt keys of `llmdpd.data.keys` (moved to this module's
+        device)."""
         weight = self.token.weight
-        floats = [prompt[k].to(weight.device, weight.dtype) for k in ("prompt_obs", "prompt_action", "prompt_reward")]
-        return self(*floats, prompt["prompt_position"].to(weight.device))
+        floats = [prompt[k].to(weight.device, weight.dtype) for k in PROMPT_STEP_KEYS]
+        return self(*floats, prompt[PROMPT_POSITION].to(weight.device))
