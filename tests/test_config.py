@@ -2,18 +2,60 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from llmdpd.config.load import EXPERIMENTS_DIR, ConfigError, load_config
 from llmdpd.data.tasks import registry, split_tasks
 
 
-@pytest.mark.parametrize("exp", sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml")))
+EXPERIMENTS = sorted(
+    str(p.relative_to(EXPERIMENTS_DIR).with_suffix("")) for p in EXPERIMENTS_DIR.rglob("*.yaml")
+    if "base" not in p.relative_to(EXPERIMENTS_DIR).parts
+)
+
+
+@pytest.mark.parametrize("exp", EXPERIMENTS)
 def test_every_experiment_loads(exp):
     cfg = load_config(exp)
     train, unseen = split_tasks(cfg.data)
     assert train and not set(train) & set(unseen)
-    assert cfg.name == exp or cfg.name
+    # The run directory is named after `name`: the file's own `name:` if it sets one, else the file's stem.
+    declared = (yaml.safe_load((EXPERIMENTS_DIR / f"{exp}.yaml").read_text()) or {}).get("name")
+    assert cfg.name == (declared or Path(exp).name)
+    assert cfg.name != "experiment"
+
+
+def test_experiments_are_found_from_an_installed_package(tmp_path, monkeypatch):
+    # No source checkout: the copy setup.cfg installs under <prefix>/share/llmdpd/experiments is used.
+    import shutil
+    import sys
+
+    from llmdpd.config import load
+
+    installed = tmp_path / "share" / "llmdpd" / "experiments"
+    shutil.copytree(EXPERIMENTS_DIR, installed)
+    monkeypatch.setattr(load, "SOURCE_EXPERIMENTS_DIR", tmp_path / "no-checkout" / "experiments")
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    monkeypatch.delenv(load.EXPERIMENTS_ENV, raising=False)
+    assert load.experiments_dir() == installed
+    assert load.experiment_path("ml45/llmdpd") == installed / "ml45" / "llmdpd.yaml"
+    assert load_config("smoke").name == "smoke"
+    monkeypatch.setenv(load.EXPERIMENTS_ENV, str(EXPERIMENTS_DIR))
+    assert load.experiments_dir() == EXPERIMENTS_DIR
+
+
+def test_setup_installs_every_experiment_folder():
+    # setup.cfg's data_files name each folder of experiments/ (a new folder must be added there too).
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read(EXPERIMENTS_DIR.parent / "setup.cfg")
+    installed = {pattern.strip() for _, pattern in parser["options.data_files"].items()}
+    folders = {p.parent for p in EXPERIMENTS_DIR.rglob("*.yaml")}
+    assert installed == {f"{p.relative_to(EXPERIMENTS_DIR.parent)}/*.yaml" for p in folders}
 
 
 def test_overrides_are_typed_and_applied():

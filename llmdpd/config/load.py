@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import os
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,7 +20,41 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationErr
 
 from llmdpd.config.schema import ExperimentConfig
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+SectionT = typing.TypeVar("SectionT")
+
+
+def config_section(cls: type[SectionT], cfg: Any) -> SectionT:
+    """`cfg` (a dataclass, DictConfig or plain dict) as a typed config node of `cls`, with defaults filled in."""
+    if isinstance(cfg, cls):
+        return cfg
+    return OmegaConf.merge(OmegaConf.structured(cls), cfg or {})  # type: ignore[return-value]
+
+
+# A source checkout's experiments/, and the copy an installed package carries (setup.cfg's data_files).
+SOURCE_EXPERIMENTS_DIR = Path(__file__).resolve().parents[2] / "experiments"
+INSTALLED_EXPERIMENTS = Path("share") / "llmdpd" / "experiments"
+EXPERIMENTS_ENV = "LLMDPD_EXPERIMENTS"
+
+
+def experiments_dir() -> Path:
+    """Where experiment names are looked up: `$LLMDPD_EXPERIMENTS` if set, else the source checkout's
+    `experiments/`, else the copy installed with the package (`<prefix>/share/llmdpd/experiments`, also
+    under the user scheme's prefix for `pip install --user`)."""
+    import site
+    import sys
+
+    if os.environ.get(EXPERIMENTS_ENV):
+        return Path(os.environ[EXPERIMENTS_ENV])
+    if SOURCE_EXPERIMENTS_DIR.is_dir():
+        return SOURCE_EXPERIMENTS_DIR
+    for prefix in (sys.prefix, sys.base_prefix, site.getuserbase()):
+        candidate = Path(prefix) / INSTALLED_EXPERIMENTS
+        if candidate.is_dir():
+            return candidate
+    return SOURCE_EXPERIMENTS_DIR
+
+
+EXPERIMENTS_DIR = experiments_dir()
 
 
 class ConfigError(ValueError):
@@ -31,10 +66,11 @@ def experiment_path(exp: str) -> Path:
     candidate = Path(exp)
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate.resolve()
-    named = EXPERIMENTS_DIR / f"{exp}.yaml"
+    folder = experiments_dir()
+    named = folder / f"{exp}.yaml"
     if named.is_file():
         return named
-    known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+    known = sorted(p.stem for p in folder.glob("*.yaml"))
     close = difflib.get_close_matches(exp, known, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise ConfigError(f"Unknown experiment '{exp}': not a YAML file and not one of {known}.{hint}")
@@ -66,7 +102,7 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     merged = OmegaConf.create()
     for name in defaults:
         base = Path(name)
-        base = base if base.is_absolute() else EXPERIMENTS_DIR / base
+        base = base if base.is_absolute() else experiments_dir() / base
         merged = OmegaConf.merge(merged, _compose(base.with_suffix(".yaml"), seen + (path,)))
     return OmegaConf.merge(merged, node)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -27,13 +27,21 @@ class PolicyAgent:
 
     The condition of every episode is computed once, up front: episode e of a task is described by the
     task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
-    which is all an unseen task gives the agent. Observations are raw; the module normalises them.
+    which is all an unseen task gives the agent. Observations are raw; the module normalises them. `acting`
+    overrides acting-time `policy.*` settings, passed to every `module.act` call.
     """
 
     def __init__(
-        self, module, source: PromptSource, episodes: Sequence[EvalEpisode], prompt_episode: int = 0
+        self,
+        module,
+        source: PromptSource,
+        episodes: Sequence[EvalEpisode],
+        prompt_episode: int = 0,
+        acting: Mapping[str, Any] | None = None,
     ) -> None:
         self.module = module
+        # Acting-time settings (`policy.acting`, `num_candidates`, ...) that replace the trained config's.
+        self.acting = dict(acting) if acting else None
         self.device = _module_device(module)
         with torch.no_grad():
             self.condition = self._conditions(source, list(episodes), prompt_episode)
@@ -56,7 +64,8 @@ class PolicyAgent:
         with torch.no_grad():
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
             index = torch.as_tensor(live, dtype=torch.long, device=self.device)
-            action = self.module.act(obs_t, self.condition[index])
+            cond = self.condition[index]
+            action = self.module.act(obs_t, cond) if self.acting is None else self.module.act(obs_t, cond, acting=self.acting)
         return action.float().cpu().numpy()
 
 

@@ -14,6 +14,9 @@ from llmdpd.evaluation.plan import plan_evaluation
 from llmdpd.evaluation.results import SPLITS, summarise
 from llmdpd.evaluation.rollout import evaluate_episodes
 
+# The `policy.*` settings `llmdpd eval` takes from its own command line rather than from the checkpoint.
+ACTING_KEYS = ("acting", "acting_temperature", "sample_temperature", "num_candidates", "guidance_weight")
+
 
 def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     """Roll out `ckpt` on the plan of `cfg.eval.split`; returns the eval.json summary."""
@@ -22,13 +25,13 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module = load_policy(cfg, ckpt).to(device).eval()
-    # Acting-time settings come from this command's config, not from training's.
-    for key in ("acting", "acting_temperature", "sample_temperature", "num_candidates", "guidance_weight"):
-        module.cfg.policy[key] = cfg.policy[key]
+    # Acting-time settings come from this command's config, not from training's: passed to every act call,
+    # never written into the module's config.
+    acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
     episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data)
-    agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode)
+    agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting)
     results = evaluate_episodes(
         episodes, agent, cfg.eval.max_episode_steps, workers=cfg.eval.workers, env_seed=cfg.data.seed, progress=True,
         max_envs=cfg.eval.max_envs,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 from lightning.pytorch import LightningModule
@@ -16,7 +16,9 @@ from torchrl.objectives import SoftUpdate
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.batch import TRANSITION_KEYS
 from llmdpd.data.normalizer import Normalizer
-from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder, config_section
+from llmdpd.config.load import config_section
+from llmdpd.prompts.alignment import freezes_prompt_encoders
+from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
 from llmdpd.policy.acting import ACTING_RULES, select_candidates
 from llmdpd.policy.conditioning import PromptConditioning
@@ -31,6 +33,23 @@ LR_SCHEDULES = ("cosine", "constant")
 
 def _optional(batch: Any, key: str) -> Optional[Tensor]:
     return batch[key] if key in batch.keys() else None
+
+
+class _Overridden:
+    """A read-only view of a config section with some keys replaced (cheap enough for every acting call)."""
+
+    def __init__(self, section: Any, overrides: Mapping[str, Any]) -> None:
+        self._section, self._overrides = section, overrides
+
+    def __getattr__(self, name: str) -> Any:
+        overrides = self.__dict__["_overrides"]
+        return overrides[name] if name in overrides else getattr(self.__dict__["_section"], name)
+
+    __getitem__ = __getattr__
+
+
+def _with_overrides(section: Any, overrides: Optional[Mapping[str, Any]]) -> Any:
+    return section if not overrides else _Overridden(section, overrides)
 
 
 @contextmanager
@@ -136,9 +155,9 @@ class PolicyDiffusionModule(LightningModule):
             self.loss = MLPBCLoss(self.actor)
             self.target_updater = None
 
-        # Freezing only makes sense for aligned weights; decided here (not when weights are loaded) so that
-        # a resumed run builds the same optimizer parameter groups.
-        if self.cfg.alignment.enabled and self.cfg.alignment.freeze_in_policy_stage:
+        # Freezing only makes sense for aligned weights (`freezes_prompt_encoders`, the one rule); decided here
+        # (not when weights are loaded) so that a resumed run builds the same optimizer parameter groups.
+        if freezes_prompt_encoders(self.cfg):
             for encoder in (self.text_encoder, self.trajectory_encoder):
                 if encoder is not None:
                     encoder.requires_grad_(False)
@@ -210,14 +229,20 @@ class PolicyDiffusionModule(LightningModule):
     # ------------------------------------------------------------------------------------------- acting
     @torch.no_grad()
     def candidates(
-        self, obs: Tensor, cond: Tensor, count: Optional[int] = None, score: bool = True
+        self,
+        obs: Tensor,
+        cond: Tensor,
+        count: Optional[int] = None,
+        score: bool = True,
+        acting: Optional[Mapping[str, Any]] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """M candidate actions [n, M, A] per raw observation from the EMA actor, in one batched call, and the
         target critics' min_j Q'_j of each [n, M] (None without a critic or with `score=False`).
 
-        Classifier-free guidance applies when `policy.guidance_weight != 1`.
+        Classifier-free guidance applies when `policy.guidance_weight != 1`. `acting` overrides acting-time
+        `policy.*` settings for this call (see `act`).
         """
-        policy = self.cfg.policy
+        policy = _with_overrides(self.cfg.policy, acting)
         obs = obs.to(self.obs_mean.device, self.obs_mean.dtype)
         n = obs.shape[0]
         state = self.normalize_obs(obs)
@@ -233,18 +258,19 @@ class PolicyDiffusionModule(LightningModule):
         return actions.reshape(n, m, -1), q
 
     @torch.no_grad()
-    def act(self, obs: Tensor, cond: Tensor) -> Tensor:
+    def act(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
         """Actions [n, A] in [-1, 1] for raw observations [n, S] under conditions [n, C] (or [1, C]).
 
         `policy.acting`: "sample" draws one action from the EMA actor; "softmax" and "argmax" draw
         `policy.num_candidates` and choose by the target critics' Q (see `llmdpd.policy.acting`). The MLP
-        baseline returns its single action.
+        baseline returns its single action. `acting` (e.g. `{"num_candidates": 32}`, keys of `policy.*`)
+        overrides the trained config's acting-time settings for this call, without changing `self.cfg`.
         """
-        policy = self.cfg.policy
+        policy = _with_overrides(self.cfg.policy, acting)
         if self.critic is None or policy.acting == "sample":
-            actions, _ = self.candidates(obs, cond, count=1, score=False)
+            actions, _ = self.candidates(obs, cond, count=1, score=False, acting=acting)
             return actions[:, 0].clamp(-1.0, 1.0)
-        actions, q = self.candidates(obs, cond)
+        actions, q = self.candidates(obs, cond, acting=acting)
         chosen = select_candidates(q, policy.acting, policy.acting_temperature)
         return actions[torch.arange(actions.shape[0], device=chosen.device), chosen].clamp(-1.0, 1.0)
 

@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data import keys as K
-from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder, config_section
+from llmdpd.config.load import config_section
+from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
 
 # CLIP's bounds on the learned temperature: sharper than 0.01 is unstable, softer than 1 is useless.
 MIN_LOG_TEMPERATURE = math.log(0.01)
@@ -37,6 +38,18 @@ def task_contrastive_loss(
     rows = torch.arange(len(task), device=task.device)
     accuracy = positive[rows, logits.argmax(1)].mean()
     return 0.5 * (segment_to_text + text_to_segment), accuracy
+
+
+def uses_alignment(cfg: Any) -> bool:
+    """Whether an experiment runs the alignment stage: it needs both prompts, since it aligns one with the other."""
+    return bool(cfg.alignment.enabled and cfg.trajectory.enabled and cfg.text.enabled)
+
+
+def freezes_prompt_encoders(cfg: Any) -> bool:
+    """Whether the policy stage keeps the prompt encoders fixed: only aligned encoders are worth keeping, so
+    `alignment.freeze_in_policy_stage` applies only when the alignment stage runs (a randomly initialised
+    encoder is never frozen). The one place this is decided (the policy module and the pipeline ask here)."""
+    return uses_alignment(cfg) and bool(cfg.alignment.freeze_in_policy_stage)
 
 
 class PromptEncoderModule(LightningModule):

@@ -6,23 +6,14 @@ Both accept any number of leading dimensions, so the same module encodes the N p
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
-from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from llmdpd.config.load import config_section  # noqa: F401  (also imported from here by the policy module)
 from llmdpd.config.schema import TextPromptConfig, TrajectoryPromptConfig
 from llmdpd.data.keys import PROMPT_POSITION, PROMPT_STEP_KEYS
-
-SectionT = TypeVar("SectionT")
-
-
-def config_section(cls: type[SectionT], cfg: Any) -> SectionT:
-    """`cfg` (a dataclass, DictConfig or plain dict) as a typed config node of `cls`, with defaults filled in."""
-    if isinstance(cfg, cls):
-        return cfg
-    return OmegaConf.merge(OmegaConf.structured(cls), cfg or {})  # type: ignore[return-value]
 
 
 class TextPromptEncoder(nn.Module):

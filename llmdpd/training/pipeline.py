@@ -27,6 +27,7 @@ from llmdpd.config.load import ConfigError, to_yaml
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
+from llmdpd.prompts.alignment import uses_alignment
 from llmdpd.prompts.text_embeddings import make_text_embedder
 from llmdpd.runs import RUN_DIR_ENV, RunPlan, global_rank, latest_checkpoint, plan_run
 from llmdpd.training.callbacks import NonFiniteLossCheck, PeriodicCheckpoint, SaveLastCheckpoint
@@ -125,11 +126,6 @@ def _check_alignment_config(path: Path, stored: dict[str, Any], cfg_dict: dict[s
             f"{path} was trained with other settings ({'; '.join(changes[:3])}); continue this run with its "
             "own settings, or start a new run (without ckpt=)"
         )
-
-
-def uses_alignment(cfg: ExperimentConfig) -> bool:
-    """Whether the experiment runs the alignment stage (it needs both prompts)."""
-    return bool(cfg.alignment.enabled and cfg.trajectory.enabled and cfg.text.enabled)
 
 
 def _alignment_checkpoint(path: Path, cfg_dict: dict[str, Any]) -> Optional[dict[str, Any]]:
