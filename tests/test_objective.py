@@ -137,3 +137,14 @@ def test_loss_parts_sum_to_the_trained_loss():
     parts = sum(losses[k] for k in ("loss_bc", "loss_critic", "loss_value", "loss_q"))
     assert torch.allclose(loss_total(losses), parts)
     assert 0 < losses["awr_weight_mean"] <= 100
+
+
+def test_zero_sample_temperature_is_deterministic_and_narrower():
+    torch.manual_seed(0)
+    actor = DiffusionActor(OBS, ACT, 5, hidden_dim=16, layers=1, steps=5)
+    obs, cond = torch.randn(1, OBS).expand(200, -1), torch.randn(1, 5).expand(200, -1)
+    cold = actor.sample(obs, cond, temperature=0.0)
+    assert torch.equal(cold, actor.sample(obs, cond, temperature=0.0))
+    assert torch.allclose(cold, cold[:1].expand_as(cold))  # one state, one action
+    warm, hot = actor.sample(obs, cond, temperature=0.5), actor.sample(obs, cond, temperature=1.0)
+    assert 0 < warm.std(0).mean() < hot.std(0).mean()

@@ -181,6 +181,8 @@ class PolicyConfig:
     # target critic's Q standardised across a state's candidates, temperature `acting_temperature`) or "argmax".
     acting: str = "sample"
     acting_temperature: float = 1.0
+    # Temperature of the acting sampler's noise (1: DDPM; 0: the deterministic chain from the zero latent).
+    sample_temperature: float = 1.0
 
 
 @dataclass

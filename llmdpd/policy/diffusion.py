@@ -152,12 +152,22 @@ class DiffusionActor(nn.Module):
         return eps_null + guidance_weight * (eps_cond - eps_null)
 
     def sample(
-        self, obs: Tensor, cond: Tensor, guidance_weight: float = 1.0, null_cond: Optional[Tensor] = None
+        self,
+        obs: Tensor,
+        cond: Tensor,
+        guidance_weight: float = 1.0,
+        null_cond: Optional[Tensor] = None,
+        temperature: float = 1.0,
     ) -> Tensor:
-        """Draw one action per row of `obs` [n, S] / `cond` [n, C]; returns [n, A] in [-1, 1]."""
+        """Draw one action per row of `obs` [n, S] / `cond` [n, C]; returns [n, A] in [-1, 1].
+
+        `temperature` scales the initial latent and every reverse step's noise: 1 is the DDPM sampler, 0 the
+        deterministic chain from the zero latent (close to the mode of a unimodal action distribution),
+        values between sample more narrowly (Diffuser's low-temperature sampling).
+        """
         n = obs.shape[0]
         dtype = self.sqrt_abar.dtype
-        x = torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)
+        x = temperature * torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)
         if null_cond is not None:
             null_cond = null_cond.expand(n, -1)
         for k in reversed(range(self.steps)):
@@ -165,6 +175,6 @@ class DiffusionActor(nn.Module):
             eps = self._predict_noise(x, step, obs, cond, null_cond, guidance_weight).to(dtype)
             x0 = (self.sqrt_recip_abar[k] * x - self.sqrt_recipm1_abar[k] * eps).clamp(-1.0, 1.0)
             x = self.posterior_coef_x0[k] * x0 + self.posterior_coef_xt[k] * x
-            if k > 0:
-                x = x + self.posterior_std[k] * torch.randn_like(x)
+            if k > 0 and temperature > 0:
+                x = x + temperature * self.posterior_std[k] * torch.randn_like(x)
         return x.clamp(-1.0, 1.0)

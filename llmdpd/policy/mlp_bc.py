@@ -36,6 +36,11 @@ class MLPActor(nn.Module):
         return (predicted.float() - action.float()).pow(2).mean(-1, keepdim=True), predicted
 
     def sample(
-        self, obs: Tensor, cond: Tensor, guidance_weight: float = 1.0, null_cond: Optional[Tensor] = None
+        self,
+        obs: Tensor,
+        cond: Tensor,
+        guidance_weight: float = 1.0,
+        null_cond: Optional[Tensor] = None,
+        temperature: float = 1.0,
     ) -> Tensor:
         return self(obs, cond)

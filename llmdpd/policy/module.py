@@ -251,7 +251,9 @@ class PolicyDiffusionModule(LightningModule):
         state_rep, cond_rep = state.repeat_interleave(m, 0), cond.repeat_interleave(m, 0)
         guidance = float(policy.guidance_weight)
         null = self.conditioning.null(1) if guidance != 1.0 else None
-        actions = self.ema_actor.sample(state_rep, cond_rep, guidance_weight=guidance, null_cond=null).float()
+        actions = self.ema_actor.sample(
+            state_rep, cond_rep, guidance_weight=guidance, null_cond=null, temperature=float(policy.sample_temperature)
+        ).float()
         q = None
         if score and self.critic is not None:
             q = self.loss.target_q_min(state_rep, cond_rep, actions).reshape(n, m)
