@@ -149,7 +149,7 @@ def test_ema_and_target_updates_follow_the_schedule():
 
 
 def test_td_target_matches_hand_computation():
-    module = make_module(small_cfg(gamma=0.9))
+    module = make_module(small_cfg(gamma=0.9, critic="td"))
     # The target critics (min 3 and 1) and V are replaced by known values.
     module.loss.target_q_min = lambda s, c, a: torch.tensor([[3.0], [1.0]])
     td = TensorDict({"reward": torch.tensor([[1.0], [2.0]]), "discount": torch.tensor([[0.9], [0.0]]),
