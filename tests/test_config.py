@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,10 @@ def test_registry_matches_metaworld_benchmarks():
         assert reg["splits"][split]["test"] == list(table["test"]), split
     assert reg["splits"]["mt10"]["train"] == list(env_dict.MT10_V3)
     assert sorted(reg["tasks"]) == sorted(env_dict.MT50_V3)
+
+
+@pytest.mark.parametrize("override", ["policy.acting=best", "policy.critic=mc", "eval.split=train", "policy.kind=gpt"])
+def test_a_value_outside_its_choices_is_one_line(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"Invalid value for '{re.escape(key)}': .*expected one of"):
+        load_config("smoke", [override])

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from llmdpd.config.schema import ExperimentConfig
+from llmdpd.config.schema import CHOICES, ExperimentConfig
 
 SectionT = typing.TypeVar("SectionT")
 
@@ -248,9 +248,18 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
         raise _validation_error(err, "command-line overrides") from None
     if cfg.name == "experiment":
         cfg.name = path.stem
+    _check_choices(cfg)
     if check_trainer:
         _check_trainer_keys(OmegaConf.to_container(cfg.trainer))
     return cfg  # type: ignore[return-value]  # a DictConfig typed as ExperimentConfig
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"Invalid value for '{key}': {value!r}; expected one of {', '.join(allowed)}")
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

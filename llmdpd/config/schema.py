@@ -10,6 +10,25 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 
+# The allowed values of every key that names a choice; `load_config` refuses anything else in one line.
+POLICY_KINDS = ("diffusion", "mlp_bc")
+CRITIC_KINDS = ("td", "expectile")
+Q_ACTIONS = ("chain", "one_step")
+ACTING_RULES = ("sample", "softmax", "argmax")
+LR_SCHEDULES = ("cosine", "constant")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "policy.kind": POLICY_KINDS,
+    "policy.critic": CRITIC_KINDS,
+    "policy.q_action": Q_ACTIONS,
+    "policy.acting": ACTING_RULES,
+    "policy.lr_schedule": LR_SCHEDULES,
+    "policy.critic_lr_schedule": LR_SCHEDULES,
+    "policy.beta_schedule": ("vp", "linear", "cosine"),
+    "text.pooling": ("mean", "last", "cls"),
+    "eval.split": ("test", "validation"),
+}
+
+
 @dataclass
 class PathsConfig:
     """Where datasets, runs and caches live (relative paths are relative to the working directory)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-ACTING_RULES = ("sample", "softmax", "argmax")
+from llmdpd.config.schema import ACTING_RULES
 
 
 def standardise(q: Tensor, eps: float = 1e-6) -> Tensor:

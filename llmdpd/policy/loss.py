@@ -26,10 +26,9 @@ from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.iql import IQLLoss
 
+from llmdpd.config.schema import CRITIC_KINDS, Q_ACTIONS
 from llmdpd.policy.critic import TwinCritic
 
-CRITIC_KINDS = ("td", "expectile")
-Q_ACTIONS = ("chain", "one_step")
 # Advantage weights exp(A / beta) are clipped here, as in AWAC/IQL implementations, so one lucky transition
 # cannot dominate a batch.
 MAX_AWR_WEIGHT = 100.0

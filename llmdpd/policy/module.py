@@ -13,22 +13,20 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 from torchrl.objectives import SoftUpdate
 
-from llmdpd.config.schema import ExperimentConfig
+from llmdpd.config.schema import ACTING_RULES, LR_SCHEDULES, POLICY_KINDS, ExperimentConfig
 from llmdpd.data.batch import TRANSITION_KEYS
 from llmdpd.data.normalizer import Normalizer
 from llmdpd.config.load import config_section
 from llmdpd.prompts.alignment import freezes_prompt_encoders
 from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
-from llmdpd.policy.acting import ACTING_RULES, select_candidates
+from llmdpd.policy.acting import select_candidates
 from llmdpd.policy.conditioning import PromptConditioning
 from llmdpd.policy.critic import TwinCritic, ValueNetwork
 from llmdpd.policy.diffusion import DiffusionActor
 from llmdpd.policy.loss import DiffusionQLLoss, MLPBCLoss, loss_total
 from llmdpd.policy.mlp_bc import MLPActor
 
-POLICY_KINDS = ("diffusion", "mlp_bc")
-LR_SCHEDULES = ("cosine", "constant")
 
 
 def _optional(batch: Any, key: str) -> Optional[Tensor]:
