@@ -248,13 +248,13 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
         raise _validation_error(err, "command-line overrides") from None
     if cfg.name == "experiment":
         cfg.name = path.stem
-    _check_choices(cfg)
+    check_choices(cfg)
     if check_trainer:
         _check_trainer_keys(OmegaConf.to_container(cfg.trainer))
     return cfg  # type: ignore[return-value]  # a DictConfig typed as ExperimentConfig
 
 
-def _check_choices(cfg: DictConfig) -> None:
+def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)

@@ -13,10 +13,10 @@ from tensordict import TensorDict
 from torch import Tensor, nn
 from torchrl.objectives import SoftUpdate
 
-from llmdpd.config.schema import ACTING_RULES, LR_SCHEDULES, POLICY_KINDS, ExperimentConfig
+from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.batch import TRANSITION_KEYS
 from llmdpd.data.normalizer import Normalizer
-from llmdpd.config.load import config_section
+from llmdpd.config.load import check_choices, config_section
 from llmdpd.prompts.alignment import freezes_prompt_encoders
 from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
 from llmdpd.policy.averaging import copy_parameters_, soft_update_
@@ -94,9 +94,8 @@ class PolicyDiffusionModule(LightningModule):
         self.save_hyperparameters(ignore=["obs_mean", "obs_std"])
         self.automatic_optimization = False
         self.cfg: ExperimentConfig = config_section(ExperimentConfig, cfg)
+        check_choices(self.cfg)  # also when built from a dict rather than by load_config
         policy = self.cfg.policy
-        if policy.kind not in POLICY_KINDS:
-            raise ValueError(f"Unknown policy.kind '{policy.kind}' (expected one of {POLICY_KINDS})")
         self.kind = policy.kind
 
         mean = torch.zeros(obs_dim) if obs_mean is None else torch.as_tensor(obs_mean).float()
@@ -117,9 +116,6 @@ class PolicyDiffusionModule(LightningModule):
         )
         cond_dim = self.conditioning.cond_dim
 
-        for key, allowed in (("acting", ACTING_RULES), ("lr_schedule", LR_SCHEDULES), ("critic_lr_schedule", LR_SCHEDULES)):
-            if policy[key] not in allowed:
-                raise ValueError(f"Unknown policy.{key} '{policy[key]}' (expected one of {allowed})")
         if self.kind == "diffusion":
             self.actor: nn.Module = DiffusionActor(
                 obs_dim,
