@@ -298,7 +298,7 @@ class PolicyDiffusionModule(LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         logs = {f"train/{key}": value.detach() for key, value in losses.items()}
-        logs["train/eta"] = torch.tensor(self.loss.eta) if hasattr(self.loss, "eta") else torch.tensor(0.0)
+        logs["train/eta"] = torch.tensor(self.loss.eta)
         clips = {"actor": self.cfg.policy.actor_grad_clip, "critic": self.cfg.policy.critic_grad_clip}
         clips["prompt"] = clips["actor"]  # the prompt encoders learn from the actor's loss
         for group in optimizer.param_groups:
