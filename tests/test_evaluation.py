@@ -465,7 +465,7 @@ def test_llmdpd_eval_names_validation_results_apart_and_rejects_bad_splits(tmp_p
     for overrides, message in (
         (["eval.split=validation", "data.validation_goals=0"], "data.validation_goals is 0"),
         (["data.train_goals=45", "data.validation_goals=5"], "leaves no seen-test goal variations"),
-        (["eval.split=everything"], "eval.split must be one of"),
+        (["eval.split=everything"], "Invalid value for 'eval.split'"),
         (["eval.split=validation", "eval.seen=false"], "eval.seen is false"),
     ):
         with pytest.raises(SystemExit) as exit_info:
