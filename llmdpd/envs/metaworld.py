@@ -29,9 +29,31 @@ def _quiet_import_metaworld():
 @functools.lru_cache(maxsize=None)
 def _benchmark(task: str, seed: int):
     metaworld = _quiet_import_metaworld()
-    if task not in metaworld.ALL_V3_ENVIRONMENTS:
-        raise KeyError(f"Unknown Meta-World task '{task}'")
+    check_task(task)
     return metaworld.MT1(task, seed=seed)
+
+
+def check_task(task: str) -> None:
+    """A ValueError naming `task` when it is not a Meta-World v3 task (without building anything)."""
+    if task not in _quiet_import_metaworld().ALL_V3_ENVIRONMENTS:
+        raise ValueError(f"Unknown Meta-World task '{task}'")
+
+
+def make_goal_env(task: str, goal: int, seed: int = 0, render_size: int | None = None, camera: str | None = None):
+    """The raw Gymnasium env of `task` set to goal variation `goal` of MT1(`seed`), goal visible in obs[36:39].
+
+    With `render_size`, it renders `rgb_array` frames of that many pixels square from `camera` (None: the
+    upright free camera; the `corner*` cameras render upside down).
+    """
+    mt1 = _benchmark(task, seed)
+    options = {} if render_size is None else dict(
+        render_mode="rgb_array", width=render_size, height=render_size, camera_name=camera
+    )
+    env = mt1.train_classes[task](**options)
+    env.set_task(mt1.train_tasks[goal])
+    # set_task updates sawyer_observation_space, not observation_space (wrappers check against the latter).
+    env.observation_space = env.sawyer_observation_space
+    return env
 
 
 class MetaWorldTaskEnv:

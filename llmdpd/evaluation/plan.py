@@ -16,13 +16,17 @@ An evaluation is of one of two kinds (`eval.split`):
 Goals of a task are drawn from its pool without replacement (repeating only once the pool is exhausted) by a
 generator seeded by (eval seed, task), so a task's goals do not depend on the other tasks planned, and the
 same seed gives the same plan.
+
+Tasks of other Minari datasets (`data.minari_ids`) have no goal variations: their environment draws each
+episode's start from a reset seed. For them `goal` is that seed, drawn by a generator seeded by (eval seed,
+task, split label), so validation, seen-test and unseen episodes start from different states.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -39,7 +43,7 @@ class EvalEpisode:
 
     task: str
     split: str  # "seen" or "unseen" (a test evaluation), or "validation"
-    goal: int
+    goal: int  # the goal variation; the reset seed for a task without variations (see the module docstring)
     episode: int
 
 
@@ -125,6 +129,16 @@ def _pick_goals(task: str, pool: range, count: int, seed: int) -> list[int]:
     return goals[:count]
 
 
+# Reset seeds of tasks without goal variations are drawn below this bound (numpy's legacy seed range).
+_RESET_SEEDS = 2**31
+
+
+def _pick_reset_seeds(task: str, split: str, count: int, seed: int) -> list[int]:
+    """`count` distinct reset seeds for `task`'s episodes of split label `split`, fixed by (seed, task, split)."""
+    rng = np.random.default_rng([seed, _task_key(task), _task_key(split)])
+    return [int(s) for s in rng.choice(_RESET_SEEDS, size=count, replace=False)]
+
+
 def plan_episodes(
     seen_tasks: Sequence[str],
     unseen_tasks: Sequence[str],
@@ -134,14 +148,16 @@ def plan_episodes(
     *,
     validation_goals: int = 0,
     split: str = "test",
+    seeded_tasks: Collection[str] = (),
 ) -> list[EvalEpisode]:
     """The episodes of one evaluation, training tasks first (`seen_tasks` are the training tasks).
 
     split "test": training tasks on the seen-test goals [train_goals + validation_goals, 50), labelled "seen",
     then unseen tasks on any of the 50 goals, labelled "unseen". split "validation": training tasks on the
     validation goals [train_goals, train_goals + validation_goals), labelled "validation"; `unseen_tasks` are
-    ignored. Raises ValueError for a goal layout that leaves no seen-test goals, and for a validation plan
-    with no validation goals.
+    ignored. `seeded_tasks` (Minari datasets' tasks) get reset seeds instead of goal variations. Raises
+    ValueError for a goal layout that leaves no seen-test goals, and for a validation plan with no validation
+    goals.
     """
     # A validation plan without training tasks is empty, and needs no validation goals.
     layout = (check_split if seen_tasks else _check_name)(split, (train_goals, validation_goals))
@@ -152,7 +168,11 @@ def plan_episodes(
     plan = []
     for label, tasks, pool in groups:
         for task in tasks:
-            for episode, goal in enumerate(_pick_goals(task, pool, episodes_per_task, seed)):
+            if task in seeded_tasks:
+                goals = _pick_reset_seeds(task, label, episodes_per_task, seed)
+            else:
+                goals = _pick_goals(task, pool, episodes_per_task, seed)
+            for episode, goal in enumerate(goals):
                 plan.append(EvalEpisode(task, label, goal, episode))
     return plan
 
@@ -160,8 +180,8 @@ def plan_episodes(
 def plan_evaluation(cfg: Any, seen_tasks: Sequence[str], unseen_tasks: Sequence[str], goals: Any) -> list[EvalEpisode]:
     """`plan_episodes` for an experiment's `eval` section: its split, seen/unseen switches, episode count, seed.
 
-    `goals` is the experiment's DataConfig (`cfg.data`: train_goals and validation_goals), a pair
-    (train_goals, validation_goals), or an int train_goals (no validation goals).
+    `goals` is the experiment's DataConfig (`cfg.data`: train_goals and validation_goals; its `minari_ids`
+    tasks get reset seeds), a pair (train_goals, validation_goals), or an int train_goals (no validation goals).
     """
     layout = goal_layout(goals)
     split = getattr(cfg, "split", "test")
@@ -171,7 +191,7 @@ def plan_evaluation(cfg: Any, seen_tasks: Sequence[str], unseen_tasks: Sequence[
         raise ValueError("eval.split=validation evaluates the training tasks, but eval.seen is false")
     return plan_episodes(
         seen, unseen, cfg.episodes_per_task, layout.train_goals, cfg.seed,
-        validation_goals=layout.validation_goals, split=split,
+        validation_goals=layout.validation_goals, split=split, seeded_tasks=set(getattr(goals, "minari_ids", None) or ()),
     )
 
 

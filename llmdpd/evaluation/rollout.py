@@ -1,9 +1,10 @@
-"""Lock-step rollouts of many Meta-World episodes with one policy query per step for all of them.
+"""Lock-step rollouts of many episodes with one policy query per step for all of them.
 
-`llmdpd.evaluation.plan` decides which (task, goal variation) pairs an evaluation runs (its names are
-re-exported here for older imports); `evaluate_episodes` runs them: at every step one call
-`act_fn(obs [n_live, 39] float32, live) -> actions [n_live, 4]`, where `live` lists the indices (into the
-whole `episodes` list) of the environments still running, in increasing order.
+`llmdpd.evaluation.plan` decides which (task, goal) episodes an evaluation runs; `llmdpd.evaluation.environments`
+builds their torchrl environments; `evaluate_episodes` runs them: at every step one call
+`act_fn(obs [n_live, obs_dim] float32, live) -> actions [n_live, action_dim]`, where `live` lists the indices
+(into the whole `episodes` list) of the episodes still running, in increasing order. The act_fn acts through a
+`TensorDictModule` reading `observation` and `episode` and writing `action` for the live environments only.
 
 Memory: one Meta-World environment holds about 20 MB, so at most `max_envs` (default 256) environments live
 at once. A longer plan runs in consecutive waves of `max_envs` episodes (episodes 0..max_envs-1 first, and
@@ -11,54 +12,47 @@ so on), each wave in lock step with one batched act_fn call per step; `live` the
 current wave only. Results do not depend on `max_envs` as long as the act_fn's answer for an episode depends
 only on that episode's observations (a stochastic act_fn consumes its random numbers in another order).
 
-Environments are stepped in the calling process (`workers=1`) or in `workers` processes that each own a
-contiguous block of every wave, started with `forkserver` so that they do not inherit the parent's threads
-or CUDA state, and kept for all waves of one evaluation. As with any multiprocessing start method but fork,
-a script that calls this with workers > 1 must guard its entry point with `if __name__ == "__main__":`.
-Results do not depend on the worker count: Meta-World resets are deterministic per goal variation, and all
-randomness belongs to the act_fn.
-
-Building a Meta-World environment compiles its MuJoCo model (about 0.1 s), so the calling process keeps the
-environments it built for later evaluations (`clear_env_cache` frees them): at most `max_envs` of them in
-all, live ones included, dropping those of the least recently used (task, env_seed) first. Worker processes
-keep theirs (at most their share, max_envs / workers) across the waves of one evaluation and build them
-afresh at every evaluation.
+Environments are stepped in this process (`workers=1`) or in `workers` processes (a torchrl `ParallelEnv`).
+Results do not depend on the worker count: each episode's reset is fixed by its goal variation or reset seed,
+and all other randomness belongs to the act_fn.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import signal
 import time
-import traceback
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
 
-from llmdpd.envs.metaworld import ACTION_DIM, OBS_DIM, MetaWorldTaskEnv
-from llmdpd.evaluation.plan import EvalEpisode, _pick_goals, plan_episodes, plan_evaluation  # noqa: F401
+from llmdpd.evaluation.environments import EpisodeEnvironments, batched_env
+from llmdpd.evaluation.plan import EvalEpisode, plan_episodes, plan_evaluation  # noqa: F401  (older imports)
 
 ActFn = Callable[[np.ndarray, list[int]], np.ndarray]
-# Meta-World refuses to step past 500; shorter horizons are enforced by the rollout loop.
-_ENV_HORIZON = 500
-# Environments alive at once (about 20 MB each): 256 is about 5 GB.
+# Environments alive at once (about 20 MB each for Meta-World): 256 is about 5 GB.
 DEFAULT_MAX_ENVS = 256
 
 
 @dataclass
 class EpisodeResult:
-    """The outcome of one `EvalEpisode`: success at any step, success at the last step, return, length."""
+    """The outcome of one `EvalEpisode`: success at any step, success at the last step, return, length.
+
+    `success` and `final_success` are None for an environment that does not report success;
+    `normalized_return` is the return normalised by the dataset's reference scores, where it has them.
+    """
 
     task: str
     split: str
     goal: int
     episode: int
-    success: bool
-    final_success: bool
+    success: bool | None
+    final_success: bool | None
     episode_return: float
     length: int
+    normalized_return: float | None = None
 
 
 @dataclass
@@ -66,9 +60,9 @@ class RolloutTiming:
     """Where an evaluation's time went (pass one to `evaluate_episodes` to fill it; used by benchmarks)."""
 
     env_steps: int = 0
-    setup_seconds: float = 0.0  # building environments and worker processes (every wave)
+    setup_seconds: float = 0.0  # building environments and worker processes, and the first reset (every wave)
     act_seconds: float = 0.0  # inside act_fn
-    rollout_seconds: float = 0.0  # resets and the step loop, act_fn included
+    rollout_seconds: float = 0.0  # the step loop, act_fn included
     waves: int = 0
 
     @property
@@ -76,223 +70,27 @@ class RolloutTiming:
         return self.env_steps / self.rollout_seconds if self.rollout_seconds else 0.0
 
 
-# Environments built in this process and not in use, by (task, env_seed), least recently used first.
-_ENV_CACHE: OrderedDict[tuple[str, int], list[MetaWorldTaskEnv]] = OrderedDict()
+class _NumpyActFn(torch.nn.Module):
+    """An act_fn on numpy arrays as a torch module: (observation [n, D], episode [n]) -> action [n, A]."""
+
+    def __init__(self, act_fn: ActFn, action_dim: int, timing: RolloutTiming) -> None:
+        super().__init__()
+        self.act_fn, self.action_dim, self.timing = act_fn, action_dim, timing
+
+    def forward(self, observation: torch.Tensor, episode: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
+        actions = np.asarray(self.act_fn(observation.numpy(), episode.tolist()), dtype=np.float32)
+        self.timing.act_seconds += time.perf_counter() - start
+        expected = (len(observation), self.action_dim)
+        if actions.shape != expected:
+            raise ValueError(f"act_fn returned shape {actions.shape}, expected {expected}")
+        return torch.from_numpy(actions)
 
 
-def cached_env_count() -> int:
-    """How many idle environments this process keeps."""
-    return sum(len(envs) for envs in _ENV_CACHE.values())
-
-
-def clear_env_cache() -> None:
-    """Close and forget the environments this process keeps between evaluations."""
-    for envs in _ENV_CACHE.values():
-        for env in envs:
-            env.close()
-    _ENV_CACHE.clear()
-
-
-def _evict(keep: int) -> None:
-    """Close cached environments, least recently used (task, env_seed) first, until at most `keep` remain."""
-    while _ENV_CACHE and cached_env_count() > max(keep, 0):
-        key, envs = next(iter(_ENV_CACHE.items()))
-        envs.pop().close()
-        if not envs:
-            del _ENV_CACHE[key]
-
-
-def _take_envs(episodes: Sequence[EvalEpisode], env_seed: int, capacity: int) -> list[MetaWorldTaskEnv]:
-    """One environment per episode: cached ones first, then new ones, evicting idle ones beforehand so that
-    this process holds at most `capacity` environments (these included)."""
-    envs: list[MetaWorldTaskEnv | None] = [None] * len(episodes)
-    for i, ep in enumerate(episodes):
-        cached = _ENV_CACHE.get((ep.task, env_seed))
-        if cached:
-            envs[i] = cached.pop()
-            if not cached:
-                del _ENV_CACHE[(ep.task, env_seed)]
-    _evict(capacity - len(episodes))
-    try:
-        for i, ep in enumerate(episodes):
-            if envs[i] is None:
-                envs[i] = MetaWorldTaskEnv(ep.task, env_seed, _ENV_HORIZON)
-    except BaseException:
-        _return_envs([ep for ep, env in zip(episodes, envs) if env is not None],
-                     [env for env in envs if env is not None], env_seed, capacity)
-        raise
-    return envs  # type: ignore[return-value]
-
-
-def _return_envs(
-    episodes: Sequence[EvalEpisode], envs: Sequence[MetaWorldTaskEnv], env_seed: int, capacity: int
-) -> None:
-    """Put environments back in the cache (most recently used last), then evict down to `capacity`."""
-    for ep, env in zip(episodes, envs):
-        key = (ep.task, env_seed)
-        _ENV_CACHE.setdefault(key, []).append(env)
-        _ENV_CACHE.move_to_end(key)
-    _evict(capacity)
-
-
-class _Shard:
-    """Some of a wave's episodes, each with its own environment, stepped in this process."""
-
-    def __init__(self, episodes: Sequence[EvalEpisode], env_seed: int, capacity: int) -> None:
-        self.episodes = list(episodes)
-        self.env_seed = env_seed
-        self.capacity = capacity
-        self.envs = _take_envs(self.episodes, env_seed, capacity)
-        self._pending = None
-
-    def reset(self) -> np.ndarray:
-        return np.stack([env.reset(ep.goal) for env, ep in zip(self.envs, self.episodes)])
-
-    def step(self, local: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Step the environments at positions `local`; (obs, reward, success, truncated), one row each."""
-        out = [self.envs[i].step(a) for i, a in zip(local, actions)]
-        obs, reward, success, truncated = zip(*out)
-        return np.stack(obs), np.asarray(reward), np.asarray(success), np.asarray(truncated)
-
-    def step_async(self, local: np.ndarray, actions: np.ndarray) -> None:
-        self._pending = self.step(local, actions)
-
-    def step_wait(self) -> tuple[np.ndarray, ...]:
-        pending, self._pending = self._pending, None
-        return pending
-
-    def close(self) -> None:
-        """Give the environments back to this process's cache."""
-        _return_envs(self.episodes, self.envs, self.env_seed, self.capacity)
-        self.envs = []
-
-
-class _LocalPool:
-    """Steps every wave in this process, one shard per wave."""
-
-    def __init__(self, env_seed: int, capacity: int) -> None:
-        self.env_seed, self.capacity = env_seed, capacity
-        self.shard: _Shard | None = None
-
-    def load(self, blocks: list[list[EvalEpisode]]) -> list[_Shard]:
-        (block,) = blocks
-        self.close()  # first, so that the next wave can reuse these environments
-        self.shard = _Shard(block, self.env_seed, self.capacity)
-        return [self.shard]
-
-    def close(self) -> None:
-        if self.shard is not None:
-            self.shard.close()
-            self.shard = None
-
-
-def _worker(conn, env_seed: int, capacity: int) -> None:
-    """Serve shards over a pipe: ("load", episodes), ("reset", None), ("step", (local, actions)), ("close", None)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and closes us
-    shard: _Shard | None = None
-    try:
-        while True:
-            command, payload = conn.recv()
-            if command == "close":
-                conn.send(("ok", None))
-                return
-            if command == "load":
-                if shard is not None:
-                    shard.close()
-                    shard = None
-                shard = _Shard(payload, env_seed, capacity)
-                conn.send(("ok", None))
-            elif command == "reset":
-                conn.send(("ok", shard.reset()))
-            else:
-                conn.send(("ok", shard.step(*payload)))
-    except (EOFError, KeyboardInterrupt):
-        return
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
-
-
-def _context():
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        # Imported once by the fork server instead of by every worker (the main module too: see the docstring).
-        ctx.set_forkserver_preload(["__main__", "llmdpd.evaluation.rollout", "metaworld"])
-        return ctx
-    return mp.get_context("spawn")
-
-
-class _RemoteShard:
-    """A worker process serving one `_Shard` per wave."""
-
-    def __init__(self, env_seed: int, capacity: int, ctx) -> None:
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker, args=(child, env_seed, capacity), daemon=True)
-        self.process.start()
-        child.close()
-
-    def _receive(self):
-        try:
-            status, payload = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(f"Evaluation worker {self.process.pid} died (exit code {self.process.exitcode})")
-        if status == "error":
-            raise RuntimeError(f"Evaluation worker failed:\n{payload}")
-        return payload
-
-    def load_async(self, episodes: list[EvalEpisode]) -> None:
-        self.conn.send(("load", episodes))
-
-    def ready(self) -> None:
-        self._receive()
-
-    def reset(self) -> np.ndarray:
-        self.conn.send(("reset", None))
-        return self._receive()
-
-    def step_async(self, local: np.ndarray, actions: np.ndarray) -> None:
-        self.conn.send(("step", (local, actions)))
-
-    def step_wait(self) -> tuple[np.ndarray, ...]:
-        return self._receive()
-
-    def close(self) -> None:
-        try:
-            if self.process.is_alive():
-                self.conn.send(("close", None))
-                self.conn.recv()
-        except (OSError, EOFError, BrokenPipeError):
-            pass
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join()
-        self.conn.close()
-
-
-class _RemotePool:
-    """`workers` processes kept for all waves; a wave's blocks load in parallel."""
-
-    def __init__(self, workers: int, env_seed: int, capacity: int) -> None:
-        ctx = _context()
-        self.shards: list[_RemoteShard] = []
-        try:
-            for _ in range(workers):
-                self.shards.append(_RemoteShard(env_seed, capacity, ctx))
-        except BaseException:
-            self.close()
-            raise
-
-    def load(self, blocks: list[list[EvalEpisode]]) -> list[_RemoteShard]:
-        used = self.shards[: len(blocks)]
-        for shard, block in zip(used, blocks):
-            shard.load_async(block)
-        for shard in used:
-            shard.ready()
-        return used
-
-    def close(self) -> None:
-        for shard in self.shards:
-            shard.close()
+def tensordict_actor(act_fn: ActFn, action_dim: int, timing: RolloutTiming | None = None) -> TensorDictModule:
+    """`act_fn` as a TensorDictModule: reads `observation` and `episode`, writes `action`."""
+    module = _NumpyActFn(act_fn, action_dim, timing if timing is not None else RolloutTiming())
+    return TensorDictModule(module, in_keys=["observation", "episode"], out_keys=["action"])
 
 
 def evaluate_episodes(
@@ -304,94 +102,124 @@ def evaluate_episodes(
     progress: bool = False,
     timing: RolloutTiming | None = None,
     max_envs: int = DEFAULT_MAX_ENVS,
+    environments: EpisodeEnvironments | None = None,
 ) -> list[EpisodeResult]:
     """Run all `episodes` in lock step, querying `act_fn` once per step for every live environment.
 
-    `env_seed` seeds Meta-World's MT1 benchmark, which fixes where each goal variation puts the goal: it must
-    be the seed the datasets were generated with, or "held-out" goals are not the ones held out. Episodes
-    end after `max_episode_steps` (at most 500). At most `max_envs` environments live at once: longer plans
-    run in consecutive waves (see the module docstring). Results are in the order of `episodes`.
+    `environments` says how to build each episode's env (default: Meta-World with MT1 seeded by `env_seed`,
+    which must be the seed the datasets were generated with, or "held-out" goals are not the ones held out).
+    Episodes end when their env ends them or after `max_episode_steps` (at most the env's own limit). At most
+    `max_envs` environments live at once: longer plans run in consecutive waves (see the module docstring).
+    Results are in the order of `episodes`.
     """
     if max_envs < 1:
         raise ValueError(f"max_envs must be at least 1, got {max_envs}")
     episodes = list(episodes)
-    n = len(episodes)
-    if n == 0:
+    if not episodes:
         return []
-    horizon = min(max_episode_steps, _ENV_HORIZON)
+    environments = environments if environments is not None else EpisodeEnvironments(metaworld_seed=env_seed)
+    environments.check(episodes)
+    horizon = min(environments.horizon(task, max_episode_steps) for task in {ep.task for ep in episodes})
     timing = timing if timing is not None else RolloutTiming()
-    waves = [np.arange(start, min(start + max_envs, n)) for start in range(0, n, max_envs)]
-    workers = max(1, min(workers, len(waves[0])))
-    capacity = -(-max_envs // workers)  # environments per process, idle ones included
-    started = time.perf_counter()
-    setup = 0.0
-    bar = _progress_bar(horizon * len(waves), progress)
-    pool = _LocalPool(env_seed, capacity) if workers == 1 else None
+    n = len(episodes)
+    returns = np.zeros(n)
+    length = np.zeros(n, dtype=np.int64)
+    success = np.zeros(n, dtype=bool)
+    final_success = np.zeros(n, dtype=bool)
+    reports_success = True
+    bar = _progress_bar(horizon * -(-n // max_envs), progress)
     try:
-        if pool is None:
-            pool = _RemotePool(workers, env_seed, capacity)
-            setup += time.perf_counter() - started
-        obs = np.empty((n, OBS_DIM), dtype=np.float32)
-        alive = np.zeros(n, dtype=bool)
-        returns = np.zeros(n)
-        success = np.zeros(n, dtype=bool)
-        final_success = np.zeros(n, dtype=bool)
-        length = np.zeros(n, dtype=np.int64)
-        row = np.empty(n, dtype=np.int64)  # position of each live episode in this step's action array
-        for wave in waves:
-            # Contiguous blocks (the plan lists a task's episodes together): each worker then builds the MT1
-            # benchmarks (about 0.7 s each) of a few tasks rather than of all of them.
-            indices = [idx for idx in np.array_split(wave, workers) if len(idx)]
-            load_start = time.perf_counter()
-            shards = pool.load([[episodes[i] for i in idx] for idx in indices])
-            setup += time.perf_counter() - load_start
-            for shard, idx in zip(shards, indices):
-                obs[idx] = shard.reset()
-            alive[wave] = True
-            steps = 0
-            while alive.any():
-                live = np.flatnonzero(alive)
-                act_start = time.perf_counter()
-                actions = np.asarray(act_fn(obs[live], live.tolist()), dtype=np.float32)
-                timing.act_seconds += time.perf_counter() - act_start
-                if actions.shape != (len(live), ACTION_DIM):
-                    raise ValueError(f"act_fn returned shape {actions.shape}, expected {(len(live), ACTION_DIM)}")
-                row[live] = np.arange(len(live))
-                stepped = []
-                for shard, idx in zip(shards, indices):
-                    local = np.flatnonzero(alive[idx])
-                    if len(local):
-                        shard.step_async(local, actions[row[idx[local]]])
-                        stepped.append((shard, idx[local]))
-                for shard, sel in stepped:
-                    next_obs, reward, succeeded, truncated = shard.step_wait()
-                    obs[sel] = next_obs
-                    returns[sel] += reward
-                    success[sel] |= succeeded
-                    final_success[sel] = succeeded
-                    length[sel] += 1
-                    alive[sel[truncated | (length[sel] >= horizon)]] = False
-                timing.env_steps += len(live)
-                steps += 1
-                if bar is not None:
-                    bar.update(1)
+        for start in range(0, n, max_envs):
+            wave = range(start, min(start + max_envs, n))
+            steps, wave_reports = _run_wave(
+                [episodes[i] for i in wave], np.asarray(wave), act_fn, environments, horizon, workers, timing,
+                returns, length, success, final_success, bar,
+            )
+            reports_success &= wave_reports
             if bar is not None and steps < horizon:
                 bar.update(horizon - steps)
             timing.waves += 1
     finally:
         if bar is not None:
             bar.close()
-        if pool is not None:
-            pool.close()
-    timing.setup_seconds += setup
-    timing.rollout_seconds += time.perf_counter() - started - setup
     return [
         EpisodeResult(
             ep.task, ep.split, ep.goal, ep.episode,
-            bool(success[i]), bool(final_success[i]), float(returns[i]), int(length[i]),
+            bool(success[i]) if reports_success else None,
+            bool(final_success[i]) if reports_success else None,
+            float(returns[i]), int(length[i]), _normalized(environments, ep.task, returns[i]),
         )
         for i, ep in enumerate(episodes)
     ]
+
+
+def _run_wave(
+    episodes: list[EvalEpisode],
+    index: np.ndarray,
+    act_fn: ActFn,
+    environments: EpisodeEnvironments,
+    horizon: int,
+    workers: int,
+    timing: RolloutTiming,
+    returns: np.ndarray,
+    length: np.ndarray,
+    success: np.ndarray,
+    final_success: np.ndarray,
+    bar,
+) -> tuple[int, bool]:
+    """One wave in lock step; fills the result arrays at `index`. Returns (steps, whether success is reported)."""
+    setup_start = time.perf_counter()
+    env, slots = batched_env(episodes, environments, horizon, workers)
+    try:
+        td = env.reset().reshape(-1)
+        timing.setup_seconds += time.perf_counter() - setup_start
+        loop_start = time.perf_counter()
+        slots_t = torch.as_tensor(slots)
+        real = slots_t >= 0
+        # Each slot's episode as an index into the whole plan (the act_fn's `live`); padding slots are never asked.
+        plan_index = torch.full((len(slots),), -1, dtype=torch.long)
+        plan_index[real] = torch.as_tensor(index)[slots_t[real]]
+        actor = tensordict_actor(act_fn, env.full_action_spec["action"].shape[-1], timing)
+        reports = "success" in td.keys()
+        any_success = torch.zeros(len(slots), dtype=torch.bool)
+        last_success = torch.zeros(len(slots), dtype=torch.bool)
+        steps = 0
+        while True:
+            running = ~td.get("done").reshape(-1)
+            asked = running & real
+            if not running.any():
+                break
+            live = td.select("observation")[asked]
+            live.set("episode", plan_index[asked])
+            actions = torch.zeros(len(slots), *env.full_action_spec["action"].shape[env.batch_dims:])
+            if asked.any():
+                actions[asked] = actor(live).get("action")
+            td.set("action", actions)
+            td = env.step(td.reshape(env.batch_size)).reshape(-1)
+            if reports:
+                stepped = td.get(("next", "success")).reshape(-1)
+                any_success |= stepped & running
+                last_success = torch.where(running, stepped, last_success)
+            td = env.step_mdp(td.reshape(env.batch_size)).reshape(-1)
+            timing.env_steps += int(asked.sum())
+            steps += 1
+            if bar is not None:
+                bar.update(1)
+        timing.rollout_seconds += time.perf_counter() - loop_start
+        rows = slots_t[real].numpy()
+        returns[index[rows]] = td.get("episode_reward").reshape(-1)[real].double().numpy()
+        length[index[rows]] = td.get("step_count").reshape(-1)[real].numpy()
+        success[index[rows]] = any_success[real].numpy()
+        final_success[index[rows]] = last_success[real].numpy()
+    finally:
+        env.close()  # closing writes the recorded videos
+    return steps, reports
+
+
+def _normalized(environments: EpisodeEnvironments, task: str, episode_return: float) -> float | None:
+    info = environments.minari_info(task)
+    normalized = info.normalized(np.asarray(episode_return)) if info is not None else None
+    return float(normalized) if normalized is not None else None
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -424,10 +252,9 @@ __all__ = [
     "EpisodeResult",
     "EvalEpisode",
     "RolloutTiming",
-    "cached_env_count",
-    "clear_env_cache",
     "evaluate_episodes",
     "measure_steps_per_second",
     "plan_episodes",
     "plan_evaluation",
+    "tensordict_actor",
 ]
