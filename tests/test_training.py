@@ -277,7 +277,7 @@ def test_losses_fall_on_the_smoke_data(smoke_data_dir):
     recorder = LossRecorder()
     trainer = L.Trainer(
         max_steps=100, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[recorder],
+        enable_model_summary=False, callbacks=[recorder], log_every_n_steps=1,  # the recorder reads every step
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
     assert trainer.global_step == 100

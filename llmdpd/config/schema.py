@@ -204,6 +204,12 @@ class PolicyConfig:
     acting_temperature: float = 1.0
     # Temperature of the acting sampler's noise (1: DDPM; 0: the deterministic chain from the zero latent).
     sample_temperature: float = 1.0
+    # Compile the training update (prompt encoders, losses and, through AOTAutograd, their backward) with
+    # torch.compile; on CUDA in "reduce-overhead" mode (CUDA graphs). The first steps pay the compilation.
+    compile: bool = False
+    # torch.compile's backend: "inductor" (generated kernels), or "aot_eager" (the same graphs run by eager
+    # kernels: compiles in seconds, for debugging and tests).
+    compile_backend: str = "inductor"
 
 
 @dataclass
@@ -229,6 +235,11 @@ class EvalConfig:
     # Critic and acting diagnostics (selection bias, Q linearity, ranking accuracy, calibration) on the
     # training tasks' evaluation states, logged at every evaluation.
     diagnostics: bool = True
+    # Render this many episodes of every task off-screen at each evaluation: mp4 files in the run directory
+    # and animated images in TensorBoard (0: none). Rendering costs about 15 ms per frame on a CPU core.
+    video: int = 0
+    # Frame size of those videos, in pixels (square).
+    video_size: int = 224
 
 
 @dataclass

@@ -9,10 +9,14 @@
          and detached statistics (q_mean, q_std, target_mean, value_mean, awr_weight_mean)
 
 The twin critic lives in the loss as functional parameters with a target copy
-(`convert_to_functional(..., create_target_params=True)`), soft-updated by torchrl's `SoftUpdate`. The
-critics see `cond.detach()`: prompts are shaped by the actor and alignment losses only. The actor's Q term
-evaluates the critic through detached parameters, so one backward of the sum trains every part without
-sending L_q's gradient into the critic.
+(`convert_to_functional(..., create_target_params=True)`), soft-updated by torchrl's `SoftUpdate`, and is
+called with `torch.func.functional_call`. The critics see `cond.detach()`: prompts are shaped by the actor
+and alignment losses only. The actor's Q term evaluates the critic through detached parameters, so one
+backward of the sum trains every part without sending L_q's gradient into the critic.
+
+The statistics are computed only when `statistics` is true (the caller sets it on the steps it logs), and
+nothing in `forward` reads a tensor back to the host, so the loss traces into one graph under
+`torch.compile`.
 
 `MLPBCLoss` is the deterministic behaviour-cloning baseline's objective (loss_bc only).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 from tensordict import TensorDict, TensorDictBase, TensorDictParams
 from torch import Tensor, nn
 from torchrl.objectives import LossModule
@@ -32,6 +37,11 @@ from llmdpd.policy.critic import TwinCritic
 # Advantage weights exp(A / beta) are clipped here, as in AWAC/IQL implementations, so one lucky transition
 # cannot dominate a batch.
 MAX_AWR_WEIGHT = 100.0
+
+
+def _named_tensors(params: TensorDictBase) -> dict[str, Tensor]:
+    """A parameter TensorDict as the flat name -> tensor mapping `functional_call` takes."""
+    return dict(params.flatten_keys(".").items())
 
 
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
@@ -82,15 +92,19 @@ class DiffusionQLLoss(LossModule):
         self.awr_beta = float(awr_beta)
         self.in_keys = ["obs", "action", "cond", "reward", "discount", "next_obs"]
         self.out_keys = ["loss_bc", "loss_critic", "loss_value", "loss_q"]
-        # The weight of L_q this step (the caller ramps it in after the critic warm-up).
-        self.eta = 0.0
+        # The weight of L_q this step (the caller ramps it in after the critic warm-up). Compiled callers pass a
+        # 0-d tensor, so that compiled code takes the value as an input instead of recompiling for each value,
+        # and say in `q_term` whether L_q is computed at all (None: `eta > 0` of a float eta).
+        self.eta: float | Tensor = 0.0
+        self.q_term: bool | None = None
+        # Whether `forward` also returns the detached statistics (q_mean, q_std, ...).
+        self.statistics = True
 
     # ------------------------------------------------------------------------------------------ critics
     def q(self, obs: Tensor, cond: Tensor, action: Tensor, params: TensorDictBase | None = None) -> tuple[Tensor, Tensor]:
         """Both critics' Q(s, c, a) [n, 1] under `params` (default: the online parameters)."""
         params = self.critic_params if params is None else params
-        with params.to_module(self.critic):
-            return self.critic(obs, cond, action)
+        return functional_call(self.critic, _named_tensors(params), (obs, cond, action))
 
     def target_q_min(self, obs: Tensor, cond: Tensor, action: Tensor) -> Tensor:
         """min_j Q'_j(s, c, a) of the target critics, fp32 [n, 1]."""
@@ -116,7 +130,8 @@ class DiffusionQLLoss(LossModule):
         target = self.critic_target(td, critic_cond)
         q1, q2 = self.q(obs, critic_cond, action)
         out["loss_critic"] = F.mse_loss(q1.float(), target) + F.mse_loss(q2.float(), target)
-        out["q_mean"], out["q_std"], out["target_mean"] = q1.detach().float().mean(), q1.detach().float().std(), target.mean()
+        if self.statistics:
+            out["q_mean"], out["q_std"], out["target_mean"] = q1.detach().float().mean(), q1.detach().float().std(), target.mean()
 
         weight = None
         if self.critic_kind == "expectile":
@@ -124,15 +139,17 @@ class DiffusionQLLoss(LossModule):
                 q_data = self.target_q_min(obs, critic_cond, action)
             value = self.value(obs, critic_cond).float()
             out["loss_value"] = expectile_loss(q_data - value, self.expectile).mean()
-            out["value_mean"] = value.detach().mean()
+            if self.statistics:
+                out["value_mean"] = value.detach().mean()
             if self.awr_beta > 0:
                 weight = torch.exp((q_data - value.detach()) / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
-                out["awr_weight_mean"] = weight.mean()
+                if self.statistics:
+                    out["awr_weight_mean"] = weight.mean()
 
         per_sample_bc, predicted = self.actor.loss_and_prediction(action, obs, cond)
         out["loss_bc"] = (per_sample_bc * weight).mean() if weight is not None else per_sample_bc.mean()
 
-        if self.eta > 0:
+        if self.eta > 0 if self.q_term is None else self.q_term:
             policy_action = predicted if self.q_action == "one_step" else self.actor.sample(obs, cond)
             out["loss_q"] = self.eta * self.q_improvement(obs, critic_cond, policy_action)
         else:
@@ -146,7 +163,12 @@ class DiffusionQLLoss(LossModule):
         the actor), never the critic.
         """
         q1, q2 = self.q(obs, cond, action, self.critic_params.detach())
-        if torch.rand(()) < 0.5:
+        if torch.compiler.is_compiling():
+            # Branch-free under torch.compile: one graph, drawn on the device so CUDA graphs can hold it (on CPU the
+            # same draw as the eager branch). Eager code keeps the branch, which skips the unused head's backward.
+            swap = torch.rand((), device=q1.device) < 0.5
+            q1, q2 = torch.where(swap, q2, q1), torch.where(swap, q1, q2)
+        elif torch.rand(()) < 0.5:  # a CPU draw: reading it is no device synchronisation
             q1, q2 = q2, q1
         return -q1.float().mean() / q2.float().abs().mean().detach().clamp_min(1e-6)
 

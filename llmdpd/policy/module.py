@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from torchrl.objectives import SoftUpdate
 
 from llmdpd.config.schema import ExperimentConfig
+from llmdpd.logging_steps import logs_this_step
 from llmdpd.data.batch import TRANSITION_KEYS
 from llmdpd.data.normalizer import Normalizer
 from llmdpd.config.load import check_choices, config_section
@@ -27,6 +28,16 @@ from llmdpd.policy.diffusion import DiffusionActor
 from llmdpd.policy.loss import DiffusionQLLoss, MLPBCLoss, loss_total
 from llmdpd.policy.mlp_bc import MLPActor
 
+
+
+def compile_options(device: torch.device, backend: str = "inductor") -> dict[str, Any]:
+    """`torch.compile` keyword arguments for the policy update on `device`: Inductor's CUDA graphs
+    ("reduce-overhead") on CUDA, where these small MLPs would otherwise wait on kernel launches; the default
+    mode elsewhere. Shapes are fixed (one batch layout per run), so nothing is compiled for dynamic shapes."""
+    options: dict[str, Any] = {"backend": backend, "dynamic": False}
+    if backend == "inductor":
+        options["mode"] = "reduce-overhead" if torch.device(device).type == "cuda" else "default"
+    return options
 
 
 def _optional(batch: Any, key: str) -> Optional[Tensor]:
@@ -289,30 +300,73 @@ class PolicyDiffusionModule(LightningModule):
             data["discount"] = self.cfg.policy.gamma * (1.0 - data["done"])
         return TensorDict({**data, "cond": cond}, batch_size=[n * b])
 
+    def compute_losses(self, batch: Any) -> TensorDict:
+        """The named loss parts (and, when `self.loss.statistics`, the statistics) of one batch: prompt encoding
+        once per task, the flat loss input, the loss module. What `policy.compile` compiles."""
+        return self.loss(self.loss_input(batch))
+
+    def _loss_function(self) -> Callable[[Any], TensorDict]:
+        """`compute_losses`, compiled on first use when `policy.compile` is on (see `compile_options`)."""
+        if not self.cfg.policy.compile:
+            return self.compute_losses
+        compiled = self.__dict__.get("_compiled_losses")
+        if compiled is None:
+            compiled = torch.compile(self.compute_losses, **compile_options(self.device, self.cfg.policy.compile_backend))
+            self.__dict__["_compiled_losses"] = compiled  # a plain attribute: not a submodule, not in the state dict
+        return compiled
+
     def training_step(self, batch: Any, batch_idx: int = 0) -> Tensor:
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
-        self.loss.eta = self.eta_at(self.global_step)
-        losses = self.loss(self.loss_input(batch))
+        logging = logs_this_step(self._trainer)
+        # Compiled code always computes the statistics (one graph, and they are nearly free there).
+        self.loss.statistics = logging or bool(self.cfg.policy.compile)
+        eta = self.eta_at(self.global_step)
+        if self.cfg.policy.compile:
+            # A tensor, so that the ramp of eta does not recompile; only switching L_q on does.
+            self.loss.eta, self.loss.q_term = torch.full((), eta, device=self.device), eta > 0
+        else:
+            self.loss.eta, self.loss.q_term = eta, None
+        losses = self._loss_function()(batch)
+        # The named parts, for the non-finite check (`llmdpd.training.callbacks`); detached, so nothing holds the graph.
+        self.loss_parts = {key: value.detach() for key, value in losses.items() if key.startswith("loss_")}
         loss = loss_total(losses)
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        logs = {f"train/{key}": value.detach() for key, value in losses.items()}
-        logs["train/eta"] = torch.tensor(self.loss.eta)
-        clips = {"actor": self.cfg.policy.actor_grad_clip, "critic": self.cfg.policy.critic_grad_clip}
-        clips["prompt"] = clips["actor"]  # the prompt encoders learn from the actor's loss
-        for group in optimizer.param_groups:
-            name, clip = group["name"], clips[group["name"]]
-            norm = torch.nn.utils.clip_grad_norm_(group["params"], clip if clip > 0 else math.inf)
-            logs[f"train/{name}_grad_norm"] = norm.detach() if isinstance(norm, Tensor) else torch.tensor(norm)
-            logs[f"lr/{name}"] = torch.tensor(float(group["lr"]))
+        norms = self._clip_gradients(optimizer, measure=logging)
+        rates = {group["name"]: group["lr"] for group in optimizer.param_groups}  # this step's, before the schedule
         optimizer.step()
         scheduler.step()
         self.update_targets()
         self.update_ema(self.global_step)
-        n, b = batch["obs"].shape[:2]
-        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=n * b)
+        if logging:
+            self._log_step(losses, eta, norms, rates, batch["obs"].shape[0] * batch["obs"].shape[1])
         return loss.detach()
+
+    def _clip_gradients(self, optimizer: Any, measure: bool) -> dict[str, Tensor]:
+        """Clip each parameter group's gradients to its own limit; return the pre-clip norms when `measure`
+        (a group without a limit is only measured then: scaling by 1 would change nothing)."""
+        clips = {"actor": self.cfg.policy.actor_grad_clip, "critic": self.cfg.policy.critic_grad_clip}
+        clips["prompt"] = clips["actor"]  # the prompt encoders learn from the actor's loss
+        norms: dict[str, Tensor] = {}
+        for group in optimizer.param_groups:
+            name, clip = group["name"], clips[group["name"]]
+            if clip > 0:
+                norms[name] = torch.nn.utils.clip_grad_norm_(group["params"], clip)
+            elif measure:
+                grads = [p.grad for p in group["params"] if p.grad is not None]
+                norms[name] = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        return norms
+
+    def _log_step(
+        self, losses: TensorDict, eta: float, norms: Mapping[str, Tensor], rates: Mapping[str, Any], batch_size: int
+    ) -> None:
+        logs = {f"train/{key}": value.detach() for key, value in losses.items()}
+        logs["train/eta"] = torch.tensor(eta)
+        for name, rate in rates.items():
+            logs[f"train/{name}_grad_norm"] = norms[name].detach()
+            logs[f"lr/{name}"] = torch.tensor(float(rate))
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch_size)
 
     @torch.no_grad()
     def update_targets(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
 from llmdpd.config.schema import ExperimentConfig
+from llmdpd.logging_steps import logs_this_step
 from llmdpd.data import keys as K
 from llmdpd.config.load import config_section
 from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
@@ -21,23 +22,26 @@ MAX_LOG_TEMPERATURE = 0.0
 
 
 def task_contrastive_loss(
-    z_traj: Tensor, z_text: Tensor, task: Tensor, log_temperature: Tensor
-) -> tuple[Tensor, Tensor]:
+    z_traj: Tensor, z_text: Tensor, task: Tensor, log_temperature: Tensor, accuracy: bool = True
+) -> tuple[Tensor, Optional[Tensor]]:
     """Symmetric InfoNCE between M segments and M texts whose positives are decided by task identity.
 
     Row i of `z_traj` and row i of `z_text` both belong to task `task[i]`. Several segments (and several
     texts) of one task are in the batch, so the target of segment i is not "text i" but every text of its
     task, with equal weight (a soft-target cross-entropy), and symmetrically for each text. Returns the
-    loss and the segment->task top-1 accuracy (the most similar text is one of the segment's own task).
+    loss and the segment->task top-1 accuracy (the most similar text is one of the segment's own task), or
+    None for the accuracy when `accuracy` is false.
     """
     temperature = log_temperature.clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()
     logits = F.normalize(z_traj.float(), dim=-1) @ F.normalize(z_text.float(), dim=-1).T / temperature
     positive = (task[:, None] == task[None, :]).float()
     segment_to_text = F.cross_entropy(logits, positive / positive.sum(1, keepdim=True))
     text_to_segment = F.cross_entropy(logits.T, positive.T / positive.T.sum(1, keepdim=True))
+    loss = 0.5 * (segment_to_text + text_to_segment)
+    if not accuracy:
+        return loss, None
     rows = torch.arange(len(task), device=task.device)
-    accuracy = positive[rows, logits.argmax(1)].mean()
-    return 0.5 * (segment_to_text + text_to_segment), accuracy
+    return loss, positive[rows, logits.detach().argmax(1)].mean()
 
 
 def uses_alignment(cfg: Any) -> bool:
@@ -84,15 +88,17 @@ class PromptEncoderModule(LightningModule):
         task = batch[K.TASK].reshape(-1)
         z_traj = self.embed_prompts(batch).reshape(task.numel(), -1)
         z_text = self.embed_texts(batch[K.TEXT_EMB]).reshape(task.numel(), -1)
-        loss, accuracy = task_contrastive_loss(z_traj, z_text, task, self.log_temperature)
-        temperature = self.log_temperature.detach().clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()
-        self.log_dict(
-            {"align/loss": loss.detach(), "align/accuracy": accuracy, "align/temperature": temperature},
-            on_step=True,
-            on_epoch=False,
-            prog_bar=True,
-            batch_size=task.numel(),
-        )
+        logging = logs_this_step(self._trainer)
+        loss, accuracy = task_contrastive_loss(z_traj, z_text, task, self.log_temperature, accuracy=logging)
+        if logging:
+            temperature = self.log_temperature.detach().clamp(MIN_LOG_TEMPERATURE, MAX_LOG_TEMPERATURE).exp()
+            self.log_dict(
+                {"align/loss": loss.detach(), "align/accuracy": accuracy, "align/temperature": temperature},
+                on_step=True,
+                on_epoch=False,
+                prog_bar=True,
+                batch_size=task.numel(),
+            )
         return loss
 
     @torch.no_grad()

@@ -1,26 +1,29 @@
-"""Training callbacks of the pipeline: stop at the first non-finite loss (before it reaches the weights), and
+"""Training callbacks of the pipeline: stop after a non-finite loss (before any checkpoint holds it), and
 checkpoints whose RNG state is the one the next training step would use."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import Tensor, nn
+from torch import Tensor
 
 from llmdpd.errors import TrainingError
 
 
 class NonFiniteLossCheck(L.Callback):
-    """Raises `TrainingError` before the backward pass of a step whose loss is NaN or infinite.
+    """Raises `TrainingError` when a loss has been NaN or infinite, before any checkpoint holds its effects.
 
-    The check runs on the summed loss in `on_before_backward` (both stages; automatic and manual
-    optimisation), so the optimizer never applies the step and no later checkpoint is written: the run keeps
-    its last good checkpoint. The named parts come from the module's `loss` (a torchrl LossModule whose
-    output holds `loss_*` entries) when it has one. Under DDP the ranks agree first (one all-reduce per step),
-    so all of them stop together instead of one leaving the others in a collective.
+    Every step (both stages; automatic and manual optimisation) `on_before_backward` folds the summed loss and
+    its named parts into a flag on the loss's device, with the first bad step and its values, without reading
+    anything back to the host. The flag is read (one host synchronisation; under DDP one all-reduce, so all
+    ranks stop together) on the steps Lightning logs (`log_every_n_steps`), when training ends, and before any
+    checkpoint is written (`on_save_checkpoint` runs while Lightning builds the checkpoint, before the file):
+    a run stops within `log_every_n_steps` steps of its first bad loss and keeps its last good checkpoint.
+    The named parts come from the module's `loss_parts` (the policy module's `loss_*` entries) when it has them.
 
     `last_good()` returns the newest checkpoint on disk, for the message.
     """
@@ -28,49 +31,65 @@ class NonFiniteLossCheck(L.Callback):
     def __init__(self, stage: str, last_good: Optional[Callable[[], Optional[str]]] = None) -> None:
         self.stage = stage
         self.last_good = last_good
-        self._parts: dict[str, Tensor] = {}
-        self._hook: Any = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._names: list[str] = []
+        self._bad: Optional[Tensor] = None  # any non-finite loss so far
+        self._first_step: Optional[Tensor] = None  # the global step of the first one
+        self._first_values: Optional[Tensor] = None  # [loss, *parts] at that step
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        loss = getattr(pl_module, "loss", None)
-        if isinstance(loss, nn.Module):
-            self._hook = loss.register_forward_hook(self._record)
-
-    def _record(self, module: nn.Module, args: Any, output: Any) -> None:
-        try:
-            self._parts = {k: output[k] for k in output.keys() if str(k).startswith("loss_")}
-        except (AttributeError, TypeError, KeyError):
-            self._parts = {}
+        self._reset()
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
+        parts = getattr(pl_module, "loss_parts", None) or {}
+        names = ["loss", *parts]
+        values = torch.stack([loss.detach().float().reshape(()), *(v.float().reshape(()) for v in parts.values())])
+        bad_now = ~torch.isfinite(values).all()
+        if self._bad is None or names != self._names:
+            self._check(trainer)  # a change of parts (a new fit of the module) starts a new record
+            self._names = names
+            self._bad = torch.zeros((), dtype=torch.bool, device=values.device)
+            self._first_step = torch.full((), -1, dtype=torch.long, device=values.device)
+            self._first_values = torch.zeros_like(values)
+        first = bad_now & ~self._bad
+        self._first_step = torch.where(first, trainer.global_step, self._first_step)
+        self._first_values = torch.where(first, values, self._first_values)
+        self._bad = self._bad | bad_now
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        every = trainer.log_every_n_steps
+        if every > 0 and trainer.global_step % every == 0:
+            self._check(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._check(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        """Read the flag (all ranks must call this together) and raise if any loss so far was not finite."""
+        bad = self._bad is not None and bool(self._bad)
         if trainer.world_size > 1:
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
-            self._parts = {}
             return
-        names = [name for name, value in self._parts.items() if not bool(torch.isfinite(value.detach()).all())]
-        what = ", ".join(f"{name} = {self._parts[name].detach().float().mean().item():g}" for name in names)
-        if not what:
-            what = f"loss = {loss.detach().float().mean().item():g}" if not bool(torch.isfinite(loss).all()) else (
-                "the loss of another rank")
+        if self._bad is not None and bool(self._bad):
+            values = self._first_values.tolist()
+            named = [(name, value) for name, value in zip(self._names, values) if not math.isfinite(value)]
+            parts = [(name, value) for name, value in named if name != "loss"] or named
+            what, step = ", ".join(f"{name} = {value:g}" for name, value in parts), int(self._first_step)
+        else:
+            what, step = "the loss of another rank", trainer.global_step
         kept = self.last_good() if self.last_good is not None else None
         keeping = f"; the last good checkpoint is {kept}" if kept else "; no checkpoint of this stage was written"
         raise TrainingError(
-            f"non-finite {what} in the {self.stage} stage at step {trainer.global_step}; training stopped before "
-            f"the step was applied{keeping}"
+            f"non-finite {what} in the {self.stage} stage at step {step}; training stopped at step "
+            f"{trainer.global_step}, before a checkpoint held it{keeping}"
         )
-
-    def _remove(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._remove()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._remove()
 
 
 class SaveLastCheckpoint(L.Callback):
