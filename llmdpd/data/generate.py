@@ -27,14 +27,15 @@ from llmdpd.config.load import ConfigError
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data import tasks as task_registry
 from llmdpd.data.collect import BEHAVIOUR_PARAMS, BEHAVIOURS, OTHER_TASKS, CollectionRecipe, collect_episodes
-from llmdpd.data.minari_store import DatasetError, read_metadata, write_episodes
+from llmdpd.data.minari_store import DatasetError, ensure_downloaded, read_metadata, write_episodes
 
 _progress = None  # shared episode counter in worker processes
 
 
 def dataset_id(cfg: ExperimentConfig, task: str, kind: str) -> str:
-    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`."""
-    if task in cfg.data.minari_ids and kind == "mixed":
+    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`. A task of `data.minari_ids` has one
+    dataset for both kinds: its trajectory prompts are episodes of its own data."""
+    if task in cfg.data.minari_ids:
         return cfg.data.minari_ids[task]
     return f"{cfg.data.benchmark}/{task}/{kind}-{cfg.data.dataset_version}"
 
@@ -167,21 +168,23 @@ def run_job(root: str, ds_id: str, recipe: CollectionRecipe, force: bool) -> tup
 
 
 def generate(cfg: ExperimentConfig, force: bool | None = None, progress: bool = True) -> dict[str, str]:
-    """Generate every dataset the experiment needs; returns {dataset id: "written" | "skipped"}."""
+    """Generate every dataset the experiment needs (download the external ones that are missing); returns
+    {dataset id: "written" | "skipped" | "present" | "downloaded"}."""
     force = bool(cfg.data.force if force is None else force)
     train, unseen = task_registry.split_tasks(cfg.data)
     root = Path(cfg.paths.data_dir)
+    results: dict[str, str] = {}
     jobs = []
     for task in train + unseen:
-        if task in cfg.data.minari_ids:
-            continue  # an external dataset: nothing to generate
+        if task in cfg.data.minari_ids:  # an external dataset: nothing to generate, perhaps to download
+            results[cfg.data.minari_ids[task]] = ensure_downloaded(root, cfg.data.minari_ids[task])
+            continue
         for kind in ("mixed", "prompt"):
             jobs.append((str(root), dataset_id(cfg, task, kind), recipe_for(cfg, task, kind), force))
     jobs.sort(key=lambda job: -job[2].episodes)  # longest first keeps workers busy to the end
     total = sum(job[2].episodes for job in jobs)
     ctx = mp.get_context("spawn")  # MuJoCo and torch are not fork-safe
     counter = ctx.Value("l", 0)
-    results: dict[str, str] = {}
     workers = max(1, min(int(cfg.data.workers), len(jobs)))
     start = time.perf_counter()
     with tqdm(total=total, desc="episodes", unit="ep", disable=not progress) as bar:

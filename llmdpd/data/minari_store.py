@@ -139,6 +139,25 @@ def load_dataset(root: Path, dataset_id: str, make_command: str | None = None):
         ) from None
 
 
+def ensure_downloaded(root: Path, dataset_id: str) -> str:
+    """Make an external Minari dataset available under `root`: "present" when it is there, else "downloaded"
+    from Minari's remote (`minari.download_dataset`); a `DatasetError` naming it when that fails."""
+    import minari
+
+    if (dataset_dir(root, dataset_id) / "data" / "metadata.json").is_file():
+        return "present"
+    try:
+        with minari_root(Path(root)):
+            minari.download_dataset(dataset_id)
+    except Exception as err:  # no network, unknown id, remote errors: all mean "not here and not fetchable"
+        raise DatasetError(
+            f"Dataset '{dataset_id}' is not under {Path(root).resolve()} and could not be downloaded "
+            f"({type(err).__name__}: {err}); download it where there is network "
+            f"(MINARI_DATASETS_PATH={Path(root).resolve()} minari download {dataset_id}) and copy it here"
+        ) from None
+    return "downloaded"
+
+
 def read_episodes(dataset) -> list[dict[str, np.ndarray]]:
     """All episodes of a loaded Minari dataset as numpy dicts, with corrupt-file errors made clear."""
     try:

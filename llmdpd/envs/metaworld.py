@@ -33,9 +33,14 @@ def _benchmark(task: str, seed: int):
     return metaworld.MT1(task, seed=seed)
 
 
+def is_metaworld_task(task: str) -> bool:
+    """Whether `task` names a Meta-World v3 task (nothing is built)."""
+    return task in _quiet_import_metaworld().ALL_V3_ENVIRONMENTS
+
+
 def check_task(task: str) -> None:
     """A ValueError naming `task` when it is not a Meta-World v3 task (without building anything)."""
-    if task not in _quiet_import_metaworld().ALL_V3_ENVIRONMENTS:
+    if not is_metaworld_task(task):
         raise ValueError(f"Unknown Meta-World task '{task}'")
 
 

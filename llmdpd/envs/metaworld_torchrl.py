@@ -1,7 +1,7 @@
 """One goal variation of a goal-visible Meta-World task as a torchrl environment.
 
-A small `EnvBase` rather than `GymWrapper`: Meta-World's specs are fixed (39-d float64 observation, 4-d action
-in [-1, 1]), so they are declared without building the MuJoCo model, which is compiled at the first reset
+A small `EnvBase` rather than `GymWrapper`: Meta-World's specs are fixed (39-d observation, given as float32
+like every policy input here; 4-d action in [-1, 1]), so they are declared without building the MuJoCo model, which is compiled at the first reset
 instead (batched torchrl envs build one env just to read its specs); and a step costs a few TensorDict writes
 instead of GymWrapper's generic conversions (2.5 times faster per step here). `info["success"]` (a Python float
 in Meta-World) becomes a boolean `success` entry.
@@ -43,7 +43,7 @@ class MetaWorldGoalEnv(EnvBase):
         self.video_path, self.video_size, self.camera = video_path, int(video_size), camera
         self._env = None
         flag = Categorical(2, shape=(1,), dtype=torch.bool)
-        self.observation_spec = Composite(observation=Unbounded((OBS_DIM,), dtype=torch.float64), success=flag)
+        self.observation_spec = Composite(observation=Unbounded((OBS_DIM,), dtype=torch.float32), success=flag)
         self.action_spec = Bounded(-1.0, 1.0, (ACTION_DIM,), dtype=torch.float32)
         self.reward_spec = Unbounded((1,), dtype=torch.float64)
 
@@ -61,7 +61,7 @@ class MetaWorldGoalEnv(EnvBase):
         obs, _ = self._env.reset()
         no = torch.zeros(1, dtype=torch.bool)
         return TensorDict(
-            {"observation": torch.from_numpy(obs), "success": no, "done": no, "terminated": no, "truncated": no},
+            {"observation": torch.from_numpy(obs.astype(np.float32)), "success": no, "done": no, "terminated": no, "truncated": no},
             batch_size=(),
         )
 
@@ -71,7 +71,7 @@ class MetaWorldGoalEnv(EnvBase):
         terminated, truncated = bool(terminated), bool(truncated)
         return TensorDict(
             {
-                "observation": torch.from_numpy(obs),
+                "observation": torch.from_numpy(obs.astype(np.float32)),
                 "reward": torch.tensor([reward], dtype=torch.float64),
                 "success": torch.tensor([bool(info["success"])]),
                 "done": torch.tensor([terminated or truncated]),

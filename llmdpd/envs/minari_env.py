@@ -110,13 +110,14 @@ def make_minari_env(
     video_path: str | os.PathLike | None = None,
     video_size: int = 224,
 ):
-    """A `GymWrapper` over the dataset's evaluation env, seeded with `reset_seed` (its first reset's state).
+    """A `GymWrapper` over the dataset's evaluation env, seeded with `reset_seed` (its first reset's state),
+    with float32 observations (`DoubleToFloat`).
 
     It carries a `success` entry when the env reports one. With `video_path`, the episode is rendered and
     written there as an mp4 when the env closes.
     """
     from torchrl.data import Categorical
-    from torchrl.envs import GymWrapper
+    from torchrl.envs import DoubleToFloat, GymWrapper, TransformedEnv
     from torchrl.envs.libs.gym import default_info_dict_reader
 
     root = str(Path(root).resolve())
@@ -138,4 +139,6 @@ def make_minari_env(
         flag = Categorical(2, shape=(1,), dtype=torch.bool)
         wrapped.set_info_dict_reader(default_info_dict_reader(["success"], spec={"success": flag}))
     wrapped.set_seed(int(reset_seed))
-    return wrapped
+    # Per env, not around the batch: partial steps copy the previous (float32) observation of ended episodes
+    # into the batch's output, which must then already hold float32.
+    return TransformedEnv(wrapped, DoubleToFloat(in_keys=["observation"]))

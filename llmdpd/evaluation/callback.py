@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,9 +17,11 @@ import lightning as L
 import torch
 
 from llmdpd.config.schema import DataConfig, EvalConfig
+from llmdpd.evaluation.environments import EpisodeEnvironments
 from llmdpd.evaluation.plan import EvalEpisode, GoalLayout, goal_layout, plan_evaluation
 from llmdpd.evaluation.results import SPLITS, scalar_metrics, summarise, write_eval_json
 from llmdpd.evaluation.rollout import ActFn, EpisodeResult, evaluate_episodes
+from llmdpd.evaluation.videos import log_videos, plan_videos
 
 MakeAgent = Callable[[L.LightningModule, list[EvalEpisode]], ActFn]
 
@@ -34,6 +37,11 @@ class EvaluationCallback(L.Callback):
     to every logger at the trainer's global step, adds a TensorBoard custom-scalars layout grouping the
     curves per split, and writes `out_path` (eval.json; nothing when None) after the last evaluation.
 
+    With `cfg.video` = N > 0, rank 0 renders the first N of its episodes of every task off-screen, writes them
+    as mp4 files under `video_dir/step<global step>/` (default: `videos/` beside `out_path`, else under the
+    trainer's root directory) and logs them to every TensorBoard logger as animated GIFs
+    (`video/<split>/<task>/episode<k>`).
+
     The goal layout comes from `data_cfg` (the experiment's DataConfig: train_goals, validation_goals), or
     from `train_goals` and `validation_goals`; `train_goals` alone means no validation goals (seen-test goals
     [train_goals, 50)), the layout before validation goals existed, and warns.
@@ -41,7 +49,8 @@ class EvaluationCallback(L.Callback):
     `make_agent(module, episodes)` builds the act_fn for one rank's episodes (e.g. a `PolicyAgent`). The
     module is in eval mode during rollouts. `env_seed` must be the seed the datasets were generated with
     (it fixes Meta-World's goal variations); `run_seed` is recorded in eval.json. At most `max_envs`
-    environments live at once (default: `cfg.max_envs`).
+    environments live at once (default: `cfg.max_envs`). Tasks in `data_cfg.minari_ids` evaluate on their
+    dataset's own environment, read from `data_dir`.
     """
 
     def __init__(
@@ -58,12 +67,15 @@ class EvaluationCallback(L.Callback):
         validation_goals: int | None = None,
         data_cfg: DataConfig | None = None,
         max_envs: int | None = None,
+        data_dir: str | Path = "data",
+        video_dir: str | Path | None = None,
     ) -> None:
         self.make_agent = make_agent
         self.cfg = cfg
         self.goals = _goal_layout(train_goals, validation_goals, data_cfg)
         self.split = getattr(cfg, "split", "test")
-        self.episodes = plan_evaluation(cfg, seen_tasks, unseen_tasks, self.goals)
+        minari_ids = dict(data_cfg.minari_ids) if data_cfg is not None else {}
+        self.episodes = plan_evaluation(cfg, seen_tasks, unseen_tasks, self.goals, seeded_tasks=set(minari_ids))
         # Tasks per split label, in plan order (the TensorBoard layout).
         self.split_tasks: dict[str, list[str]] = {}
         for episode in self.episodes:
@@ -77,6 +89,17 @@ class EvaluationCallback(L.Callback):
         self.env_seed = env_seed
         self.run_seed = run_seed
         self.max_envs = max_envs if max_envs is not None else int(cfg.max_envs)
+        self.environments = EpisodeEnvironments(
+            metaworld_seed=env_seed,
+            minari_ids=minari_ids,
+            data_dir=str(data_dir),
+            video_size=int(getattr(cfg, "video_size", 224)),
+        )
+        # Before any training: a task whose environment cannot be had fails here, in one line.
+        self.environments.check(self.episodes)
+        self.video_dir = Path(video_dir) if video_dir is not None else (
+            self.out_path.parent / "videos" if self.out_path is not None else None
+        )
         self.last_summary: dict[str, Any] | None = None
         self._last_step: int | None = None
         self._periods_done = 0
@@ -120,14 +143,16 @@ class EvaluationCallback(L.Callback):
             episodes = [self.episodes[i] for i in mine]
             was_training = pl_module.training
             pl_module.eval()
+            videos = self._plan_videos(trainer, episodes)
             try:
                 act_fn = self.make_agent(pl_module, episodes)
                 results = evaluate_episodes(
-                    episodes, act_fn, self.cfg.max_episode_steps, workers=self.cfg.workers, env_seed=self.env_seed,
-                    max_envs=self.max_envs,
+                    episodes, act_fn, self.cfg.max_episode_steps, workers=self.cfg.workers, max_envs=self.max_envs,
+                    environments=replace(self.environments, video_paths=videos),
                 )
             finally:
                 pl_module.train(was_training)
+            self._log_videos(trainer, videos)
         ordered = _gather(list(zip(mine, results)), world)
         summary = summarise(
             ordered, seed=self.run_seed, episodes_per_task=self.cfg.episodes_per_task, eval_split=self.split
@@ -139,6 +164,21 @@ class EvaluationCallback(L.Callback):
         self.last_summary = summary
         self._last_step = trainer.global_step
         return summary
+
+    def _plan_videos(self, trainer: L.Trainer, episodes: list[EvalEpisode]) -> dict[EvalEpisode, str]:
+        per_task = int(getattr(self.cfg, "video", 0))
+        if per_task <= 0 or not trainer.is_global_zero:
+            return {}
+        root = self.video_dir if self.video_dir is not None else Path(trainer.default_root_dir) / "videos"
+        return plan_videos(episodes, per_task, root / f"step{trainer.global_step}")
+
+    def _log_videos(self, trainer: L.Trainer, videos: dict[EvalEpisode, str]) -> None:
+        if not videos:
+            return
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "_get_file_writer"):  # a torch SummaryWriter (TensorBoardLogger)
+                log_videos(experiment, videos, trainer.global_step)
 
     def layout(self) -> dict[str, dict[str, list]]:
         """TensorBoard custom-scalars layout: per split, one chart per metric with a line per task."""

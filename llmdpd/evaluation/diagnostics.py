@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llmdpd.envs.metaworld import MetaWorldTaskEnv, scripted_expert
+from llmdpd.envs.metaworld import MetaWorldTaskEnv, is_metaworld_task, scripted_expert
 from llmdpd.policy.acting import select_candidates
 
 
@@ -129,6 +129,8 @@ class CriticDiagnosticsCallback(L.Callback):
 
     `source` gives each task's condition inputs (`text_embeddings`, `prompt`) and held-out episodes
     (`prompt_episodes`), as the DataModule does; `validation_goals` are the goal variations states come from.
+    Ranking accuracy and selection bias need a scripted expert, so they cover the Meta-World tasks only; the
+    calibration covers every task.
     """
 
     def __init__(self, source: Any, tasks: Sequence[str], validation_goals: Sequence[int], every_n_steps: int, seed: int = 0) -> None:
@@ -155,14 +157,14 @@ class CriticDiagnosticsCallback(L.Callback):
             return self.last
         if self.states is None:
             self.states = {}
-            for task in self.tasks:
+            for task in filter(is_metaworld_task, self.tasks):
                 obs, act = validation_states(task, self.goals, seed=self.seed)
                 self.states[task] = (torch.as_tensor(obs), torch.as_tensor(act))
         was_training = module.training
         module.eval()
         try:
             conditions = self._conditions(module)
-            metrics = critic_diagnostics(module, self.states, conditions, seed=self.seed)
+            metrics = critic_diagnostics(module, self.states, conditions, seed=self.seed) if self.states else {}
             episodes = {task: self.source.prompt_episodes(task) for task in self.tasks}
             metrics.update(critic_calibration(module, episodes, conditions))
         finally:

@@ -8,10 +8,11 @@ episode's reset seed. A batch of episodes is a torchrl `SerialEnv` stepped in th
 nobody reads). Around each `SerialEnv`:
 
 - `StepCounter(horizon)` truncates episodes at the evaluation's horizon and counts their steps,
-- `RewardSum` keeps each episode's return (in float64, before any conversion),
-- `DoubleToFloat` gives float32 observations,
+- `RewardSum` keeps each episode's return,
 - `ConditionalSkip` leaves environments whose episode is over alone (torchrl's partial steps): an
   environment is never stepped past its end, which Meta-World refuses after 500 steps.
+
+Observations are float32 from each env already (`DoubleToFloat` around a Minari env), as partial steps need.
 
 Worker processes start with `forkserver`, so that they inherit neither the parent's threads nor its CUDA
 state; as with any start method but fork, a script that evaluates with workers > 1 must guard its entry point
@@ -30,7 +31,6 @@ from typing import Any, Mapping, Sequence
 from torchrl.envs import (
     Compose,
     ConditionalSkip,
-    DoubleToFloat,
     EnvBase,
     ParallelEnv,
     RewardSum,
@@ -125,7 +125,6 @@ def serial_env(kwargs: Sequence[dict[str, Any]], horizon: int) -> TransformedEnv
         Compose(
             StepCounter(max_steps=horizon),
             RewardSum(),
-            DoubleToFloat(in_keys=["observation"]),
             ConditionalSkip(episode_over),
         ),
     )

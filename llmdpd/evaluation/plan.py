@@ -177,13 +177,19 @@ def plan_episodes(
     return plan
 
 
-def plan_evaluation(cfg: Any, seen_tasks: Sequence[str], unseen_tasks: Sequence[str], goals: Any) -> list[EvalEpisode]:
+def plan_evaluation(
+    cfg: Any, seen_tasks: Sequence[str], unseen_tasks: Sequence[str], goals: Any,
+    seeded_tasks: Collection[str] | None = None,
+) -> list[EvalEpisode]:
     """`plan_episodes` for an experiment's `eval` section: its split, seen/unseen switches, episode count, seed.
 
     `goals` is the experiment's DataConfig (`cfg.data`: train_goals and validation_goals; its `minari_ids`
-    tasks get reset seeds), a pair (train_goals, validation_goals), or an int train_goals (no validation goals).
+    tasks get reset seeds unless `seeded_tasks` says which do), a pair (train_goals, validation_goals), or an
+    int train_goals (no validation goals).
     """
     layout = goal_layout(goals)
+    if seeded_tasks is None:
+        seeded_tasks = set(getattr(goals, "minari_ids", None) or ())
     split = getattr(cfg, "split", "test")
     seen = list(seen_tasks) if cfg.seen else []
     unseen = list(unseen_tasks) if cfg.unseen and split == "test" else []
@@ -191,7 +197,7 @@ def plan_evaluation(cfg: Any, seen_tasks: Sequence[str], unseen_tasks: Sequence[
         raise ValueError("eval.split=validation evaluates the training tasks, but eval.seen is false")
     return plan_episodes(
         seen, unseen, cfg.episodes_per_task, layout.train_goals, cfg.seed,
-        validation_goals=layout.validation_goals, split=split, seeded_tasks=set(getattr(goals, "minari_ids", None) or ()),
+        validation_goals=layout.validation_goals, split=split, seeded_tasks=seeded_tasks,
     )
 
 

@@ -12,6 +12,11 @@ validation evaluation fills "validation" (training tasks on validation goals). A
 tasks (each task weighs the same); a split with no tasks has null means. "goals" lists each task's goal
 variations in episode order, so that two evaluations can be checked to have run the same episode plan.
 Older eval.json files may lack "validation", "eval_split" and "goals"; readers treat them as absent.
+
+Tasks of other Minari datasets: "goals" lists the episodes' reset seeds; "success" and "final_success" are
+null when the environment reports no success (split means then average the tasks that report one), and
+"normalized_return" (100 x (return - random) / (expert - random), by the dataset's reference scores, as D4RL
+reports it) is present when the dataset has reference scores.
 """
 
 from __future__ import annotations
@@ -45,18 +50,23 @@ def summarise(
             raise ValueError(f"Task '{task}' appears in several splits: {sorted(splits)}")
         tasks[task] = {
             "split": rows[0].split,
-            "success": float(np.mean([row.success for row in rows])),
-            "final_success": float(np.mean([row.final_success for row in rows])),
+            "success": _mean_or_none([row.success for row in rows]),
+            "final_success": _mean_or_none([row.final_success for row in rows]),
             "return": float(np.mean([row.episode_return for row in rows])),
             "episodes": len(rows),
             "goals": [row.goal for row in sorted(rows, key=lambda row: row.episode)],
         }
+        normalized = _mean_or_none([row.normalized_return for row in rows])
+        if normalized is not None:
+            tasks[task]["normalized_return"] = 100.0 * normalized
     summary: dict[str, Any] = {"tasks": tasks}
     for split in SPLITS:
         members = [entry for entry in tasks.values() if entry["split"] == split]
         summary[split] = {
-            "success_mean": _mean([entry["success"] for entry in members]),
-            "final_success_mean": _mean([entry["final_success"] for entry in members]),
+            "success_mean": _mean([entry["success"] for entry in members if entry["success"] is not None]),
+            "final_success_mean": _mean(
+                [entry["final_success"] for entry in members if entry["final_success"] is not None]
+            ),
             "return_mean": _mean([entry["return"] for entry in members]),
             "tasks": len(members),
             "episodes": sum(entry["episodes"] for entry in members),
@@ -75,12 +85,18 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _mean_or_none(values: list) -> float | None:
+    """The mean of `values`, or None when any is None (an environment that does not report the quantity)."""
+    return None if not values or any(value is None for value in values) else float(np.mean(values))
+
+
 def scalar_metrics(summary: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
     """Flat scalars for loggers: <prefix>/<split>/<task>/{success,final_success,return} and split means."""
     metrics = {}
     for task, entry in summary["tasks"].items():
-        for key in ("success", "final_success", "return"):
-            metrics[f"{prefix}/{entry['split']}/{task}/{key}"] = entry[key]
+        for key in ("success", "final_success", "return", "normalized_return"):
+            if entry.get(key) is not None:
+                metrics[f"{prefix}/{entry['split']}/{task}/{key}"] = entry[key]
     for split in SPLITS:
         for key in ("success_mean", "final_success_mean", "return_mean"):
             if summary.get(split, {}).get(key) is not None:

@@ -183,6 +183,8 @@ def _run_wave(
         reports = "success" in td.keys()
         any_success = torch.zeros(len(slots), dtype=torch.bool)
         last_success = torch.zeros(len(slots), dtype=torch.bool)
+        # Counted here: the batch's StepCounter also counts the skipped steps of episodes already over.
+        steps_taken = torch.zeros(len(slots), dtype=torch.long)
         steps = 0
         while True:
             running = ~td.get("done").reshape(-1)
@@ -201,6 +203,7 @@ def _run_wave(
                 any_success |= stepped & running
                 last_success = torch.where(running, stepped, last_success)
             td = env.step_mdp(td.reshape(env.batch_size)).reshape(-1)
+            steps_taken += running
             timing.env_steps += int(asked.sum())
             steps += 1
             if bar is not None:
@@ -208,7 +211,7 @@ def _run_wave(
         timing.rollout_seconds += time.perf_counter() - loop_start
         rows = slots_t[real].numpy()
         returns[index[rows]] = td.get("episode_reward").reshape(-1)[real].double().numpy()
-        length[index[rows]] = td.get("step_count").reshape(-1)[real].numpy()
+        length[index[rows]] = steps_taken[real].numpy()
         success[index[rows]] = any_success[real].numpy()
         final_success[index[rows]] = last_success[real].numpy()
     finally:

@@ -1,8 +1,13 @@
 """Evaluate a saved checkpoint outside training (what `llmdpd eval` runs), on the plan of `eval.split`:
-"test" (seen tasks on seen-test goals, unseen tasks) or "validation" (training tasks on validation goals)."""
+"test" (seen tasks on seen-test goals, unseen tasks) or "validation" (training tasks on validation goals).
+
+With `eval.video` = N, the first N episodes of every task are rendered into the run directory:
+`videos/eval_<ckpt name>[_validation]/*.mp4`, and as animated images in `tb/eval/`."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,9 +15,11 @@ import torch
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.evaluation.agent import PolicyAgent
+from llmdpd.evaluation.environments import EpisodeEnvironments
 from llmdpd.evaluation.plan import plan_evaluation
 from llmdpd.evaluation.results import SPLITS, summarise
 from llmdpd.evaluation.rollout import evaluate_episodes
+from llmdpd.evaluation.videos import log_videos, plan_videos
 
 # The `policy.*` settings `llmdpd eval` takes from its own command line rather than from the checkpoint.
 ACTING_KEYS = ("acting", "acting_temperature", "sample_temperature", "num_candidates", "guidance_weight")
@@ -32,13 +39,32 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
     episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data)
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting)
-    results = evaluate_episodes(
-        episodes, agent, cfg.eval.max_episode_steps, workers=cfg.eval.workers, env_seed=cfg.data.seed, progress=True,
-        max_envs=cfg.eval.max_envs,
+    environments = EpisodeEnvironments(
+        metaworld_seed=cfg.data.seed, minari_ids=dict(cfg.data.minari_ids), data_dir=str(cfg.paths.data_dir),
+        video_size=cfg.eval.video_size,
     )
+    run_dir = _run_directory(ckpt)
+    name = f"eval_{Path(ckpt).stem}" + ("_validation" if cfg.eval.split == "validation" else "")
+    videos = plan_videos(episodes, cfg.eval.video, run_dir / "videos" / name)
+    results = evaluate_episodes(
+        episodes, agent, cfg.eval.max_episode_steps, workers=cfg.eval.workers, progress=True,
+        max_envs=cfg.eval.max_envs, environments=replace(environments, video_paths=videos),
+    )
+    if videos:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(run_dir / "tb" / "eval")) as writer:
+            log_videos(writer, videos, step=0)
     return summarise(
         results, seed=cfg.seed, episodes_per_task=cfg.eval.episodes_per_task, eval_split=cfg.eval.split
     )
+
+
+def _run_directory(ckpt: str) -> Path:
+    """The run directory holding `ckpt` (the checkpoint's folder when it is in none)."""
+    from llmdpd.runs import run_holding
+
+    return run_holding(ckpt) or Path(ckpt).resolve().parent
 
 
 def load_policy(cfg: ExperimentConfig, ckpt: str):
@@ -65,18 +91,26 @@ def load_policy(cfg: ExperimentConfig, ckpt: str):
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A markdown table of one evaluation: per task, then the split means."""
+    """A markdown table of one evaluation: per task, then the split means ('-' where an env reports no
+    success; the return normalised by the dataset's reference scores in brackets where it has them)."""
     lines = ["| task | split | success | final success | return | episodes |", "|---|---|---|---|---|---|"]
     for task, entry in summary["tasks"].items():
+        ret = f"{entry['return']:.1f}"
+        if entry.get("normalized_return") is not None:
+            ret += f" ({entry['normalized_return']:.1f} normalised)"
         lines.append(
-            f"| {task} | {entry['split']} | {entry['success']:.3f} | {entry['final_success']:.3f} "
-            f"| {entry['return']:.1f} | {entry['episodes']} |"
+            f"| {task} | {entry['split']} | {_rate(entry['success'])} | {_rate(entry['final_success'])} "
+            f"| {ret} | {entry['episodes']} |"
         )
     for split in SPLITS:
         mean = summary.get(split, {})
-        if mean.get("success_mean") is not None:
+        if mean.get("tasks"):
             lines.append(
-                f"| **{split} mean** | {split} | {mean['success_mean']:.3f} | {mean['final_success_mean']:.3f} "
+                f"| **{split} mean** | {split} | {_rate(mean['success_mean'])} | {_rate(mean['final_success_mean'])} "
                 f"| {mean['return_mean']:.1f} | {mean['episodes']} |"
             )
     return "\n".join(lines)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -226,6 +226,7 @@ def train(cfg: ExperimentConfig) -> Path:
         out_path=directory / "eval.json",
         env_seed=cfg.data.seed,
         run_seed=cfg.seed,
+        data_dir=cfg.paths.data_dir,
     )
     signals = SignalCheckpoint(checkpoint_dir / "last.ckpt")
     guard = NonFiniteLossCheck("policy", last_good=lambda: latest_checkpoint(directory, report=False))
