@@ -1,6 +1,6 @@
-"""Policy-stage training steps/s: Lightning (`PolicyDiffusionModule` + `MetaWorldDataModule`) against a bare
-PyTorch loop over the same networks, loss module, batch sizes and updates (target ratio >= 0.85), for each
-critic / Q-action pair in {td, expectile} x {chain, one_step}.
+"""Policy-stage training: Lightning (`PolicyDiffusionModule` + `MetaWorldDataModule`) against a bare PyTorch
+loop over the same networks, loss module, batch sizes and updates, eager and compiled; the framework's fixed
+cost per step; achieved FLOP/s against the CPU's fp32 matmul peak; peak memory of training and evaluation.
 
 The bare loop shares the objective with the framework: it builds the same networks, a `DiffusionQLLoss` and a
 torchrl `SoftUpdate` for the target critics, and writes out only what `PolicyDiffusionModule` adds around
@@ -13,20 +13,27 @@ Sizes and batch are the `metaworld` experiment's (10 ML10 tasks x 64 transitions
 actor and critics, a 3-layer transformer prompt encoder). `policy.critic_warmup_steps=0` and
 `policy.eta_ramp_steps=0`, so eta > 0 from the first step and every timed step computes the Q term. The data
 is a small generated dataset of the ML10 training tasks; text embeddings are fixed random vectors of
-SmolLM2's width (the language model never runs during training). Rounds alternate bare / framework (and the
-four pairs) so that load from other processes hits all alike; each variant reports its best round. To keep
-the whole benchmark near 5 minutes on one CPU thread, the four-pair sweep runs ROUNDS = 2 rounds (was 4 for
-the single pair before) of WARMUP + TIMED steps; TIMED stays a multiple of log_every_n_steps so logging is
-amortised fairly. On CPU everything runs on one thread. The same comparison with tiny networks (td, chain;
-TINY_ROUNDS rounds) shows the framework's fixed cost per step (hooks, `self.log` of ~20 scalars), which
-matters when steps are fast.
+SmolLM2's width (the language model never runs during training). Rounds alternate the variants (bare,
+Lightning eager, Lightning with `policy.compile`) pair by pair, so that load from other processes hits all
+alike; each variant reports its median round. The compiled variant runs for the default pair only (its first
+round includes the compilation, outside the timed steps); on CPU everything runs on one thread. FLOPs of one
+step (forward and backward, counted by `torch.utils.flop_counter.FlopCounterMode`) times steps/s give the
+achieved FLOP/s, against the best of five 2048^3 fp32 matmuls in the same run. The same comparison with tiny
+networks (td, chain) shows the framework's fixed cost per step, which matters when steps are fast. Peak
+memory (RSS) is measured in child processes, so the benchmark's own allocations do not count: TRAIN_STEPS
+framework steps at `metaworld` sizes, and a lock-step evaluation of the `metaworld` plan's environments with
+the policy in the loop.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import zlib
@@ -39,8 +46,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 from torchrl.objectives import SoftUpdate
+from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import ml10_config, report
+from llmdpd.config.load import load_config
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data import keys as K
 from llmdpd.data.keys import PROMPT_KEYS, PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
@@ -56,8 +65,11 @@ from llmdpd.prompts.encoders import TextPromptEncoder, TrajectoryPromptEncoder
 from llmdpd.training.pipeline import trainer_kwargs
 
 WARMUP, TIMED = 5, 50  # TIMED is a multiple of log_every_n_steps (50): logging is amortised fairly
-ROUNDS, TINY_ROUNDS = 2, 3  # rounds per (critic, q_action) pair at metaworld sizes; rounds of the tiny comparison
+ROUNDS, TINY_ROUNDS = 3, 3  # rounds per (critic, q_action) pair at metaworld sizes; rounds of the tiny comparison
 PAIRS = [(critic, q_action) for critic in ("td", "expectile") for q_action in ("chain", "one_step")]
+DEFAULT_PAIR = ("expectile", "one_step")  # the metaworld experiment's; the compiled variant runs for it
+TRAIN_STEPS = 20  # framework steps of the training-memory child process
+EVAL_STEPS = 20  # lock-step environment steps of the evaluation-memory child process
 TEXT_DIM = 576  # SmolLM2-135M's hidden size, the metaworld experiment's language model
 # The Q term from the first step, at its full weight: every timed step pays for it.
 TIMING = ["policy.critic_warmup_steps=0", "policy.eta_ramp_steps=0"]
@@ -246,70 +258,186 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def make_module(dm: MetaWorldDataModule, cfg: ExperimentConfig) -> PolicyDiffusionModule:
+    torch.manual_seed(0)
+    return PolicyDiffusionModule(
+        dm.obs_dim, dm.action_dim, dm.text_dim, OmegaConf.to_container(cfg), dm.normalizer.mean, dm.normalizer.std
+    )
+
+
+def with_pair(cfg: ExperimentConfig, critic: str, q_action: str, *more: str) -> ExperimentConfig:
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"policy.critic={critic}", f"policy.q_action={q_action}", *more]))
+
+
 def measure(
-    cfg: ExperimentConfig, pairs: list[tuple[str, str]], rounds: int, logs: Path
-) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
-    """Per (critic, q_action) pair and variant: best seconds per TIMED steps, peak RSS after the variant's
-    first round and CUDA peak. Rounds run pair by pair, bare then framework, so load hits all alike."""
+    cfg: ExperimentConfig, pairs: list[tuple[str, str]], rounds: int, logs: Path, compiled: tuple = ()
+) -> tuple[dict[tuple[str, str], dict[str, float]], MetaWorldDataModule]:
+    """Per (critic, q_action) pair and variant ("bare", "eager", and "compiled" for the pairs in `compiled`): the
+    median seconds per TIMED steps over `rounds` rounds. Rounds run pair by pair, variant after variant."""
     dm = MetaWorldDataModule(cfg, RandomTextEmbedder())
     dm.setup("fit")
     device = dm.device
     runs: dict[tuple[tuple[str, str], str], Callable[[], float]] = {}
     for critic, q_action in pairs:
-        pair_cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"policy.critic={critic}", f"policy.q_action={q_action}"]))
-        torch.manual_seed(0)
-        module = PolicyDiffusionModule(
-            dm.obs_dim, dm.action_dim, dm.text_dim, OmegaConf.to_container(pair_cfg), dm.normalizer.mean, dm.normalizer.std
-        )  # fmt: skip
+        pair_cfg = with_pair(cfg, critic, q_action)
         learner, sampler = BareLearner(dm.obs_dim, dm.action_dim, pair_cfg, device), BareSampler(dm)
         runs[(critic, q_action), "bare"] = lambda learner=learner, sampler=sampler: bare_round(learner, sampler, device)
-        runs[(critic, q_action), "framework"] = lambda module=module, pair_cfg=pair_cfg: framework_round(
-            module, dm, pair_cfg, logs
-        )
-    results = {pair: {v: {"seconds": math.inf, "rss_mib": 0.0, "cuda_mib": 0.0} for v in ("bare", "framework")} for pair in pairs}
+        variants = [("eager", pair_cfg)]
+        if (critic, q_action) in compiled:
+            variants.append(("compiled", with_pair(cfg, critic, q_action, "policy.compile=true")))
+        for variant, variant_cfg in variants:
+            module = make_module(dm, variant_cfg)
+            runs[(critic, q_action), variant] = lambda module=module, c=variant_cfg: framework_round(module, dm, c, logs)
+    seconds: dict[tuple[tuple[str, str], str], list[float]] = {key: [] for key in runs}
     for _ in range(rounds):
-        for (pair, variant), run in runs.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            result = results[pair][variant]
-            result["seconds"] = min(result["seconds"], run())
-            result["rss_mib"] = result["rss_mib"] or peak_rss_mib()
-            if device.type == "cuda":
-                result["cuda_mib"] = max(result["cuda_mib"], torch.cuda.max_memory_allocated(device) / 2**20)
-    return results
+        for key, run in runs.items():
+            seconds[key].append(run())
+    results: dict[tuple[str, str], dict[str, float]] = {pair: {} for pair in pairs}
+    for (pair, variant), values in seconds.items():
+        results[pair][variant] = statistics.median(values)
+    return results, dm
 
 
+def step_flops(dm: MetaWorldDataModule, cfg: ExperimentConfig) -> int:
+    """FLOPs of one policy step's forward and backward (matmuls and the like, as FlopCounterMode counts them)."""
+    module = make_module(dm, cfg)
+    module.loss.eta = float(cfg.policy.eta)
+    batch = dm.sample_batch(0)
+    with FlopCounterMode(display=False) as counter:
+        loss_total(module.compute_losses(batch)).backward()
+    return counter.get_total_flops()
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 5) -> float:
+    """fp32 FLOP/s of the best of `repeats` size^3 matrix products (the CPU's practical peak on these threads)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+# ---------------------------------------------------------------------------------------- peak memory
+def _child_peak(kind: str, root: str) -> dict[str, float]:
+    """Peak RSS (MiB) of a child process running `kind` ("train" or "eval"), and of its own children."""
+    command = [sys.executable, "-m", "benchmarks.bench_training", f"--peak-{kind}", root]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if result.returncode or not lines:
+        raise RuntimeError(f"{kind} memory child failed: {result.stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+def _report_own_peak() -> None:
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({"self_mib": peak_rss_mib(), "children_mib": children}), flush=True)
+
+
+def peak_training(root: str) -> None:
+    """Child process: TRAIN_STEPS steps of `Trainer.fit` at metaworld sizes (eager, data on the default device)."""
+    torch.set_num_threads(1)
+    cfg = ml10_config(root, *TIMING)
+    dm = MetaWorldDataModule(cfg, RandomTextEmbedder())
+    dm.setup("fit")
+    module = make_module(dm, cfg)
+    kwargs = trainer_kwargs(cfg)
+    kwargs.update(max_steps=TRAIN_STEPS, devices=1, strategy="auto")
+    trainer = L.Trainer(logger=TensorBoardLogger(str(Path(root) / "tb"), name="peak"), enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, **kwargs)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    _report_own_peak()
+
+
+def peak_evaluation(root: str) -> None:
+    """Child process: the `metaworld` evaluation plan (seen-test goals of the ML10 training tasks and the unseen
+    tasks, `eval.episodes_per_task` each), all environments live, EVAL_STEPS lock steps with the policy choosing."""
+    from llmdpd.data.batch import random_batch
+    from llmdpd.data.tasks import split_tasks
+    from llmdpd.evaluation.plan import plan_episodes
+    from llmdpd.evaluation.rollout import evaluate_episodes
+
+    torch.set_num_threads(1)
+    cfg = ml10_config(root)
+    seen, unseen = split_tasks(load_config("metaworld").data)
+    episodes = plan_episodes(seen, unseen, cfg.eval.episodes_per_task, cfg.data.train_goals, seed=0,
+                             validation_goals=cfg.data.validation_goals)  # fmt: skip
+    module = PolicyDiffusionModule(39, 4, TEXT_DIM, OmegaConf.to_container(cfg, resolve=True)).eval()
+    prompts = random_batch(len(episodes), 1, cfg.data.prompt_length, text_dim=TEXT_DIM)
+    cond = module.prompt_condition(prompts[K.TEXT_EMB], prompts)
+
+    def policy(obs, live):
+        with torch.no_grad():
+            return module.act(torch.as_tensor(obs), cond[live]).numpy()
+
+    evaluate_episodes(episodes, policy, EVAL_STEPS, workers=1)
+    print(f"episodes {len(episodes)}", flush=True)
+    _report_own_peak()
+
+
+# ------------------------------------------------------------------------------------------------ main
 def main() -> None:
     if not torch.cuda.is_available():
         torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
         cfg = ml10_config(root, *TIMING)
         generate(cfg, progress=False)
-        full = measure(cfg, PAIRS, ROUNDS, Path(root) / "tb")
+        peak = matmul_peak_flops()
+        full, dm = measure(cfg, PAIRS, ROUNDS, Path(root) / "tb", compiled=(DEFAULT_PAIR,))
+        flops = {pair: step_flops(dm, with_pair(cfg, *pair)) for pair in PAIRS}
+        peak_after = matmul_peak_flops()
         # Tiny networks and batches: the step is cheap, so the framework's fixed cost per step shows.
         tiny = OmegaConf.merge(cfg, OmegaConf.from_dotlist(TINY))
-        small = measure(tiny, [("td", "chain")], TINY_ROUNDS, Path(root) / "tb")[("td", "chain")]
-    device = "cuda" if torch.cuda.is_available() else f"cpu, {torch.get_num_threads()} thread(s)"
+        small, _ = measure(tiny, [("td", "chain")], TINY_ROUNDS, Path(root) / "tb")
+        small = small[("td", "chain")]
+        bench_rss = peak_rss_mib()
+        train_peak = _child_peak("train", root)
+        try:
+            eval_peak: dict[str, float] | None = _child_peak("eval", root)
+        except RuntimeError as err:
+            print(f"evaluation memory not measured: {err}", flush=True)
+            eval_peak = None
+    threads = torch.get_num_threads()
+    device = "cuda" if torch.cuda.is_available() else f"cpu, {threads} thread(s)"
     print(f"{device}; metaworld sizes, batch {cfg.data.batch_size_per_task} x 10 tasks, eta {cfg.policy.eta} from "
-          f"step 0; best of {ROUNDS} rounds of {WARMUP} warm-up + {TIMED} timed steps per pair", flush=True)  # fmt: skip
-    for (critic, q_action), result in full.items():
-        bare, ours = result["bare"], result["framework"]
-        name = f"{critic}, {q_action}"
-        report(f"{name}: bare PyTorch loop", TIMED / bare["seconds"], "steps/s")
-        report(f"{name}: Lightning", TIMED / ours["seconds"], "steps/s")
-        report(f"{name}: ratio framework / bare", bare["seconds"] / ours["seconds"], "x", "(target >= 0.85)")
-        if torch.cuda.is_available():
-            report(f"{name}: CUDA max allocated, bare", bare["cuda_mib"], "MiB")
-            report(f"{name}: CUDA max allocated, framework", ours["cuda_mib"], "MiB")
-    first = full[PAIRS[0]]
-    report("peak RSS after the first bare round", first["bare"]["rss_mib"], "MiB")
-    report("peak RSS after the first framework round (process peak)", first["framework"]["rss_mib"], "MiB")
-    bare_ms, ours_ms = (1e3 * small[k]["seconds"] / TIMED for k in ("bare", "framework"))
-    print(f"tiny networks (critic=td, q_action=chain): best of {TINY_ROUNDS} rounds", flush=True)
+          f"step 0; median of {ROUNDS} rounds of {WARMUP} warm-up + {TIMED} timed steps per variant", flush=True)  # fmt: skip
+    peak_flops = max(peak, peak_after)
+    report(f"fp32 matmul peak (2048^3, best of 5, before / after: {peak / 1e9:.0f} / {peak_after / 1e9:.0f})",
+           peak_flops / 1e9, "GFLOP/s")  # fmt: skip
+    for pair, result in full.items():
+        name = f"{pair[0]}, {pair[1]}"
+        bare = result["bare"]
+        report(f"{name}: FLOP per step (forward + backward)", flops[pair] / 1e9, "GFLOP")
+        for variant, label in (("bare", "bare PyTorch loop"), ("eager", "Lightning"), ("compiled", "Lightning, compiled")):
+            if variant not in result:
+                continue
+            steps = TIMED / result[variant]
+            achieved = steps * flops[pair]
+            report(f"{name}: {label}", steps, "steps/s",
+                   f"{achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak_flops:.0f} % of peak")  # fmt: skip
+            if variant != "bare":
+                target = "(target >= 1.0)" if variant == "compiled" else "(target >= 0.85)"
+                report(f"{name}: ratio {label} / bare", bare / result[variant], "x", target)
+        if "compiled" in result:
+            report(f"{name}: ratio compiled / eager Lightning", result["eager"] / result["compiled"], "x")
+    bare_ms, ours_ms = (1e3 * small[k] / TIMED for k in ("bare", "eager"))
+    print(f"tiny networks (critic=td, q_action=chain): median of {TINY_ROUNDS} rounds", flush=True)
     report("tiny networks: bare PyTorch loop", bare_ms, "ms/step")
     report("tiny networks: Lightning", ours_ms, "ms/step")
-    report("framework overhead per step (tiny networks)", ours_ms - bare_ms, "ms/step")
+    report("framework overhead per step (tiny networks)", ours_ms - bare_ms, "ms/step", "(target < 1)")
+    report("peak RSS of this benchmark process (all variants)", bench_rss, "MiB")
+    report(f"peak RSS of training, metaworld sizes ({TRAIN_STEPS} steps, child process)", train_peak["self_mib"], "MiB")
+    if eval_peak is not None:
+        report(f"peak RSS of evaluation, metaworld plan, {EVAL_STEPS} lock steps (child)", eval_peak["self_mib"], "MiB",
+               f"(its worker processes: {eval_peak['children_mib']:.0f} MiB)")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--peak-train":
+        peak_training(sys.argv[2])
+    elif len(sys.argv) == 3 and sys.argv[1] == "--peak-eval":
+        peak_evaluation(sys.argv[2])
+    else:
+        main()

@@ -89,6 +89,12 @@ class PolicyDiffusionModule(LightningModule):
     takes raw observations. With `policy.kind: mlp_bc` the actor is a deterministic tanh MLP trained by
     MSE, there is no critic, and acting returns the (EMA) actor's output. Precision: fp32 or bf16-mixed
     (per-group gradient clipping assumes unscaled gradients, so fp16 with a grad scaler is not supported).
+
+    A step reads nothing back to the host: scalars are computed and logged only on the steps Lightning logs
+    (`llmdpd.logging_steps`). With `policy.compile` the prompt encoding and the losses run compiled
+    (`torch.compile`, CUDA graphs on CUDA; the backward through AOTAutograd) and AdamW takes its fused kernel;
+    clipping, the optimizer step's hooks, the target and EMA updates stay eager, inside Lightning's manual
+    optimisation.
     """
 
     def __init__(
@@ -401,7 +407,9 @@ class PolicyDiffusionModule(LightningModule):
             groups.append({"name": "critic", "params": critic_params, "lr": policy.critic_lr, "weight_decay": 0.0})
         prompt_decay = self.cfg.alignment.weight_decay
         groups.append({"name": "prompt", "params": prompt_params, "lr": policy.prompt_lr, "weight_decay": prompt_decay})
-        optimizer = torch.optim.AdamW(groups)
+        # Compiled updates take AdamW's fused kernel (one vectorised pass per parameter, what Inductor would generate
+        # for the step) instead of a compiled step, which would recompile as the schedule changes the learning rate.
+        optimizer = torch.optim.AdamW(groups, fused=True if policy.compile else None)
         factors = [
             self._lr_factor(policy.critic_lr_schedule if group["name"] == "critic" else policy.lr_schedule)
             for group in groups
