@@ -54,7 +54,8 @@ def main() -> None:
         experts[workers] = timing
         report(f"scripted expert, {n} torchrl envs in lock step, workers={workers}", timing.steps_per_second,
                "env steps/s")
-        report(f"  setup (build {n} envs{', start processes' if workers > 1 else ''}, reset)", timing.setup_seconds, "s")
+        processes = ", start processes" if workers > 1 else ""
+        report(f"  setup (build {n} envs{processes}, reset)", timing.setup_seconds, "s")
     expert = experts[1]
     report("ratio torchrl envs (workers=1) / bare loop", expert.steps_per_second / bare, "x")
     report("ratio workers=2 / workers=1", experts[2].steps_per_second / expert.steps_per_second, "x")

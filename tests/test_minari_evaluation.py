@@ -47,7 +47,8 @@ def make_pendulum_dataset(root: Path, dataset_id: str = DATASET, env="default", 
         obs, _ = recording.reset(seed=i)
         observations, actions, rewards, terminations, truncations = [obs], [], [], [], []
         while True:
-            action = balance(obs[None])[0] + rng.normal(0, 0.3, 1).astype(np.float32) if i % 2 == 0 else PUSH
+            noise = rng.normal(0, 0.3, 1).astype(np.float32)
+            action = balance(obs[None])[0] + noise if i % 2 == 0 else PUSH
             obs, reward, terminated, truncated, _ = recording.step(action)
             for store, value in zip((observations, actions, rewards, terminations, truncations),
                                     (obs, action, reward, terminated, truncated)):
@@ -188,7 +189,8 @@ def test_training_on_a_dataset_whose_env_cannot_be_built_stops_at_once(tmp_path,
     make_pendulum_dataset(tmp_path / "data", env=None, episodes=4)
     experiment = tmp_path / "pendulum.yaml"
     experiment.write_text(EXPERIMENT)
-    code = llmdpd("train", str(experiment), f"paths.data_dir={tmp_path / 'data'}", f"paths.runs_dir={tmp_path / 'runs'}",
-                  f"paths.cache_dir={tmp_path / 'cache'}", "text.enabled=false", "trajectory.enabled=false")
+    paths = [f"paths.data_dir={tmp_path / 'data'}", f"paths.runs_dir={tmp_path / 'runs'}",
+             f"paths.cache_dir={tmp_path / 'cache'}"]
+    code = llmdpd("train", str(experiment), *paths, "text.enabled=false", "trajectory.enabled=false")
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("llmdpd")]
     assert code == 2 and len(err) == 1 and f"'{DATASET}'" in err[0] and "Traceback" not in err[0]

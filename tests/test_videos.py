@@ -99,7 +99,8 @@ def test_training_with_eval_video_leaves_mp4s_and_tensorboard_videos(tmp_path):
     mp4s = sorted(p.name for p in (tmp_path / "run" / "videos" / "step2").iterdir())
     assert mp4s == ["drawer-open-v3_unseen_ep0.mp4", "reach-v3_seen_ep0.mp4"]
     accumulator = _images(glob.glob(str(tmp_path / "run" / "tb" / "*"))[0])
-    assert sorted(accumulator.Tags()["images"]) == ["video/seen/reach-v3/episode0", "video/unseen/drawer-open-v3/episode0"]
+    tags = ["video/seen/reach-v3/episode0", "video/unseen/drawer-open-v3/episode0"]
+    assert sorted(accumulator.Tags()["images"]) == tags
     assert len(_gif_frames(accumulator.Images("video/seen/reach-v3/episode0")[0].encoded_image_string)) == STEPS + 1
 
 

@@ -1,7 +1,8 @@
 """One goal variation of a goal-visible Meta-World task as a torchrl environment.
 
 A small `EnvBase` rather than `GymWrapper`: Meta-World's specs are fixed (39-d observation, given as float32
-like every policy input here; 4-d action in [-1, 1]), so they are declared without building the MuJoCo model, which is compiled at the first reset
+like every policy input here; 4-d action in [-1, 1]), so they are declared without building the MuJoCo
+model, which is compiled at the first reset
 instead (batched torchrl envs build one env just to read its specs); and a step costs a few TensorDict writes
 instead of GymWrapper's generic conversions (2.5 times faster per step here). `info["success"]` (a Python float
 in Meta-World) becomes a boolean `success` entry.
@@ -48,7 +49,8 @@ class MetaWorldGoalEnv(EnvBase):
         self.reward_spec = Unbounded((1,), dtype=torch.float64)
 
     def _build(self):
-        env = make_goal_env(self.task, self.goal, self.seed_value, self.video_size if self.video_path else None, self.camera)
+        render_size = self.video_size if self.video_path is not None else None
+        env = make_goal_env(self.task, self.goal, self.seed_value, render_size, self.camera)
         if self.video_path is not None:
             from llmdpd.envs.rendering import FrameRecorder
 
@@ -61,7 +63,10 @@ class MetaWorldGoalEnv(EnvBase):
         obs, _ = self._env.reset()
         no = torch.zeros(1, dtype=torch.bool)
         return TensorDict(
-            {"observation": torch.from_numpy(obs.astype(np.float32)), "success": no, "done": no, "terminated": no, "truncated": no},
+            {
+                "observation": torch.from_numpy(obs.astype(np.float32)),
+                "success": no, "done": no, "terminated": no, "truncated": no,
+            },
             batch_size=(),
         )
 

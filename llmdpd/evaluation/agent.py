@@ -1,4 +1,5 @@
-"""Agents: act functions `act_fn(obs [n_live, 39], live) -> actions [n_live, 4]` for `evaluate_episodes`."""
+"""Agents: act functions `act_fn(obs [n_live, obs_dim], live) -> actions [n_live, action_dim]` for
+`evaluate_episodes`."""
 
 from __future__ import annotations
 

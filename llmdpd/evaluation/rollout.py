@@ -25,7 +25,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 
 from llmdpd.evaluation.environments import EpisodeEnvironments, batched_env
