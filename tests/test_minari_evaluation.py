@@ -14,6 +14,7 @@ import pytest
 
 from llmdpd.config.load import load_config
 from llmdpd.data.minari_store import DatasetError, minari_root
+from llmdpd.envs.rendering import read_mp4, rendering_error
 from llmdpd.evaluation.environments import EpisodeEnvironments
 from llmdpd.evaluation.plan import EvalEpisode, plan_evaluation
 from llmdpd.evaluation.rollout import evaluate_episodes
@@ -65,6 +66,14 @@ def make_pendulum_dataset(root: Path, dataset_id: str = DATASET, env="default", 
             ref_min_score=REF_MIN, ref_max_score=REF_MAX, algorithm_name="balance+noise, do-nothing",
             data_format="hdf5",
         )
+
+
+@pytest.fixture(autouse=True)
+def own_run_directory(monkeypatch):
+    """`llmdpd train` publishes its run directory to other ranks in the environment: undo that afterwards."""
+    from llmdpd.runs import RUN_DIR_ENV
+
+    monkeypatch.setenv(RUN_DIR_ENV, "")
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +187,16 @@ def test_data_train_eval_on_a_minari_dataset(pendulum_root, tmp_path, capsys):
     assert entry["success"] is None and summary["seen"]["success_mean"] is None
     assert 0 < entry["return"] <= HORIZON
     assert entry["normalized_return"] == pytest.approx(100 * (entry["return"] - REF_MIN) / (REF_MAX - REF_MIN))
-    # The saved policy evaluates again outside training, on the same plan and with the same results.
-    assert llmdpd("eval", str(experiment), "ckpt=last", *overrides) == 0
+    # The saved policy evaluates again outside training, on the same plan, rendering one episode where it can.
+    videos = ["eval.video=1", "eval.video_size=32"] if rendering_error() is None else []
+    assert llmdpd("eval", str(experiment), "ckpt=last", *overrides, *videos) == 0
     again = json.loads((run / "eval_last.json").read_text())
     assert again["tasks"][TASK]["goals"] == entry["goals"]
     assert f"| {TASK} | seen | - | - |" in capsys.readouterr().out
+    if videos:
+        (mp4,) = (run / "videos" / "eval_last").iterdir()
+        assert mp4.name == f"{TASK}_seen_ep0.mp4" and read_mp4(mp4).shape[1:] == (32, 32, 3)
+        assert list((run / "tb" / "eval").glob("events.out.tfevents.*"))
 
 
 def test_training_on_a_dataset_whose_env_cannot_be_built_stops_at_once(tmp_path, capsys):
