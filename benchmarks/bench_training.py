@@ -298,12 +298,27 @@ def measure(
     return results, dm
 
 
+class _TotalOnly:
+    """Stands in for FlopCounterMode's per-module tracker, which cannot hold torchrl's parameter containers
+    (a TensorDictParams compares elementwise, so it cannot be looked up); only the total is wanted here."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> "_TotalOnly":
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
 def step_flops(dm: MetaWorldDataModule, cfg: ExperimentConfig) -> int:
     """FLOPs of one policy step's forward and backward (matmuls and the like, as FlopCounterMode counts them)."""
     module = make_module(dm, cfg)
     module.loss.eta = float(cfg.policy.eta)
     batch = dm.sample_batch(0)
-    with FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _TotalOnly()
+    with counter:
         loss_total(module.compute_losses(batch)).backward()
     return counter.get_total_flops()
 

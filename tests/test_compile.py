@@ -1,8 +1,7 @@
 """Compiled policy updates (`policy.compile`) and the device-dependent choices behind them, on CPU.
 
-The default suite compiles with the `aot_eager` backend (the same Dynamo graphs and AOTAutograd backward, run
-by eager kernels: seconds to compile); the `slow` tests compile with Inductor, as `policy.compile=true` does
-by default.
+Most tests compile with the `aot_eager` backend (the same Dynamo graphs and AOTAutograd backward, run by eager
+kernels: seconds to compile); one `slow` test compiles with Inductor, as `policy.compile=true` does by default.
 """
 
 from __future__ import annotations
@@ -17,10 +16,18 @@ from torch._dynamo.utils import counters
 
 from llmdpd.config.load import load_config
 from llmdpd.policy.module import compile_options
+from llmdpd.runs import RUN_DIR_ENV
 from llmdpd.training.pipeline import trainer_kwargs
 from tests.test_policy import batches, loader, make_module, small_cfg
 from tests.test_runs import _sigusr1_resume_matches
 from tests.test_training import DDP_SCRIPT, run_command
+
+
+@pytest.fixture(autouse=True)
+def no_run_directory_left_behind(monkeypatch):
+    """`pipeline.train` exports its run directory for the DDP processes it starts; later tests must not see it."""
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    monkeypatch.delenv(RUN_DIR_ENV)
 
 
 # ------------------------------------------------------------------------------------ device choices
@@ -65,6 +72,7 @@ def test_compiled_update_matches_eager_and_compiles_once_per_q_switch():
         assert torch.allclose(value.float(), compiled.state_dict()[name].float(), atol=1e-5), name
 
 
+@pytest.mark.slow  # three compiling pipeline runs: about 2 minutes on 2 shared cores
 def test_compiled_smoke_run_trains_resumes_exactly_and_evaluates(smoke_data_dir, tmp_path, monkeypatch):
     compiled = ["policy.compile=true", "policy.compile_backend=aot_eager", "alignment.enabled=false",
                 "eval.seen=true", "eval.unseen=true", "eval.episodes_per_task=1", "eval.max_episode_steps=10"]
