@@ -347,8 +347,12 @@ def _child_peak(kind: str, root: str) -> dict[str, float]:
 
 
 def _report_own_peak() -> None:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child started by a large parent
+    # would report the parent's peak.
+    status = Path("/proc/self/status").read_text().split("\n")
+    hwm = next((int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:")), peak_rss_mib())
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"self_mib": peak_rss_mib(), "children_mib": children}), flush=True)
+    print(json.dumps({"self_mib": hwm, "children_mib": children}), flush=True)
 
 
 def peak_training(root: str) -> None:
