@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import glob
 import json
+import os
+from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -18,6 +20,7 @@ from llmdpd.evaluation.callback import EvaluationCallback
 from llmdpd.evaluation.plan import EvalEpisode, GoalLayout, plan_episodes, plan_evaluation
 from llmdpd.evaluation.results import read_eval_json, scalar_metrics, summarise, write_eval_json
 from llmdpd.evaluation.rollout import EpisodeResult, RolloutTiming, evaluate_episodes
+from tests.tiny_lightning import TinyModule
 
 SEEN = ["reach-v3", "push-v3", "button-press-topdown-v3"]
 # The scripted experts succeed within about 75 steps on the held-out goals of these tasks.
@@ -293,23 +296,6 @@ def test_policy_agent_conditions_each_episode_once():
     assert module.act_calls == 1 + 5 and len(results) == 6
 
 
-class _TinyModule(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-        self.modes_in_training_step = []
-
-    def training_step(self, batch, batch_idx):
-        self.modes_in_training_step.append(self.training)
-        return self.layer(batch[0]).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 2)), batch_size=4)
-
-
 def test_callback_logs_curves_and_writes_eval_json(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -330,7 +316,7 @@ def test_callback_logs_curves_and_writes_eval_json(tmp_path):
     callback = EvaluationCallback(
         make_agent, cfg, ["reach-v3"], ["drawer-open-v3"], out_path=tmp_path / "eval.json", data_cfg=DataConfig()
     )
-    module = _TinyModule()
+    module = TinyModule()
     trainer = L.Trainer(
         max_steps=5, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="tb"), callbacks=[callback],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -395,19 +381,7 @@ from llmdpd.evaluation.agent import ExpertAgent
 from llmdpd.evaluation.callback import EvaluationCallback
 
 
-class Tiny(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch[0]).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(32, 2)), batch_size=4)
+from tests.tiny_lightning import TinyModule as Tiny
 
 
 def make_agent(module, episodes):
@@ -435,7 +409,8 @@ def test_callback_splits_episodes_across_ddp_ranks(tmp_path):
 
     script = tmp_path / "ddp_eval.py"
     script.write_text(_DDP_SCRIPT)
-    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=300, capture_output=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # the script imports tests.*
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, timeout=300, capture_output=True, env=env)
     shares = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert shares == [[["reach-v3", 0], ["reach-v3", 2], ["drawer-open-v3", 1]],
                       [["reach-v3", 1], ["drawer-open-v3", 0], ["drawer-open-v3", 2]]]

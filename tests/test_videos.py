@@ -18,6 +18,7 @@ from llmdpd.evaluation.callback import EvaluationCallback
 from llmdpd.evaluation.environments import EpisodeEnvironments
 from llmdpd.evaluation.plan import EvalEpisode
 from llmdpd.evaluation.rollout import evaluate_episodes
+from tests.tiny_lightning import TinyModule
 from llmdpd.evaluation.videos import log_videos, plan_videos, video_tag
 
 needs_gl = pytest.mark.skipif(rendering_error() is not None, reason=str(rendering_error()))
@@ -67,21 +68,6 @@ def test_one_rendered_episode_reaches_mp4_and_tensorboard(tmp_path):
     assert np.abs(gif[-1].astype(float) - frames[-1].astype(float)).mean() < 20
 
 
-class _TinyModule(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch[0]).pow(2).mean()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def train_dataloader(self):
-        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
-
-
 @needs_gl
 def test_training_with_eval_video_leaves_mp4s_and_tensorboard_videos(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -95,7 +81,7 @@ def test_training_with_eval_video_leaves_mp4s_and_tensorboard_videos(tmp_path):
         max_steps=2, accelerator="cpu", logger=TensorBoardLogger(tmp_path / "run", name="tb"), callbacks=[callback],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
-    trainer.fit(_TinyModule())
+    trainer.fit(TinyModule(samples=8))
     mp4s = sorted(p.name for p in (tmp_path / "run" / "videos" / "step2").iterdir())
     assert mp4s == ["drawer-open-v3_unseen_ep0.mp4", "reach-v3_seen_ep0.mp4"]
     accumulator = _images(glob.glob(str(tmp_path / "run" / "tb" / "*"))[0])
