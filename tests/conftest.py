@@ -33,6 +33,15 @@ def smoke_cfg(smoke_data_dir, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def own_run_directory(monkeypatch):
+    """`llmdpd train` publishes its run directory to later DDP ranks in the environment (LLMDPD_RUN_DIR):
+    undo that after each test, so that no test sees the directory of one that ran before it."""
+    from llmdpd.runs import RUN_DIR_ENV
+
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+
+
+@pytest.fixture(autouse=True)
 def single_thread():
     """Tiny models run fastest on one thread; on a busy 2-core machine extra threads only contend."""
     threads = torch.get_num_threads()

@@ -68,14 +68,6 @@ def make_pendulum_dataset(root: Path, dataset_id: str = DATASET, env="default", 
         )
 
 
-@pytest.fixture(autouse=True)
-def own_run_directory(monkeypatch):
-    """`llmdpd train` publishes its run directory to other ranks in the environment: undo that afterwards."""
-    from llmdpd.runs import RUN_DIR_ENV
-
-    monkeypatch.setenv(RUN_DIR_ENV, "")
-
-
 @pytest.fixture(scope="module")
 def pendulum_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("minari")
