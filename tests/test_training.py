@@ -316,3 +316,24 @@ def test_llmdpd_eval_rescores_a_checkpoint_with_other_wordings(smoke_data_dir, t
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert bad.returncode == 2 and "expected a mapping task -> non-empty list" in bad.stderr
+
+
+def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={runs}"]
+    run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, "trainer.max_steps=10"], timeout=300)
+    result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths], timeout=300)
+    out = runs / "smoke" / "seed0" / "version_0" / "diagnose_last.json"
+    assert f"written: {out}" in result.stdout and "| **mean** |" in result.stdout
+    summary = json.loads(out.read_text())
+    assert summary["validation_goals"] == list(range(32, 40)) and summary["samples"] == 16
+    assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3"}  # training tasks, never unseen ones
+    for entry in summary["tasks"].values():
+        assert entry["states"] == 8 * 25  # 250 steps of each validation goal, every 10th
+        assert all(math.isfinite(entry[k]) and entry[k] >= 0 for k in ("sample", "temperature0", "sample_mean"))
+        # A diffusion policy samples: its draws spread, and their mean is nearer the expert than one draw.
+        assert entry["spread"] > 0.01
+        assert entry["sample_mean"] < entry["sample"]
+    bad = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--samples", "0"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--samples must be at least 1" in bad.stderr

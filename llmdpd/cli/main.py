@@ -1,4 +1,4 @@
-"""`llmdpd` command line: `data`, `train`, `eval`, `compare`, `launch` (also `python -m llmdpd`)."""
+"""`llmdpd` command line: `data`, `train`, `eval`, `diagnose`, `compare`, `comparison`, `launch` (also `python -m llmdpd`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ COMMANDS = {
     "data": "llmdpd.cli.data",
     "train": "llmdpd.cli.train",
     "eval": "llmdpd.cli.evaluate",
+    "diagnose": "llmdpd.cli.diagnose",
     "compare": "llmdpd.cli.compare",
     "comparison": "llmdpd.cli.comparison",
     "launch": "llmdpd.cli.launch",

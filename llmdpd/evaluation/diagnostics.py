@@ -10,6 +10,8 @@ What they answer (each a question the method's Q half depends on):
 - `diag/calibration/{q_mean,mc_mean,corr}`: Q(s, c, a) against discounted Monte-Carlo returns on the
   training tasks' prompt episodes, which the policy stage never trains on. Steps within `horizon_margin`
   of an episode's (truncated) end are left out, where a Monte-Carlo sum misses most of the tail.
+- `action_errors` (`llmdpd diagnose`): per task, how far the policy's actions lie from the expert's on
+  validation states, split into the error of the policy's mean action (bias) and its sampling spread.
 
 Validation states come from the scripted expert with data-like noise on the validation goals (never data
 goals, never seen-test goals), collected once when the callback starts.
@@ -46,6 +48,26 @@ def validation_states(
             obs, _, _, _ = env.step(np.clip(action + rng.normal(0, noise, action.shape), -1, 1))
     env.close()
     return np.stack(states).astype(np.float32), np.clip(np.stack(actions), -1, 1).astype(np.float32)
+
+
+def validation_state_sets(tasks: Sequence[str], goals: Sequence[int], seed: int = 0) -> dict[str, tuple[Tensor, Tensor]]:
+    """`validation_states` of every Meta-World task among `tasks`, as tensors: task -> (obs, expert actions)."""
+    out = {}
+    for task in filter(is_metaworld_task, tasks):
+        obs, act = validation_states(task, goals, seed=seed)
+        out[task] = (torch.as_tensor(obs), torch.as_tensor(act))
+    return out
+
+
+@torch.no_grad()
+def task_conditions(module, source: Any, tasks: Sequence[str]) -> dict[str, Tensor]:
+    """Each task's condition [1, C]: its first description and demonstration episode 0 (from offset 0)."""
+    out = {}
+    for task in tasks:
+        text = source.text_embeddings(task)
+        text = None if text is None else text[:1].to(module.obs_mean.device)
+        out[task] = module.prompt_condition(text, source.prompt(task, 0, 0))
+    return out
 
 
 def linear_r2(actions: Tensor, q: Tensor) -> Tensor:
@@ -102,6 +124,39 @@ def critic_diagnostics(
 
 
 @torch.no_grad()
+def action_errors(
+    module, states: dict[str, tuple[Tensor, Tensor]], conditions: dict[str, Tensor], samples: int = 16, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Per task, squared distances (summed over action dimensions, averaged over states) to the expert's action.
+
+    - `sample`: one action as the policy acts by default (`policy.acting=sample`, sampler temperature 1);
+    - `temperature0`: the deterministic reverse chain from the zero latent;
+    - `sample_mean`: the mean of `samples` actions, close to the policy's mean action (its bias);
+    - `spread`: the samples' variance around their mean, summed over dimensions (the sampling noise).
+    For one state, E||a - a*||^2 = ||mean - a*||^2 + spread: the split says whether a policy misses the
+    expert because its actions are noisy or because they are centred in the wrong place. A deterministic
+    policy (the MLP baseline) has spread 0 and all three errors equal.
+    """
+    torch.manual_seed(seed)
+    out: dict[str, dict[str, float]] = {}
+    for task, (obs, expert) in states.items():
+        expert = expert.to(module.obs_mean)
+        cond = conditions[task]
+        draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
+        draws = draws.clamp(-1.0, 1.0)
+        mode = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0})
+        mean = draws.mean(1)
+        out[task] = {
+            "sample": (draws[:, 0] - expert).pow(2).sum(-1).mean().item(),
+            "temperature0": (mode - expert).pow(2).sum(-1).mean().item(),
+            "sample_mean": (mean - expert).pow(2).sum(-1).mean().item(),
+            "spread": (draws - mean[:, None]).pow(2).sum(-1).mean().item(),
+            "states": int(obs.shape[0]),
+        }
+    return out
+
+
+@torch.no_grad()
 def critic_calibration(
     module, episodes: dict[str, list[dict[str, np.ndarray]]], conditions: dict[str, Tensor], horizon_margin: int = 200
 ) -> dict[str, float]:
@@ -144,26 +199,16 @@ class CriticDiagnosticsCallback(L.Callback):
         self._last_step: int | None = None
         self.last: dict[str, float] = {}
 
-    def _conditions(self, module) -> dict[str, Tensor]:
-        out = {}
-        for task in self.tasks:
-            text = self.source.text_embeddings(task)
-            text = None if text is None else text[:1].to(module.obs_mean.device)
-            out[task] = module.prompt_condition(text, self.source.prompt(task, 0, 0))
-        return out
 
     def run(self, trainer: L.Trainer, module) -> dict[str, float]:
         if module.critic is None or not trainer.is_global_zero or self._last_step == trainer.global_step:
             return self.last
         if self.states is None:
-            self.states = {}
-            for task in filter(is_metaworld_task, self.tasks):
-                obs, act = validation_states(task, self.goals, seed=self.seed)
-                self.states[task] = (torch.as_tensor(obs), torch.as_tensor(act))
+            self.states = validation_state_sets(self.tasks, self.goals, seed=self.seed)
         was_training = module.training
         module.eval()
         try:
-            conditions = self._conditions(module)
+            conditions = task_conditions(module, self.source, self.tasks)
             metrics = critic_diagnostics(module, self.states, conditions, seed=self.seed) if self.states else {}
             episodes = {task: self.source.prompt_episodes(task) for task in self.tasks}
             metrics.update(critic_calibration(module, episodes, conditions))
