@@ -266,3 +266,119 @@ def test_comparison_copies_from_the_run_that_ckpt_last_continued(tmp_path, monke
     target = results / "ml10" / "mlp_bc" / "seed0"
     assert (target / "config.yaml").read_text() == "name: mlp_bc\nnote: new\n"
     assert "ckpt=last" in calls[0]
+
+
+MUJOCO = ["mujoco/halfcheetah/medium-v0", "mujoco/hopper/medium-v0"]
+
+
+def _minari_json(seed, returns, normalized=None):
+    """eval.json of a test evaluation on environments that report no success (`success: null`): a return per
+    seen task and, for datasets with reference scores, a normalised return."""
+    tasks = {}
+    for k, (name, value) in enumerate(zip(MUJOCO, returns)):
+        tasks[name] = {"split": "seen", "success": None, "final_success": None, "return": value, "episodes": 5,
+                       "goals": [0, 1, 2, 3, 4]}
+        if normalized is not None:
+            tasks[name]["normalized_return"] = normalized[k]
+    empty = {"success_mean": None, "final_success_mean": None, "return_mean": None, "tasks": 0, "episodes": 0}
+    seen = {"success_mean": None, "final_success_mean": None, "return_mean": sum(returns) / len(returns),
+            "tasks": len(returns), "episodes": 5 * len(returns)}
+    return {"tasks": tasks, "seen": seen, "unseen": empty, "validation": empty, "eval_split": "test", "seed": seed,
+            "episodes_per_task": 5}
+
+
+# (method, seed) -> (returns, normalised returns) of the two MUJOCO tasks.
+MINARI_RUNS = {
+    ("iql", 0): ([4000.0, 2000.0], [45.5, 60.0]),  # seen mean: return 3000, normalised 52.75
+    ("iql", 1): ([5000.0, 3000.0], [50.5, 70.0]),  # 4000, 60.25
+    ("bc", 0): ([3000.0, 1000.0], [30.0, 40.25]),  # 2000, 35.125
+    ("bc", 1): ([3500.0, 1500.0], [35.0, 44.75]),  # 2500, 39.875
+}
+
+
+def _write_minari_runs(root, normalized=True, methods=("iql", "bc")):
+    for (method, seed), (returns, scores) in MINARI_RUNS.items():
+        if method in methods:
+            _write_run(root, method, seed, _minari_json(seed, returns, scores if normalized else None))
+
+
+def _bootstrap_rows(lines):
+    """{(method, split): (paired seeds, tasks, difference, low, high)} from the bootstrap table's lines."""
+    rows = {}
+    number = r"([+-]\d+\.\d)"
+    for line in lines:
+        match = re.fullmatch(
+            rf"\| (\S+) \| (\S+) \| (\d+) \| (\d+) \| {number} \| \[{number}, {number}\] \|", line
+        )
+        if match:
+            rows[match[1], match[2]] = (int(match[3]), int(match[4]), *map(float, match.groups()[4:]))
+    return rows
+
+
+def test_compare_runs_without_success_use_the_return(tmp_path, capsys):
+    _write_minari_runs(tmp_path / "runs", normalized=False)
+    png = tmp_path / "returns.png"
+    assert _run_cli([str(tmp_path / "runs"), "--per-task", "--baseline", "bc", "--bootstrap", "2000",
+                     "--out", str(png)]) == 0
+    lines = capsys.readouterr().out.splitlines()  # methods in path order: bc, iql
+    assert lines[0] == "| method | seeds | seen return | episodes (seen per seed) | episodes per task | steps |"
+    # iql: split means 3000 and 4000 -> 3500 ± 707.1 (sample std); bc: 2000 and 2500 -> 2250 ± 353.6.
+    assert "| iql | 2 | 3500.0 ± 707.1 | 10 | 5 | - |" in lines
+    assert "| bc | 2 | 2250.0 ± 353.6 | 10 | 5 | - |" in lines
+    assert "| mujoco/halfcheetah/medium-v0 | seen | 3250.0 ± 353.6 | 4500.0 ± 707.1 |" in lines
+    assert "| mujoco/hopper/medium-v0 | seen | 1250.0 ± 353.6 | 2500.0 ± 707.1 |" in lines
+    assert any(line.startswith("Paired bootstrap against bc: method minus bc in return, 95 %") for line in lines)
+    assert "| method | split | paired seeds | tasks | difference (return) | 95 % interval |" in lines
+    # iql minus bc over (seed, task) cells: (1000 + 1000 + 1500 + 1500) / 4 = +1250.
+    seeds, tasks, diff, low, high = _bootstrap_rows(lines)["iql", "seen"]
+    assert (seeds, tasks, diff) == (2, 2, 1250.0) and low <= diff <= high
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_prefers_the_normalised_return_and_refuses_success(tmp_path, capsys):
+    from llmdpd.cli.main import main
+
+    _write_minari_runs(tmp_path / "runs")
+    assert _run_cli([str(tmp_path / "runs"), "--baseline", "bc", "--bootstrap", "2000"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| method | seeds | seen normalised return | episodes (seen per seed) | episodes per task "
+                        "| steps |")
+    # Split values are the task means (eval.json has no normalized_return_mean): iql 52.75 and 60.25.
+    assert "| iql | 2 | 56.5 ± 5.3 | 10 | 5 | - |" in lines
+    assert "| bc | 2 | 37.5 ± 3.4 | 10 | 5 | - |" in lines
+    assert any(line.startswith("Paired bootstrap against bc: method minus bc in normalised return, 95 %")
+               for line in lines)
+    assert "| method | split | paired seeds | tasks | difference (normalised return) | 95 % interval |" in lines
+    # (45.5 - 30) + (60 - 40.25) + (50.5 - 35) + (70 - 44.75) = 76 over 4 cells: +19.
+    seeds, tasks, diff, low, high = _bootstrap_rows(lines)["iql", "seen"]
+    assert (seeds, tasks, diff) == (2, 2, 19.0) and low <= diff <= high
+    # The raw return on request.
+    assert _run_cli([str(tmp_path / "runs"), "--metric", "return"]) == 0
+    assert "| iql | 2 | 3500.0 ± 707.1 | 10 | 5 | - |" in capsys.readouterr().out.splitlines()
+    # Success that no run reports: one line, exit 2.
+    with pytest.raises(SystemExit) as exit_:
+        main(["compare", str(tmp_path / "runs"), "--metric", "success"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "no run has a success value" in captured.err
+
+
+def test_compare_runs_lacking_the_metric_show_dashes_and_are_not_paired(tmp_path, capsys):
+    # iql has reference scores, bc not: the comparison is on the normalised return, bc has none.
+    _write_minari_runs(tmp_path / "runs", methods=("iql",))
+    _write_minari_runs(tmp_path / "runs", normalized=False, methods=("bc",))
+    assert _run_cli([str(tmp_path / "runs"), "--per-task", "--baseline", "iql", "--bootstrap", "100"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| method | seeds | seen normalised return |")
+    assert "| iql | 2 | 56.5 ± 5.3 | 10 | 5 | - |" in lines
+    assert "| bc | 2 | - | 10 | 5 | - |" in lines
+    assert "| mujoco/halfcheetah/medium-v0 | seen | - | 48.0 ± 3.5 |" in lines
+    assert not _bootstrap_rows(lines)
+    assert "bc vs iql: refused, bc seed 0 has no normalized_return for mujoco/halfcheetah/medium-v0" in lines
+    # Success-reporting runs beside them: the comparison is on success, the Minari runs show '-'.
+    _make_runs(tmp_path / "runs")
+    assert _run_cli([str(tmp_path / "runs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| method | seeds | seen success (%) | unseen success (%) |")
+    assert "| llmdpd | 2 | 60.0 ± 14.1 | 30.0 ± 14.1 | 20/10 | 10 | 300 |" in lines
+    assert "| iql | 2 | - | - | 10/0 | 5 | - |" in lines

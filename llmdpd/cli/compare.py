@@ -1,5 +1,6 @@
-"""`llmdpd compare RUN_DIR ... [--per-task] [--out results.png] [--baseline METHOD [--bootstrap N]]`:
-tabulate and plot finished runs, and bound each method's difference to a baseline by a paired bootstrap."""
+"""`llmdpd compare RUN_DIR ... [--per-task] [--out results.png] [--baseline METHOD [--bootstrap N]] [--metric M]`:
+tabulate and plot finished runs on one metric (success, or normalised return or return for environments that
+report no success), and bound each method's difference to a baseline by a paired bootstrap."""
 
 from __future__ import annotations
 
@@ -11,16 +12,23 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add the `compare` subcommand to an argparse subparsers object."""
     parser = subparsers.add_parser(
         "compare",
-        help="compare runs: success per method, mean ± std over seeds",
-        description="Print a markdown table of success per method and split (runs grouped by config name, "
-        "mean ± std over seeds) from each run's eval.json: seen/unseen for test evaluations, validation for "
-        "validation evaluations. With --baseline, a second table: each other method minus the baseline per "
+        help="compare runs: success (or return) per method, mean ± std over seeds",
+        description="Print a markdown table of a metric per method and split (runs grouped by config name, "
+        "mean ± std over seeds) from each run's eval.json: success, or where no run reports success, the "
+        "normalised return or else the return (--metric chooses); seen/unseen for test evaluations, validation "
+        "for validation evaluations. With --baseline, a second table: each other method minus the baseline per "
         "split, with a paired bootstrap interval (runs paired by seed; seeds and, within, tasks resampled). "
         "Optionally plot the first table.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
-    parser.add_argument("--per-task", action="store_true", help="also a table of success per task")
-    parser.add_argument("--out", default=None, metavar="PNG", help="write a bar chart of success per method")
+    parser.add_argument("--per-task", action="store_true", help="also a table of the metric per task")
+    parser.add_argument("--out", default=None, metavar="PNG", help="write a bar chart of the metric per method")
+    # The names of llmdpd.evaluation.compare.METRICS, spelled out so that registering imports nothing heavy.
+    parser.add_argument(
+        "--metric", choices=("auto", "success", "normalized_return", "return"), default="auto",
+        help="what to compare: auto (default) takes success when any run reports it, else normalized_return "
+        "(D4RL-style, 0-100) when runs have it, else return",
+    )
     parser.add_argument(
         "--group-by", choices=("name", "parent"), default="name",
         help="method = the config's name (default) or the run directory's parent folder",
@@ -43,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         DEFAULT_BOOTSTRAP,
         bar_chart,
         bootstrap_table,
+        choose_metric,
         find_runs,
         group_methods,
         markdown_table,
@@ -61,12 +70,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"compare: baseline '{args.baseline}' is not among the methods: "
               f"{', '.join(method.name for method in methods)}", file=sys.stderr)
         return 2
-    print(markdown_table(methods, per_task=args.per_task))
+    metric = choose_metric(methods, args.metric)  # a ConfigError (exit 2, one line) when no run has it
+    print(markdown_table(methods, per_task=args.per_task, metric=metric))
     if args.baseline is not None:
         n = args.bootstrap if args.bootstrap is not None else DEFAULT_BOOTSTRAP
         print()
-        print(bootstrap_table(methods, args.baseline, n=n))
+        print(bootstrap_table(methods, args.baseline, n=n, metric=metric))
     if args.out:
-        bar_chart(methods, args.out)
+        bar_chart(methods, args.out, metric=metric)
         print(f"\nwrote {args.out}")
     return 0

@@ -1,5 +1,11 @@
-"""Compare finished runs: a markdown table of success per method and split (mean ± std over seeds), a bar
+"""Compare finished runs: a markdown table of a metric per method and split (mean ± std over seeds), a bar
 chart, and paired bootstrap intervals of each method's difference to a baseline.
+
+The metric (`choose_metric`) is one per comparison: `success` when any run reports success (Meta-World), else
+`normalized_return` when any run has it (Minari datasets with D4RL reference scores, 0-100 scale), else the
+environment's `return`. Success is shown in percent and its differences in points; returns as plain numbers
+in their own units. A split's value is eval.json's `<metric>_mean` of that split where present, else the mean
+over the split's tasks that have the metric. A run whose tasks lack the chosen metric shows '-'.
 
 A run is a directory holding `config.yaml` and `eval.json` (or another evaluation file, e.g.
 `eval_last_validation.json` from `llmdpd eval ... eval.split=validation`); directories given on the command
@@ -9,15 +15,15 @@ instead, for ablations launched from one experiment with overrides). eval.json i
 every number; the TensorBoard event files only add how many training steps each run logged. The std is the
 sample standard deviation over seeds (ddof 1), left out with a single seed.
 
-The tables show the splits that have values: seen and unseen for test evaluations, validation for
-validation evaluations.
+The tables show the splits that have values of the metric: seen and unseen for test evaluations, validation
+for validation evaluations.
 
 Paired bootstrap (`paired_differences`): for a method against the baseline, runs are paired by seed (seeds
 both have), and both must have run the same episode plan (episodes per task, tasks and, where recorded, goal
-variations), or the pair is refused. Per split, the statistic is the difference (method minus baseline) of
-mean success over tasks and seeds; each resample draws seeds with replacement and, within each drawn seed,
-tasks with replacement, the same draws for both methods; the interval is the percentile interval, from a
-generator with a fixed seed so the output is reproducible.
+variations), and every task of both must have the metric, or the pair is refused. Per split, the statistic is
+the difference (method minus baseline) of the metric's mean over tasks and seeds; each resample draws seeds
+with replacement and, within each drawn seed, tasks with replacement, the same draws for both methods; the
+interval is the percentile interval, from a generator with a fixed seed so the output is reproducible.
 """
 
 from __future__ import annotations
@@ -31,11 +37,20 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import yaml
 
+from llmdpd.config.load import ConfigError
 from llmdpd.evaluation.results import SPLITS, read_eval_json
 from llmdpd.runs import version_number
 
 DEFAULT_BOOTSTRAP = 10_000
 BOOTSTRAP_SEED = 0
+
+# Task keys of eval.json that a comparison can be made on, in the order `choose_metric` prefers them.
+METRICS = ("success", "normalized_return", "return")
+# How a metric is named in table headers and the bar chart, how its differences are named, and the factor
+# that scales it for display (success is stored as a fraction and shown in percent).
+LABELS = {"success": "success (%)", "normalized_return": "normalised return", "return": "return"}
+DIFFERENCE_UNITS = {"success": "points", "normalized_return": "normalised return", "return": "return"}
+SCALES = {"success": 100.0, "normalized_return": 1.0, "return": 1.0}
 
 
 @dataclass
@@ -56,12 +71,48 @@ class Method:
     name: str
     runs: list[Run] = field(default_factory=list)
 
-    def split_values(self, split: str) -> list[float]:
-        values = [(run.summary.get(split) or {}).get("success_mean") for run in self.runs]
+    def split_values(self, split: str, metric: str = "success") -> list[float]:
+        """The runs' values of `metric` on `split`, leaving out runs without one."""
+        values = [split_value(run.summary, split, metric) for run in self.runs]
         return [v for v in values if v is not None]
 
-    def task_values(self, task: str) -> list[float]:
-        return [run.summary["tasks"][task]["success"] for run in self.runs if task in run.summary["tasks"]]
+    def task_values(self, task: str, metric: str = "success") -> list[float]:
+        """The runs' values of `metric` on `task`, leaving out runs without the task or the metric."""
+        entries = [run.summary["tasks"].get(task) or {} for run in self.runs]
+        return [entry[metric] for entry in entries if entry.get(metric) is not None]
+
+
+def split_value(summary: dict[str, Any], split: str, metric: str) -> float | None:
+    """`metric` on `split` of one eval.json: its `<metric>_mean`, else the mean over the split's tasks that have
+    the metric (eval.json has no `normalized_return_mean`); None when no task has it."""
+    block = summary.get(split) or {}
+    if block.get(f"{metric}_mean") is not None:
+        return block[f"{metric}_mean"]
+    values = [entry[metric] for entry in summary.get("tasks", {}).values()
+              if entry["split"] == split and entry.get(metric) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def has_metric(run: Run, metric: str) -> bool:
+    """Whether any task of the run has a value of `metric` (success is null where the environment reports
+    none)."""
+    return any(entry.get(metric) is not None for entry in run.summary.get("tasks", {}).values())
+
+
+def choose_metric(methods: Sequence[Method], requested: str = "auto") -> str:
+    """The metric to compare on: `requested`, or with "auto" the first of METRICS that any run has.
+
+    Raises ConfigError when no run has the requested metric.
+    """
+    runs = [run for method in methods for run in method.runs]
+    available = [metric for metric in METRICS if any(has_metric(run, metric) for run in runs)]
+    if requested == "auto":
+        return available[0] if available else "success"  # runs without tasks: today's success table
+    if requested not in METRICS:
+        raise ConfigError(f"unknown metric '{requested}': choose auto or one of {', '.join(METRICS)}")
+    if requested not in available:
+        raise ConfigError(f"no run has a {requested} value (the runs have: {', '.join(available) or 'no metric'})")
+    return requested
 
 
 def find_runs(paths: Iterable[str | Path], group_by: str = "name", eval_file: str = "eval.json") -> list[Run]:
@@ -121,9 +172,9 @@ def group_methods(runs: Sequence[Run]) -> list[Method]:
     return list(methods.values())
 
 
-def shown_splits(methods: Sequence[Method]) -> list[str]:
-    """The splits any run has a value for, in SPLITS order; seen and unseen when none has any."""
-    splits = [split for split in SPLITS if any(method.split_values(split) for method in methods)]
+def shown_splits(methods: Sequence[Method], metric: str = "success") -> list[str]:
+    """The splits any run has a `metric` value for, in SPLITS order; seen and unseen when none has any."""
+    splits = [split for split in SPLITS if any(method.split_values(split, metric) for method in methods)]
     return splits or ["seen", "unseen"]
 
 
@@ -134,12 +185,14 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
 
 
-def format_rate(values: Sequence[float]) -> str:
-    """A success rate in percent: '82.5 ± 3.5', '82.5' for one seed, '-' for none."""
+def format_values(values: Sequence[float], metric: str = "success") -> str:
+    """Mean ± std of `metric` values with one decimal, success in percent: '82.5 ± 3.5', '82.5' for one seed,
+    '-' for none."""
     mean, std = mean_std(values)
     if math.isnan(mean):
         return "-"
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+    scale = SCALES[metric]
+    return f"{scale * mean:.1f}" + (f" ± {scale * std:.1f}" if std is not None else "")
 
 
 def _episodes_per_task(method: Method) -> str:
@@ -147,22 +200,22 @@ def _episodes_per_task(method: Method) -> str:
     return ",".join("-" if count is None else str(count) for count in counts)
 
 
-def markdown_table(methods: Sequence[Method], per_task: bool = False) -> str:
-    """Success per method and split (and per task with `per_task`), as a markdown table.
+def markdown_table(methods: Sequence[Method], per_task: bool = False, metric: str = "success") -> str:
+    """`metric` per method and split (and per task with `per_task`), as a markdown table.
 
-    Columns: seeds, success (%) per shown split as mean ± std over seeds, episodes per split of one seed,
+    Columns: seeds, the metric per shown split as mean ± std over seeds, episodes per split of one seed,
     episodes per task, and the training steps logged.
     """
-    splits = shown_splits(methods)
+    splits = shown_splits(methods, metric)
     lines = [
-        "| method | seeds | " + " | ".join(f"{split} success (%)" for split in splits)
+        "| method | seeds | " + " | ".join(f"{split} {LABELS[metric]}" for split in splits)
         + f" | episodes ({'/'.join(splits)} per seed) | episodes per task | steps |",
         "| --- | --- |" + " --- |" * len(splits) + " --- | --- | --- |",
     ]
     for method in methods:
         first = method.runs[0].summary
         steps = [run.steps for run in method.runs if run.steps is not None]
-        rates = " | ".join(format_rate(method.split_values(split)) for split in splits)
+        rates = " | ".join(format_values(method.split_values(split, metric), metric) for split in splits)
         episodes = "/".join(str((first.get(split) or {}).get("episodes", 0)) for split in splits)
         lines.append(
             f"| {method.name} | {len(method.runs)} | {rates} | {episodes} | {_episodes_per_task(method)} "
@@ -178,7 +231,7 @@ def markdown_table(methods: Sequence[Method], per_task: bool = False) -> str:
         lines += ["", "| task | split | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
         for split in SPLITS:
             for task in sorted(t for t, s in tasks.items() if s == split):
-                cells = " | ".join(format_rate(method.task_values(task)) for method in methods)
+                cells = " | ".join(format_values(method.task_values(task, metric), metric) for method in methods)
                 lines.append(f"| {task} | {split} | {cells} |")
     return "\n".join(lines)
 
@@ -188,10 +241,10 @@ def paired_bootstrap_difference(
 ) -> tuple[float, float, float]:
     """Mean difference a - b and its paired, stratified bootstrap percentile interval.
 
-    `a` and `b` are [seeds, tasks] success rates of two methods, row s of both from the same seed and column
-    t from the same task. Each of `n` resamples draws seeds with replacement and, within each drawn seed,
-    tasks with replacement (the same draws for a and b), and takes the difference of the mean success over
-    the drawn (seed, task) cells. Returns (difference over all cells, low, high).
+    `a` and `b` are [seeds, tasks] values of one metric (success rates, returns) of two methods, row s of both
+    from the same seed and column t from the same task. Each of `n` resamples draws seeds with replacement
+    and, within each drawn seed, tasks with replacement (the same draws for a and b), and takes the difference
+    of the mean over the drawn (seed, task) cells. Returns (difference over all cells, low, high).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape or a.ndim != 2 or a.size == 0:
@@ -237,7 +290,8 @@ def plan_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
 
 @dataclass
 class PairedDifference:
-    """One row of the bootstrap table: `method` minus the baseline on `split`, in success fractions."""
+    """One row of the bootstrap table: `method` minus the baseline on `split`, in the metric's stored units
+    (success as a fraction)."""
 
     method: str
     split: str
@@ -255,15 +309,17 @@ def paired_differences(
     n: int = DEFAULT_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
+    metric: str = "success",
 ) -> tuple[list[PairedDifference], list[str]]:
-    """Each other method against `baseline`, per split: (rows, notes). Notes say which seeds were left out
-    and which pairs were refused (several runs with one seed, no seed in common, different episode plans).
+    """Each other method against `baseline` on `metric`, per split: (rows, notes). Notes say which seeds were
+    left out and which pairs were refused (several runs with one seed, no seed in common, different episode
+    plans, tasks without the metric).
     Every (method, split) draws from its own generator seeded by `seed`, so rows do not depend on which other
     methods are compared."""
     by_name = {method.name: method for method in methods}
     if baseline not in by_name:
         raise ValueError(f"baseline '{baseline}' is not among the methods: {', '.join(by_name)}")
-    splits = list(splits) if splits is not None else shown_splits(methods)
+    splits = list(splits) if splits is not None else shown_splits(methods, metric)
     base = by_name[baseline]
     rows: list[PairedDifference] = []
     notes: list[str] = []
@@ -296,12 +352,19 @@ def paired_differences(
                 f"{method.name} vs {baseline}: refused, the evaluations ran different episode plans ({reason})"
             )
             continue
+        # A cell without the metric would have to be dropped from one side only, which breaks the pairing.
+        lacking = next(((run, s, task) for s in common for run in (runs[s], base_runs[s])
+                        for task in reference["tasks"] if run.summary["tasks"][task].get(metric) is None), None)
+        if lacking is not None:
+            run, s, task = lacking
+            notes.append(f"{method.name} vs {baseline}: refused, {run.method} seed {s} has no {metric} for {task}")
+            continue
         for split in splits:
             tasks = sorted(task for task, entry in reference["tasks"].items() if entry["split"] == split)
             if not tasks:
                 continue
-            a = [[runs[s].summary["tasks"][t]["success"] for t in tasks] for s in common]
-            b = [[base_runs[s].summary["tasks"][t]["success"] for t in tasks] for s in common]
+            a = [[runs[s].summary["tasks"][t][metric] for t in tasks] for s in common]
+            b = [[base_runs[s].summary["tasks"][t][metric] for t in tasks] for s in common]
             diff, low, high = paired_bootstrap_difference(a, b, n, np.random.default_rng(seed), confidence)
             rows.append(PairedDifference(method.name, split, len(common), len(tasks), diff, low, high))
     return rows, notes
@@ -318,8 +381,8 @@ def _runs_by_seed(method: Method, notes: list[str]) -> dict[Any, Run] | None:
     return runs
 
 
-def _points(value: float) -> str:
-    return f"{100 * value:+.1f}"
+def _signed(value: float, metric: str) -> str:
+    return f"{SCALES[metric] * value:+.1f}"
 
 
 def bootstrap_table(
@@ -328,48 +391,52 @@ def bootstrap_table(
     n: int = DEFAULT_BOOTSTRAP,
     seed: int = BOOTSTRAP_SEED,
     confidence: float = 0.95,
+    metric: str = "success",
 ) -> str:
-    """Markdown: a caption, the table of paired differences to `baseline`, and the notes below it."""
-    rows, notes = paired_differences(methods, baseline, n=n, seed=seed, confidence=confidence)
+    """Markdown: a caption, the table of paired differences to `baseline` on `metric`, and the notes below it."""
+    rows, notes = paired_differences(methods, baseline, n=n, seed=seed, confidence=confidence, metric=metric)
     level = f"{100 * confidence:g} %"
+    units = "success points" if metric == "success" else DIFFERENCE_UNITS[metric]
     lines = [
-        f"Paired bootstrap against {baseline}: method minus {baseline} in success points, {level} percentile "
+        f"Paired bootstrap against {baseline}: method minus {baseline} in {units}, {level} percentile "
         f"interval over {n} resamples of seeds and, within each, tasks (the same draws for both; rng seed {seed}).",
         "",
-        f"| method | split | paired seeds | tasks | difference (points) | {level} interval |",
+        f"| method | split | paired seeds | tasks | difference ({DIFFERENCE_UNITS[metric]}) | {level} interval |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         lines.append(
-            f"| {row.method} | {row.split} | {row.seeds} | {row.tasks} | {_points(row.difference)} "
-            f"| [{_points(row.low)}, {_points(row.high)}] |"
+            f"| {row.method} | {row.split} | {row.seeds} | {row.tasks} | {_signed(row.difference, metric)} "
+            f"| [{_signed(row.low, metric)}, {_signed(row.high, metric)}] |"
         )
     if notes:
         lines += [""] + notes
     return "\n".join(lines)
 
 
-def bar_chart(methods: Sequence[Method], path: str | Path) -> None:
-    """A PNG of success per method and shown split, with error bars of one std over seeds."""
+def bar_chart(methods: Sequence[Method], path: str | Path, metric: str = "success") -> None:
+    """A PNG of `metric` per method and shown split, with error bars of one std over seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    splits = shown_splits(methods)
+    splits = shown_splits(methods, metric)
+    scale = SCALES[metric]
     x = np.arange(len(methods))
     width = 0.76 / len(splits)
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(methods) + 1.5), 3.6))
     for k, split in enumerate(splits):
         offset = (k - (len(splits) - 1) / 2) * width
-        stats = [mean_std(method.split_values(split)) for method in methods]
-        means = [100 * m if not math.isnan(m) else 0.0 for m, _ in stats]
-        errors = [100 * s if s is not None else 0.0 for _, s in stats]
+        stats = [mean_std(method.split_values(split, metric)) for method in methods]
+        means = [scale * m if not math.isnan(m) else 0.0 for m, _ in stats]
+        errors = [scale * s if s is not None else 0.0 for _, s in stats]
         ax.bar(x + offset, means, width, yerr=errors, capsize=3, label=split)
     ax.set_xticks(x, [method.name for method in methods], rotation=20, ha="right")
-    ax.set_ylabel("success (%)")
+    ax.set_ylabel(LABELS[metric])
     ax.set_title("mean ± std over seeds", fontsize=9)
-    ax.set_ylim(0, 100)
+    if metric == "success":  # a rate is bounded; returns (normalised ones too) may go below 0 or above 100
+        ax.set_ylim(0, 100)
     ax.legend()
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
