@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDict
 
 from llmdpd.envs.metaworld import scripted_expert
-from llmdpd.evaluation.rollout import EvalEpisode
+from llmdpd.evaluation.plan import EvalEpisode
 
 
 class PromptSource(Protocol):

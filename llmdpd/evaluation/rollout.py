@@ -28,7 +28,7 @@ import torch
 from tensordict.nn import TensorDictModule
 
 from llmdpd.evaluation.environments import EpisodeEnvironments, batched_env
-from llmdpd.evaluation.plan import EvalEpisode, plan_episodes, plan_evaluation  # noqa: F401  (older imports)
+from llmdpd.evaluation.plan import EvalEpisode
 
 ActFn = Callable[[np.ndarray, list[int]], np.ndarray]
 # Environments alive at once (about 20 MB each for Meta-World): 256 is about 5 GB.
@@ -252,11 +252,8 @@ __all__ = [
     "ActFn",
     "DEFAULT_MAX_ENVS",
     "EpisodeResult",
-    "EvalEpisode",
     "RolloutTiming",
     "evaluate_episodes",
     "measure_steps_per_second",
-    "plan_episodes",
-    "plan_evaluation",
     "tensordict_actor",
 ]
