@@ -16,6 +16,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 from llmdpd.checkpoints import AtomicCheckpointIO, CheckpointError, atomic_save, read_checkpoint
@@ -392,3 +393,26 @@ def test_after_sigkill_ckpt_last_continues_from_the_newest_periodic_checkpoint(s
     assert re.search(rf"Restored all states from the checkpoint at \S*(step{newest}|last)\.ckpt", result.stdout + result.stderr)
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 40
     assert not list(runs.glob("smoke/seed0/version_1"))  # continued in place
+
+
+def test_a_run_interrupted_in_its_final_evaluation_evaluates_when_continued(smoke_data_dir, tmp_path):
+    """last.ckpt is written before the final evaluation; continuing from it (training already at max_steps,
+    which Lightning skips) must still end with the run's eval.json."""
+    from llmdpd.training import pipeline
+
+    common = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={tmp_path}", "alignment.enabled=false",
+              "trainer.max_steps=4", "eval.episodes_per_task=1", "eval.max_episode_steps=10",
+              "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    run = pipeline.train(load_config("smoke", common))
+    first = (run / "eval.json").read_text()
+    (run / "eval.json").unlink()  # as if stopped during the final evaluation
+    again = pipeline.train(load_config("smoke", [*common, "ckpt=last"]))
+    assert again == run and read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    summary = yaml.safe_load((run / "eval.json").read_text())
+    assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3", "drawer-close-v3"}
+    assert all(entry["episodes"] == 1 for entry in summary["tasks"].values())
+    assert summary["tasks"].keys() == yaml.safe_load(first)["tasks"].keys()
+    # A finished run continued again does not evaluate a second time: its eval.json stays as it is.
+    stamp = (run / "eval.json").stat().st_mtime_ns
+    pipeline.train(load_config("smoke", [*common, "ckpt=last"]))
+    assert (run / "eval.json").stat().st_mtime_ns == stamp

@@ -102,9 +102,11 @@ class EvaluationCallback(L.Callback):
         )
         self.last_summary: dict[str, Any] | None = None
         self._last_step: int | None = None
+        self._train_started = False
         self._periods_done = 0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_started = False
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
@@ -113,6 +115,7 @@ class EvaluationCallback(L.Callback):
                 experiment.add_custom_scalars(self.layout())
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train_started = True
         # After a resume, count the periods already behind us so that evaluation does not repeat at once.
         every = self.cfg.every_n_steps
         self._periods_done = trainer.global_step // every if every > 0 else 0
@@ -133,6 +136,17 @@ class EvaluationCallback(L.Callback):
             self.evaluate(trainer, pl_module)
         if trainer.is_global_zero and self.last_summary is not None and self.out_path is not None:
             write_eval_json(self.out_path, self.last_summary)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed from its final checkpoint (interrupted during the final evaluation, which comes after
+        # last.ckpt is written) skips Lightning's training loop and with it on_train_end: evaluate here, so
+        # that it still ends with its eval.json.
+        finished = 0 < trainer.max_steps <= trainer.global_step
+        if not finished or self._train_started or self.out_path is None:
+            return
+        # Rank 0 decides for all: every rank takes part in an evaluation (they gather its results).
+        if trainer.strategy.broadcast(not self.out_path.is_file(), src=0):
+            self.on_train_end(trainer, pl_module)
 
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         """Run this rank's share of the episodes, gather all results, log them; returns the summary."""
