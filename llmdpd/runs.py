@@ -123,6 +123,12 @@ def run_holding(ckpt: PathLike) -> Optional[Path]:
     return None
 
 
+def results_directory(ckpt: PathLike) -> Path:
+    """Where the results of evaluating `ckpt` go: the run directory holding it, or the checkpoint's own folder
+    when it is in none."""
+    return run_holding(ckpt) or Path(ckpt).resolve().parent
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 def _written_into(checkpoint: dict[str, Any], checkpoint_dir: Path) -> bool:
     """Whether the trainer that wrote `checkpoint` kept its ModelCheckpoint files in `checkpoint_dir`.

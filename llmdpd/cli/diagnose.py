@@ -10,7 +10,6 @@ eval.json. Meta-World tasks only (the scripted expert gives the reference action
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 ERRORS = ("sample", "temperature0", "sample_mean", "spread")
@@ -35,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from llmdpd.evaluation.plan import goal_layout
     from llmdpd.evaluation.runner import load_policy
     from llmdpd.prompts.text_embeddings import make_text_embedder
-    from llmdpd.runs import checkpoint_for_evaluation, run_holding
+    from llmdpd.runs import checkpoint_for_evaluation, results_directory
 
     cfg = load_config(args.exp, args.overrides)
     if args.samples < 1:
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
                            seed=cfg.seed)
     summary = {"checkpoint": str(Path(ckpt).resolve()), "validation_goals": list(goals), "samples": args.samples,
                "tasks": errors, "mean": {k: sum(e[k] for e in errors.values()) / len(errors) for k in ERRORS}}
-    out = args.out or (run_holding(ckpt) or Path(ckpt).resolve().parent) / f"diagnose_{Path(ckpt).stem}.json"
+    out = args.out or results_directory(ckpt) / f"diagnose_{Path(ckpt).stem}.json"
     from llmdpd.evaluation.results import write_eval_json
 
     write_eval_json(out, summary)

@@ -67,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
 def default_out_path(ckpt: str | Path, split: str) -> Path:
     """eval_<ckpt name>.json beside the run's eval.json (beside the checkpoint when it is in no run directory),
     with `_validation` before `.json` for a validation evaluation."""
-    from llmdpd.runs import run_holding
+    from llmdpd.runs import results_directory
 
     suffix = "_validation" if split == "validation" else ""
-    folder = run_holding(ckpt) or Path(ckpt).resolve().parent
-    return folder / f"eval_{Path(ckpt).stem}{suffix}.json"
+    return results_directory(ckpt) / f"eval_{Path(ckpt).stem}{suffix}.json"

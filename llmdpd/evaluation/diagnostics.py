@@ -199,7 +199,6 @@ class CriticDiagnosticsCallback(L.Callback):
         self._last_step: int | None = None
         self.last: dict[str, float] = {}
 
-
     def run(self, trainer: L.Trainer, module) -> dict[str, float]:
         if module.critic is None or not trainer.is_global_zero or self._last_step == trainer.global_step:
             return self.last

@@ -20,6 +20,7 @@ from llmdpd.evaluation.plan import plan_evaluation
 from llmdpd.evaluation.results import SPLITS, summarise
 from llmdpd.evaluation.rollout import evaluate_episodes
 from llmdpd.evaluation.videos import log_videos, plan_videos
+from llmdpd.runs import results_directory
 
 # The `policy.*` settings `llmdpd eval` takes from its own command line rather than from the checkpoint.
 ACTING_KEYS = ("acting", "acting_temperature", "sample_temperature", "num_candidates", "guidance_weight")
@@ -43,7 +44,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
         metaworld_seed=cfg.data.seed, minari_ids=dict(cfg.data.minari_ids), data_dir=str(cfg.paths.data_dir),
         video_size=cfg.eval.video_size,
     )
-    run_dir = _run_directory(ckpt)
+    run_dir = results_directory(ckpt)
     name = f"eval_{Path(ckpt).stem}" + ("_validation" if cfg.eval.split == "validation" else "")
     videos = plan_videos(episodes, cfg.eval.video, run_dir / "videos" / name)
     results = evaluate_episodes(
@@ -58,13 +59,6 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     return summarise(
         results, seed=cfg.seed, episodes_per_task=cfg.eval.episodes_per_task, eval_split=cfg.eval.split
     )
-
-
-def _run_directory(ckpt: str) -> Path:
-    """The run directory holding `ckpt` (the checkpoint's folder when it is in none)."""
-    from llmdpd.runs import run_holding
-
-    return run_holding(ckpt) or Path(ckpt).resolve().parent
 
 
 def load_policy(cfg: ExperimentConfig, ckpt: str):
