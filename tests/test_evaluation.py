@@ -20,6 +20,7 @@ from llmdpd.evaluation.callback import EvaluationCallback
 from llmdpd.evaluation.plan import EvalEpisode, GoalLayout, plan_episodes, plan_evaluation
 from llmdpd.evaluation.results import read_eval_json, scalar_metrics, summarise, write_eval_json
 from llmdpd.evaluation.rollout import EpisodeResult, RolloutTiming, evaluate_episodes
+from llmdpd.evaluation.rollout_diagnostics import rollout_diagnostics
 from tests.tiny_lightning import TinyModule
 
 SEEN = ["reach-v3", "push-v3", "button-press-topdown-v3"]
@@ -59,6 +60,22 @@ def test_zero_policy_fails_and_rollouts_run_in_lock_step():
     assert [(r.task, r.split, r.goal, r.episode) for r in results] == [
         (e.task, e.split, e.goal, e.episode) for e in episodes
     ]
+
+
+def test_rollout_diagnostics_tell_the_expert_from_a_policy_that_never_grasps():
+    from llmdpd.envs.metaworld import scripted_expert
+
+    expert = scripted_expert("pick-place-v3")
+    ok = rollout_diagnostics("pick-place-v3", lambda obs: np.stack([expert(o) for o in obs]), [40, 41], max_steps=150)
+    assert ok["episodes"] == 2 and ok["on_policy_error"] == 0.0 and ok["on_policy_error_early"] == 0.0
+    assert ok["near_object"] == ok["grasp_success"] == ok["success"] == 1.0
+    assert ok["target_progress"] > 0.8 and 0 < ok["first_success_step"] < 150
+    # Closing the gripper and lifting: never near the puck, nothing grasped, the puck stays where it was.
+    lift = rollout_diagnostics("pick-place-v3", lambda obs: np.tile([0, 0, 1, 1], (len(obs), 1)), [40, 41],
+                               episodes_per_goal=2, max_steps=60)
+    assert lift["episodes"] == 4 and lift["near_object"] == lift["grasp_success"] == lift["success"] == 0.0
+    assert abs(lift["target_progress"]) < 0.05 and lift["first_success_step"] is None
+    assert lift["on_policy_error"] > 0.5
 
 
 def test_act_fn_of_wrong_shape_is_an_error():

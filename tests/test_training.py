@@ -322,9 +322,10 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     runs = tmp_path / "runs"
     paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={runs}"]
     run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, "trainer.max_steps=10"], timeout=300)
-    result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths], timeout=300)
+    result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths,
+                          "--rollouts", "1", "eval.max_episode_steps=40"], timeout=300)
     out = runs / "smoke" / "seed0" / "version_0" / "diagnose_last.json"
-    assert f"written: {out}" in result.stdout and "| **mean** |" in result.stdout
+    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 2
     summary = json.loads(out.read_text())
     assert summary["validation_goals"] == list(range(32, 40)) and summary["samples"] == 16
     assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3"}  # training tasks, never unseen ones
@@ -334,6 +335,11 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
         # A diffusion policy samples: its draws spread, and their mean is nearer the expert than one draw.
         assert entry["spread"] > 0.01
         assert entry["sample_mean"] < entry["sample"]
+    rollouts = summary["rollouts"]
+    assert rollouts["episodes_per_goal"] == 1 and set(rollouts["tasks"]) == set(summary["tasks"])
+    for entry in rollouts["tasks"].values():
+        assert entry["episodes"] == 8 and all(0 <= entry[k] <= 1 for k in ("near_object", "grasp_success", "success"))
+        assert entry["on_policy_error"] > 0  # ten steps of training do not make the expert
     bad = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--samples", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--samples must be at least 1" in bad.stderr

@@ -3,8 +3,11 @@ expert's, per training task, on states the noisy expert visits on the validation
 
 Per task: the squared distance of one sample, of the deterministic chain (sampler temperature 0) and of the
 mean of `--samples` samples to the expert's action, and the samples' spread around their mean (see
-`llmdpd.evaluation.diagnostics.action_errors`). Written to diagnose_<ckpt name>.json beside the run's
-eval.json. Meta-World tasks only (the scripted expert gives the reference actions).
+`llmdpd.evaluation.diagnostics.action_errors`). With `--rollouts N`, also N episodes of the policy itself on
+each validation goal: the success funnel (near the object, grasped, success), the object's progress to its
+target, and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`).
+Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
+gives the reference actions).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import argparse
 from pathlib import Path
 
 ERRORS = ("sample", "temperature0", "sample_mean", "spread")
+ROLLOUT_COLUMNS = ("near_object", "grasp_success", "success", "target_progress", "on_policy_error_early",
+                   "on_policy_error")
 
 
 def register(sub) -> None:
@@ -22,6 +27,8 @@ def register(sub) -> None:
                             description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_experiment_arguments(parser)
     parser.add_argument("--samples", type=int, default=16, help="samples per state for the mean and spread")
+    parser.add_argument("--rollouts", type=int, default=0, help="episodes of the policy per validation goal "
+                        "for the success funnel and on-policy action error (default 0: none)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)
@@ -39,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.exp, args.overrides)
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if args.rollouts < 0:
+        raise ConfigError(f"--rollouts must be at least 0, got {args.rollouts}")
     goals = goal_layout(cfg.data).validation
     if not len(goals):
         raise ConfigError("llmdpd diagnose uses the validation goals, but data.validation_goals is 0")
@@ -49,23 +58,50 @@ def run(args: argparse.Namespace) -> int:
     states = validation_state_sets(dm.train_tasks, goals, seed=cfg.data.seed)
     if not states:
         raise ConfigError("llmdpd diagnose needs Meta-World training tasks (their scripted experts give the reference)")
-    errors = action_errors(module, states, task_conditions(module, dm, list(states)), samples=args.samples,
-                           seed=cfg.seed)
+    conditions = task_conditions(module, dm, list(states))
+    errors = action_errors(module, states, conditions, samples=args.samples, seed=cfg.seed)
     summary = {"checkpoint": str(Path(ckpt).resolve()), "validation_goals": list(goals), "samples": args.samples,
-               "tasks": errors, "mean": {k: sum(e[k] for e in errors.values()) / len(errors) for k in ERRORS}}
+               "tasks": errors, "mean": _mean(errors, ERRORS)}
+    if args.rollouts:
+        rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
+        summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
+                               "mean": _mean(rollouts, ROLLOUT_COLUMNS)}
     out = args.out or results_directory(ckpt) / f"diagnose_{Path(ckpt).stem}.json"
     from llmdpd.evaluation.results import write_eval_json
 
     write_eval_json(out, summary)
-    print(format_errors(summary))
+    print(format_table(summary["tasks"], summary["mean"], ERRORS))
+    if "rollouts" in summary:
+        print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
     print(f"written: {out}")
     return 0
 
 
-def format_errors(summary: dict) -> str:
-    """A markdown table: per task, the four squared distances, then their mean."""
-    lines = ["| task | " + " | ".join(ERRORS) + " |", "|---" * (len(ERRORS) + 1) + "|"]
-    rows = list(summary["tasks"].items()) + [("**mean**", summary["mean"])]
-    for task, entry in rows:
-        lines.append(f"| {task} | " + " | ".join(f"{entry[k]:.3f}" for k in ERRORS) + " |")
+def policy_rollouts(module, conditions: dict, goals, episodes_per_goal: int, cfg) -> dict[str, dict]:
+    """`rollout_diagnostics` of every task in `conditions`, the policy acting as it does in evaluation."""
+    import torch
+
+    from llmdpd.evaluation.rollout_diagnostics import rollout_diagnostics
+
+    def act_for(cond):
+        def act(obs):
+            with torch.no_grad():
+                return module.act(torch.as_tensor(obs).to(module.obs_mean), cond).cpu().numpy()
+
+        return act
+
+    return {task: rollout_diagnostics(task, act_for(cond), goals, episodes_per_goal, cfg.eval.max_episode_steps,
+                                      env_seed=cfg.data.seed)
+            for task, cond in conditions.items()}
+
+
+def _mean(per_task: dict[str, dict], keys) -> dict[str, float]:
+    return {k: sum(e[k] for e in per_task.values()) / len(per_task) for k in keys}
+
+
+def format_table(per_task: dict[str, dict], mean: dict[str, float], columns) -> str:
+    """A markdown table: per task, the given columns, then their mean over tasks."""
+    lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for task, entry in list(per_task.items()) + [("**mean**", mean)]:
+        lines.append(f"| {task} | " + " | ".join(f"{entry[k]:.3f}" for k in columns) + " |")
     return "\n".join(lines)
