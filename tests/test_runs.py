@@ -403,11 +403,18 @@ def test_a_run_interrupted_in_its_final_evaluation_evaluates_when_continued(smok
     common = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={tmp_path}", "alignment.enabled=false",
               "trainer.max_steps=4", "eval.episodes_per_task=1", "eval.max_episode_steps=10",
               "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    from tests.test_training import scalars
+
+    def final_diagnostics() -> int:  # how often the critic diagnostics were logged at the final step
+        return sum(step == 4 for step, _ in scalars(run / "tb").get("diag/q_linear_r2", []))
+
     run = pipeline.train(load_config("smoke", common))
     first = (run / "eval.json").read_text()
+    assert final_diagnostics() == 1
     (run / "eval.json").unlink()  # as if stopped during the final evaluation
     again = pipeline.train(load_config("smoke", [*common, "ckpt=last"]))
     assert again == run and read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert final_diagnostics() == 2  # logged again: the stop may have come before them
     summary = yaml.safe_load((run / "eval.json").read_text())
     assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3", "drawer-close-v3"}
     assert all(entry["episodes"] == 1 for entry in summary["tasks"].values())
@@ -415,4 +422,4 @@ def test_a_run_interrupted_in_its_final_evaluation_evaluates_when_continued(smok
     # A finished run continued again does not evaluate a second time: its eval.json stays as it is.
     stamp = (run / "eval.json").stat().st_mtime_ns
     pipeline.train(load_config("smoke", [*common, "ckpt=last"]))
-    assert (run / "eval.json").stat().st_mtime_ns == stamp
+    assert (run / "eval.json").stat().st_mtime_ns == stamp and final_diagnostics() == 2

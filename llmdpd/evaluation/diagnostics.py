@@ -19,6 +19,7 @@ goals, never seen-test goals), collected once when the callback starts.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -185,10 +186,15 @@ class CriticDiagnosticsCallback(L.Callback):
     `source` gives each task's condition inputs (`text_embeddings`, `prompt`) and held-out episodes
     (`prompt_episodes`), as the DataModule does; `validation_goals` are the goal variations states come from.
     Ranking accuracy and selection bias need a scripted expert, so they cover the Meta-World tasks only; the
-    calibration covers every task.
+    calibration covers every task. `final_marker` is the file the run writes after its final evaluation
+    (eval.json): a run continued from its final checkpoint without it was stopped in its final diagnostics
+    or evaluation, and logs the diagnostics at fit end (Lightning skips on_train_end at max_steps).
     """
 
-    def __init__(self, source: Any, tasks: Sequence[str], validation_goals: Sequence[int], every_n_steps: int, seed: int = 0) -> None:
+    def __init__(self, source: Any, tasks: Sequence[str], validation_goals: Sequence[int], every_n_steps: int,
+                 seed: int = 0, final_marker: Path | None = None) -> None:
+        self.final_marker = final_marker
+        self._train_started = False
         self.source = source
         self.tasks = list(tasks)
         self.goals = list(validation_goals)
@@ -223,8 +229,17 @@ class CriticDiagnosticsCallback(L.Callback):
             self._done = trainer.global_step // self.every
             self.run(trainer, pl_module)
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._train_started = False
+
     def on_train_start(self, trainer, pl_module) -> None:
+        self._train_started = True
         self._done = trainer.global_step // self.every if self.every > 0 else 0
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.run(trainer, pl_module)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        finished = 0 < trainer.max_steps <= trainer.global_step
+        if finished and not self._train_started and self.final_marker is not None and not self.final_marker.is_file():
+            self.run(trainer, pl_module)

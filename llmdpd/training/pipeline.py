@@ -231,10 +231,12 @@ def train(cfg: ExperimentConfig) -> Path:
     signals = SignalCheckpoint(checkpoint_dir / "last.ckpt")
     guard = NonFiniteLossCheck("policy", last_good=lambda: latest_checkpoint(directory, report=False))
     # The final save comes first: the end-of-training evaluation runs after it (see SaveLastCheckpoint).
+    # The critic diagnostics come before the evaluation: at fit end they look for an eval.json it has not yet written.
     callbacks = [SaveLastCheckpoint(checkpoint_dir / "last.ckpt"), guard, checkpoints, evaluation, signals]
     if cfg.eval.diagnostics and cfg.policy.kind == "diffusion":
         goals = goal_layout(cfg.data).validation
-        callbacks.append(CriticDiagnosticsCallback(dm, dm.train_tasks, goals, cfg.eval.every_n_steps, seed=cfg.data.seed))
+        callbacks.insert(3, CriticDiagnosticsCallback(dm, dm.train_tasks, goals, cfg.eval.every_n_steps,
+                                                      seed=cfg.data.seed, final_marker=evaluation.out_path))
     trainer = _stage_trainer(cfg, directory, int(cfg.trainer.max_steps), "policy", callbacks, run_directory=directory)
     # Set up the data with a trainer attached: it gives each DDP rank its own batch stream and device.
     dm.trainer = trainer
