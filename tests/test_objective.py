@@ -62,6 +62,33 @@ def test_one_step_action_matches_the_formula():
     assert torch.allclose(exact, action, atol=1e-5)
 
 
+def test_sample_prediction_regresses_the_clean_action_and_the_chain_uses_it():
+    torch.manual_seed(0)
+    actor = DiffusionActor(OBS, ACT, 5, hidden_dim=16, layers=1, steps=5, prediction="sample")
+    action, obs, cond = torch.rand(6, ACT) * 2 - 1, torch.randn(6, OBS), torch.randn(6, 5)
+    torch.manual_seed(1)
+    per_sample, predicted = actor.loss_and_prediction(action, obs, cond)
+    torch.manual_seed(1)
+    step = torch.randint(0, 5, (6,))
+    noisy = actor.sqrt_abar[step, None] * action + actor.sqrt_one_minus_abar[step, None] * torch.randn_like(action)
+    out = actor.model(noisy, step, obs, cond)
+    assert torch.allclose(predicted, out.clamp(-1, 1), atol=1e-6)
+    assert torch.allclose(per_sample, ((out - action) ** 2).mean(-1, keepdim=True), atol=1e-6)
+    # A network that always predicts the clean action a*: the last reverse step (posterior mean at k = 0, no
+    # noise) returns the prediction itself, so the chain ends exactly at a*, deterministic or sampled.
+    target = torch.tensor([0.5, -0.25, 0.75])
+
+    class Constant(torch.nn.Module):
+        def forward(self, x, step, obs, cond):
+            return target.expand(x.shape[0], -1)
+
+    actor.model = Constant()
+    for temperature in (0.0, 1.0):
+        assert torch.allclose(actor.sample(obs, cond, temperature=temperature), target.expand(6, -1), atol=1e-5)
+    with pytest.raises(ValueError, match="prediction"):
+        DiffusionActor(OBS, ACT, 5, prediction="velocity")
+
+
 def test_one_step_q_term_trains_the_actor_only(cpu_trainer):
     module = make_module(small_cfg(q_action="one_step", critic="expectile", eta=1.0))
     module.loss.eta = 1.0

@@ -106,9 +106,9 @@ def test_classifier_free_guidance_combines_predictions():
     actor.model.forward = lambda x, k, s, c: c[:, :1].expand(-1, ACT) * 1.0  # eps = first condition entry
     x, step, obs = torch.zeros(3, ACT), torch.zeros(3, dtype=torch.long), torch.zeros(3, OBS)
     cond, null = torch.full((3, 2), 2.0), torch.full((3, 2), 0.5)
-    eps = actor._predict_noise(x, step, obs, cond, null, guidance_weight=3.0)
+    eps = actor._predict(x, step, obs, cond, null, guidance_weight=3.0)
     assert torch.allclose(eps, torch.full((3, ACT), 0.5 + 3.0 * (2.0 - 0.5)))
-    assert torch.allclose(actor._predict_noise(x, step, obs, cond, null, 1.0), torch.full((3, ACT), 2.0))
+    assert torch.allclose(actor._predict(x, step, obs, cond, null, 1.0), torch.full((3, ACT), 2.0))
 
 
 def test_soft_update_and_copy_match_hand_computation():

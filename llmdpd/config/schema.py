@@ -24,6 +24,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "policy.lr_schedule": LR_SCHEDULES,
     "policy.critic_lr_schedule": LR_SCHEDULES,
     "policy.beta_schedule": ("vp", "linear", "cosine"),
+    "policy.prediction": ("epsilon", "sample"),
     "text.pooling": ("mean", "last", "cls"),
     "eval.split": ("test", "validation"),
 }
@@ -160,6 +161,8 @@ class PolicyConfig:
     kind: str = "diffusion"
     diffusion_steps: int = 5
     beta_schedule: str = "vp"
+    # What the denoiser predicts: "epsilon" (the noise, DDPM and Diffusion-QL) or "sample" (the clean action).
+    prediction: str = "epsilon"
     hidden_dim: int = 256
     layers: int = 3
     time_dim: int = 16

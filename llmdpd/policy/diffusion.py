@@ -2,7 +2,9 @@
 
 Follows Diffusion-QL (Wang et al., 2023): few denoising steps, a variance-preserving beta schedule, an MLP
 noise network with a sinusoidal step embedding, the predicted clean action clipped to the action box at every
-reverse step, and the final sample clipped too. Schedule buffers stay fp32 (derived from the config, so
+reverse step, and the final sample clipped too. The network predicts the noise (`prediction="epsilon"`) or,
+like Diffusion-QL's `predict_epsilon=False`, the clean action itself (`prediction="sample"`): then its loss is
+the clean action's error, whose optimum at the noisiest step is the regression mean E[a | s, c]. Schedule buffers stay fp32 (derived from the config, so
 not saved); under autocast the network runs in bf16 while the chain arithmetic promotes back to fp32.
 """
 
@@ -62,7 +64,7 @@ def mlp(in_dim: int, hidden_dim: int, layers: int, out_dim: int) -> nn.Sequentia
 
 
 class NoiseNetwork(nn.Module):
-    """eps(a_k, k, s, c): an MLP over [a_k; step embedding; s; c]."""
+    """eps(a_k, k, s, c) (or the clean action, see `DiffusionActor`): an MLP over [a_k; step embedding; s; c]."""
 
     def __init__(
         self, obs_dim: int, action_dim: int, cond_dim: int, hidden_dim: int, layers: int, time_dim: int
@@ -83,8 +85,9 @@ class NoiseNetwork(nn.Module):
 
 
 class DiffusionActor(nn.Module):
-    """A DDPM policy pi(a | s, c) with K steps; `loss` is the noise-prediction BC loss, `sample` the
-    reverse chain (differentiable when gradients are enabled, as Diffusion-QL's policy improvement needs)."""
+    """A DDPM policy pi(a | s, c) with K steps; `loss` is the BC loss (on the noise or on the clean action,
+    per `prediction`), `sample` the reverse chain (differentiable when gradients are enabled, as
+    Diffusion-QL's policy improvement needs)."""
 
     def __init__(
         self,
@@ -96,8 +99,12 @@ class DiffusionActor(nn.Module):
         time_dim: int = 16,
         steps: int = 5,
         schedule: str = "vp",
+        prediction: str = "epsilon",
     ) -> None:
         super().__init__()
+        if prediction not in ("epsilon", "sample"):
+            raise ValueError(f"Unknown diffusion prediction '{prediction}' (expected 'epsilon' or 'sample')")
+        self.prediction = prediction
         self.action_dim = action_dim
         self.steps = steps
         self.model = NoiseNetwork(obs_dim, action_dim, cond_dim, hidden_dim, layers, time_dim)
@@ -120,31 +127,36 @@ class DiffusionActor(nn.Module):
             self.register_buffer(name, value, persistent=False)
 
     def loss(self, action: Tensor, obs: Tensor, cond: Tensor) -> Tensor:
-        """L_bc = E_k,eps ||eps - eps_theta(sqrt(abar_k) a + sqrt(1 - abar_k) eps, k, s, c)||^2."""
+        """L_bc = E_k,eps ||eps - eps_theta(sqrt(abar_k) a + sqrt(1 - abar_k) eps, k, s, c)||^2
+        (with `prediction="sample"`: E_k,eps ||a - a_theta(...)||^2)."""
         per_sample, _ = self.loss_and_prediction(action, obs, cond)
         return per_sample.mean()
 
     def loss_and_prediction(self, action: Tensor, obs: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
         """The BC loss per sample [n, 1] and, from the same network call, the clean action it implies [n, A].
 
-        The prediction a_hat = (a_k - sqrt(1 - abar_k) eps_theta) / sqrt(abar_k), clipped to the action box,
-        is EDP's one-step action approximation: differentiable, and K times cheaper than the reverse chain.
+        The prediction a_hat = (a_k - sqrt(1 - abar_k) eps_theta) / sqrt(abar_k) (the network's output itself
+        with `prediction="sample"`), clipped to the action box, is EDP's one-step action approximation:
+        differentiable, and K times cheaper than the reverse chain.
         """
         n = action.shape[0]
         step = torch.randint(0, self.steps, (n,), device=action.device)
         noise = torch.randn_like(action, dtype=self.sqrt_abar.dtype)
         noisy = self.sqrt_abar[step, None] * action + self.sqrt_one_minus_abar[step, None] * noise
-        eps = self.model(noisy, step, obs, cond).float()
-        per_sample = (eps - noise.float()).pow(2).mean(-1, keepdim=True)
-        predicted = (noisy - self.sqrt_one_minus_abar[step, None] * eps) / self.sqrt_abar[step, None]
+        out = self.model(noisy, step, obs, cond).float()
+        if self.prediction == "sample":
+            return (out - action.float()).pow(2).mean(-1, keepdim=True), out.clamp(-1.0, 1.0)
+        per_sample = (out - noise.float()).pow(2).mean(-1, keepdim=True)
+        predicted = (noisy - self.sqrt_one_minus_abar[step, None] * out) / self.sqrt_abar[step, None]
         return per_sample, predicted.clamp(-1.0, 1.0)
 
-    def _predict_noise(
+    def _predict(
         self, x: Tensor, step: Tensor, obs: Tensor, cond: Tensor, null_cond: Optional[Tensor], guidance_weight: float
     ) -> Tensor:
         if null_cond is None or guidance_weight == 1.0:
             return self.model(x, step, obs, cond)
-        # Classifier-free guidance: conditional and unconditional predictions in one batched call.
+        # Classifier-free guidance: conditional and unconditional predictions in one batched call (for a
+        # fixed a_k the clean action is affine in the noise, so guiding either prediction is the same).
         both = self.model(
             torch.cat([x, x]), torch.cat([step, step]), torch.cat([obs, obs]), torch.cat([cond, null_cond])
         )
@@ -172,8 +184,9 @@ class DiffusionActor(nn.Module):
             null_cond = null_cond.expand(n, -1)
         for k in reversed(range(self.steps)):
             step = torch.full((n,), k, device=obs.device, dtype=torch.long)
-            eps = self._predict_noise(x, step, obs, cond, null_cond, guidance_weight).to(dtype)
-            x0 = (self.sqrt_recip_abar[k] * x - self.sqrt_recipm1_abar[k] * eps).clamp(-1.0, 1.0)
+            out = self._predict(x, step, obs, cond, null_cond, guidance_weight).to(dtype)
+            x0 = out if self.prediction == "sample" else self.sqrt_recip_abar[k] * x - self.sqrt_recipm1_abar[k] * out
+            x0 = x0.clamp(-1.0, 1.0)
             x = self.posterior_coef_x0[k] * x0 + self.posterior_coef_xt[k] * x
             if k > 0 and temperature > 0:
                 x = x + temperature * self.posterior_std[k] * torch.randn_like(x)
