@@ -62,19 +62,19 @@ def test_zero_policy_fails_and_rollouts_run_in_lock_step():
     ]
 
 
-def test_rollout_diagnostics_tell_the_expert_from_a_policy_that_never_grasps():
+def test_rollout_diagnostics_tell_the_expert_from_a_policy_that_never_reaches_the_object():
     from llmdpd.envs.metaworld import scripted_expert
 
     expert = scripted_expert("pick-place-v3")
     ok = rollout_diagnostics("pick-place-v3", lambda obs: np.stack([expert(o) for o in obs]), [40, 41], max_steps=150)
     assert ok["episodes"] == 2 and ok["on_policy_error"] == 0.0 and ok["on_policy_error_early"] == 0.0
-    assert ok["near_object"] == ok["grasp_success"] == ok["success"] == 1.0
-    assert ok["target_progress"] > 0.8 and 0 < ok["first_success_step"] < 150
-    # Closing the gripper and lifting: never near the puck, nothing grasped, the puck stays where it was.
-    lift = rollout_diagnostics("pick-place-v3", lambda obs: np.tile([0, 0, 1, 1], (len(obs), 1)), [40, 41],
+    assert ok["reached_object"] == ok["moved_object"] == ok["success"] == 1.0
+    assert ok["goal_progress"] > 0.8 and 0 < ok["first_success_step"] < 150
+    # Lifting the open hand: never near the puck, which stays where it was.
+    lift = rollout_diagnostics("pick-place-v3", lambda obs: np.tile([0, 0, 1, -1], (len(obs), 1)), [40, 41],
                                episodes_per_goal=2, max_steps=60)
-    assert lift["episodes"] == 4 and lift["near_object"] == lift["grasp_success"] == lift["success"] == 0.0
-    assert abs(lift["target_progress"]) < 0.05 and lift["first_success_step"] is None
+    assert lift["episodes"] == 4 and lift["reached_object"] == lift["moved_object"] == lift["success"] == 0.0
+    assert abs(lift["goal_progress"]) < 0.05 and lift["first_success_step"] is None
     assert lift["on_policy_error"] > 0.5
 
 

@@ -338,7 +338,7 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     rollouts = summary["rollouts"]
     assert rollouts["episodes_per_goal"] == 1 and set(rollouts["tasks"]) == set(summary["tasks"])
     for entry in rollouts["tasks"].values():
-        assert entry["episodes"] == 8 and all(0 <= entry[k] <= 1 for k in ("near_object", "grasp_success", "success"))
+        assert entry["episodes"] == 8 and all(0 <= entry[k] <= 1 for k in ("reached_object", "moved_object", "success"))
         assert entry["on_policy_error"] > 0  # ten steps of training do not make the expert
     bad = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--samples", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -4,8 +4,8 @@ expert's, per training task, on states the noisy expert visits on the validation
 Per task: the squared distance of one sample, of the deterministic chain (sampler temperature 0) and of the
 mean of `--samples` samples to the expert's action, and the samples' spread around their mean (see
 `llmdpd.evaluation.diagnostics.action_errors`). With `--rollouts N`, also N episodes of the policy itself on
-each validation goal: the success funnel (near the object, grasped, success), the object's progress to its
-target, and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`).
+each validation goal: how many reached the object, moved it and succeeded, the object's progress to the goal,
+and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`).
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
 """
@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 ERRORS = ("sample", "temperature0", "sample_mean", "spread")
-ROLLOUT_COLUMNS = ("near_object", "grasp_success", "success", "target_progress", "on_policy_error_early",
+ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
 
@@ -28,7 +28,7 @@ def register(sub) -> None:
     add_experiment_arguments(parser)
     parser.add_argument("--samples", type=int, default=16, help="samples per state for the mean and spread")
     parser.add_argument("--rollouts", type=int, default=0, help="episodes of the policy per validation goal "
-                        "for the success funnel and on-policy action error (default 0: none)")
+                        "for its stages (object reached, moved, success) and on-policy action error (default 0: none)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)

@@ -65,8 +65,7 @@ class MetaWorldTaskEnv:
     """One goal-visible Meta-World task whose goal variation is chosen at each reset.
 
     `reset(goal)` returns a float32 observation; `step` returns float32 obs, float reward, success flag.
-    Episodes end after `max_episode_steps` (Meta-World never terminates early). `info` holds the last step's
-    Meta-World info (`near_object`, `grasp_success`, `obj_to_target`, ...).
+    Episodes end after `max_episode_steps` (Meta-World never terminates early).
     """
 
     def __init__(self, task: str, seed: int = 0, max_episode_steps: int = 500) -> None:
@@ -75,7 +74,6 @@ class MetaWorldTaskEnv:
         self._mt1 = _benchmark(task, seed)
         self.env = self._mt1.train_classes[task]()
         self.t = 0
-        self.info: dict[str, float] = {}
         self._initial: dict[int, np.ndarray] = {}
 
     @property
@@ -100,9 +98,9 @@ class MetaWorldTaskEnv:
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool]:
         """Step; returns (obs, reward, success, truncated)."""
-        obs, reward, _terminated, _truncated, self.info = self.env.step(np.clip(action, -1.0, 1.0))
+        obs, reward, _terminated, _truncated, info = self.env.step(np.clip(action, -1.0, 1.0))
         self.t += 1
-        return obs.astype(np.float32), float(reward), bool(self.info["success"]), self.t >= self.max_episode_steps
+        return obs.astype(np.float32), float(reward), bool(info["success"]), self.t >= self.max_episode_steps
 
     def close(self) -> None:
         self.env.close()
