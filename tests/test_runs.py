@@ -411,6 +411,7 @@ def test_a_run_interrupted_in_its_final_evaluation_evaluates_when_continued(smok
     run = pipeline.train(load_config("smoke", common))
     first = (run / "eval.json").read_text()
     assert final_diagnostics() == 1
+    assert scalars(run / "tb")["diag/condition_spread/trajectory"][-1][1] > 0  # the tasks' conditions differ
     (run / "eval.json").unlink()  # as if stopped during the final evaluation
     again = pipeline.train(load_config("smoke", [*common, "ckpt=last"]))
     assert again == run and read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4

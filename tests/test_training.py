@@ -321,7 +321,10 @@ def test_llmdpd_eval_rescores_a_checkpoint_with_other_wordings(smoke_data_dir, t
 def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir, tmp_path):
     runs = tmp_path / "runs"
     paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={runs}"]
-    run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, "trainer.max_steps=10"], timeout=300)
+    # With the aligned prompt encoders frozen, the checkpoint's conditions are those alignment ended with.
+    aligned = ["alignment.enabled=true", "alignment.max_steps=5", "alignment.freeze_in_policy_stage=true"]
+    run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, *aligned, "trainer.max_steps=10"],
+                timeout=300)
     result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths,
                           "--rollouts", "1", "eval.max_episode_steps=40"], timeout=300)
     out = runs / "smoke" / "seed0" / "version_0" / "diagnose_last.json"
@@ -335,6 +338,9 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
         # A diffusion policy samples: its draws spread, and their mean is nearer the expert than one draw.
         assert entry["spread"] > 0.01
         assert entry["sample_mean"] < entry["sample"]
+    spread, at_alignment = summary["condition_spread"], summary["condition_spread_aligned"]
+    assert set(spread) == {"text", "trajectory"} and min(spread.values()) > 0  # the two tasks' conditions differ
+    assert spread == pytest.approx(at_alignment, rel=1e-5)
     rollouts = summary["rollouts"]
     assert rollouts["episodes_per_goal"] == 1 and set(rollouts["tasks"]) == set(summary["tasks"])
     for entry in rollouts["tasks"].values():

@@ -6,7 +6,9 @@ mean of `--samples` samples to the expert's action, and the samples' spread arou
 `llmdpd.evaluation.diagnostics.action_errors`). With `--rollouts N`, also N episodes of the policy itself on
 each validation goal: how many reached the object, moved it and succeeded, the object's progress to the goal,
 and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`).
-Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
+Also the condition spread (how far apart the tasks' conditions lie, `condition_spread`) of the checkpoint
+and, where the run kept it, of the prompt encoders the alignment stage ended with (`checkpoints/align/
+final.ckpt`). Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
 """
 
@@ -37,7 +39,7 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmdpd.config.load import ConfigError, load_config
     from llmdpd.data.datamodule import MetaWorldDataModule
-    from llmdpd.evaluation.diagnostics import action_errors, task_conditions, validation_state_sets
+    from llmdpd.evaluation.diagnostics import action_errors, condition_spread, task_conditions, validation_state_sets
     from llmdpd.evaluation.plan import goal_layout
     from llmdpd.evaluation.runner import load_policy
     from llmdpd.prompts.text_embeddings import make_text_embedder
@@ -61,7 +63,12 @@ def run(args: argparse.Namespace) -> int:
     conditions = task_conditions(module, dm, list(states))
     errors = action_errors(module, states, conditions, samples=args.samples, seed=cfg.seed)
     summary = {"checkpoint": str(Path(ckpt).resolve()), "validation_goals": list(goals), "samples": args.samples,
-               "tasks": errors, "mean": _mean(errors, ERRORS)}
+               "tasks": errors, "mean": _mean(errors, ERRORS),
+               "condition_spread": condition_spread(module, conditions)}
+    aligned = Path(ckpt).parent / "align" / "final.ckpt"
+    if aligned.is_file() and len(conditions) > 1:
+        at_alignment = with_aligned_prompt_encoders(module, aligned)
+        summary["condition_spread_aligned"] = condition_spread(at_alignment, task_conditions(at_alignment, dm, list(states)))
     if args.rollouts:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
@@ -71,10 +78,28 @@ def run(args: argparse.Namespace) -> int:
 
     write_eval_json(out, summary)
     print(format_table(summary["tasks"], summary["mean"], ERRORS))
+    for key in ("condition_spread_aligned", "condition_spread"):
+        if key in summary:
+            print(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary[key].items()))
     if "rollouts" in summary:
         print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
     print(f"written: {out}")
     return 0
+
+
+def with_aligned_prompt_encoders(module, align_ckpt: Path):
+    """A copy of `module` whose prompt encoders are those its alignment stage ended with."""
+    import copy
+
+    from llmdpd.checkpoints import read_checkpoint
+
+    state = read_checkpoint(align_ckpt)["state_dict"]
+    out = copy.deepcopy(module)
+    for name in ("text_encoder", "trajectory_encoder"):
+        encoder = getattr(out, name)
+        if encoder is not None:
+            encoder.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
+    return out
 
 
 def policy_rollouts(module, conditions: dict, goals, episodes_per_goal: int, cfg) -> dict[str, dict]:

@@ -10,6 +10,9 @@ What they answer (each a question the method's Q half depends on):
 - `diag/calibration/{q_mean,mc_mean,corr}`: Q(s, c, a) against discounted Monte-Carlo returns on the
   training tasks' prompt episodes, which the policy stage never trains on. Steps within `horizon_margin`
   of an episode's (truncated) end are left out, where a Monte-Carlo sum misses most of the tail.
+- `diag/condition_spread/{text,trajectory}`: how far apart the tasks' conditions lie: the std across the
+  training tasks of each dimension of that half of c, averaged over dimensions. A fall during the policy
+  stage means the prompt encoders' fine-tuning is erasing what tells the tasks apart.
 - `action_errors` (`llmdpd diagnose`): per task, how far the policy's actions lie from the expert's on
   validation states, split into the error of the policy's mean action (bias) and its sampling spread.
 
@@ -69,6 +72,14 @@ def task_conditions(module, source: Any, tasks: Sequence[str]) -> dict[str, Tens
         text = None if text is None else text[:1].to(module.obs_mean.device)
         out[task] = module.prompt_condition(text, source.prompt(task, 0, 0))
     return out
+
+
+def condition_spread(module, conditions: dict[str, Tensor]) -> dict[str, float]:
+    """Per half of c (text, trajectory): the std across tasks of each dimension, averaged over dimensions."""
+    c = torch.cat(list(conditions.values())).float()
+    text_dim = module.conditioning.null_text.numel()
+    halves = {"text": c[:, :text_dim], "trajectory": c[:, text_dim:]}
+    return {name: half.std(0).mean().item() if len(c) > 1 else 0.0 for name, half in halves.items()}
 
 
 def linear_r2(actions: Tensor, q: Tensor) -> Tensor:
@@ -215,6 +226,7 @@ class CriticDiagnosticsCallback(L.Callback):
         try:
             conditions = task_conditions(module, self.source, self.tasks)
             metrics = critic_diagnostics(module, self.states, conditions, seed=self.seed) if self.states else {}
+            metrics.update({f"diag/condition_spread/{k}": v for k, v in condition_spread(module, conditions).items()})
             episodes = {task: self.source.prompt_episodes(task) for task in self.tasks}
             metrics.update(critic_calibration(module, episodes, conditions))
         finally:
