@@ -5,10 +5,11 @@ Per task: the squared distance of one sample, of the deterministic chain (sample
 mean of `--samples` samples to the expert's action, and the samples' spread around their mean (see
 `llmdpd.evaluation.diagnostics.action_errors`). With `--rollouts N`, also N episodes of the policy itself on
 each validation goal: how many reached the object, moved it and succeeded, the object's progress to the goal,
-and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`).
-Also the condition spread (how far apart the tasks' conditions lie, `condition_spread`) of the checkpoint
-and, where the run kept it, of the prompt encoders the alignment stage ended with (`checkpoints/align/
-final.ckpt`). Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
+and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`). Also the
+condition spread (how far apart the tasks' conditions lie, `condition_spread`) of the checkpoint and, where
+the run kept it, of the prompt encoders its alignment stage ended with (`checkpoints/align/final.ckpt`).
+
+Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
 """
 
