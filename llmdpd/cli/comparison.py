@@ -31,12 +31,14 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "diffusion_bc": "diffusion_bc",
         "text_only": "text_only",
         "trajectory_only": "trajectory_only",
+        "llmdpd_x0": "llmdpd_x0",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
         "mlp_bc_prompts": "ml45/mlp_bc_prompts",
         "mlp_bc": "ml45/mlp_bc",
         "no_prompts": "ml45/no_prompts",
+        "llmdpd_x0": "ml45/llmdpd_x0",
     },
 }
 
