@@ -78,6 +78,36 @@ def test_rollout_diagnostics_tell_the_expert_from_a_policy_that_never_reaches_th
     assert lift["on_policy_error"] > 0.5
 
 
+class _PromptedPolicy:
+    """Two tasks whose experts push +0.5 (task a) or -0.5 (task b) on both action dimensions; the policy
+    samples around +0.5 * (c_a - c_b), i.e. it reads its one-hot prompt, or around 0 when it ignores it."""
+
+    obs_mean = torch.zeros(3)
+
+    def __init__(self, reads_prompt: bool) -> None:
+        self.reads_prompt = reads_prompt
+
+    def candidates(self, obs, cond, count, score, acting):
+        centre = 0.5 * (cond[:, :1] - cond[:, 1:]) * float(self.reads_prompt)
+        return centre.expand(len(obs), 2)[:, None, :] + 0.1 * torch.randn(len(obs), count, 2), None
+
+
+def test_prompt_identification_tells_a_policy_that_reads_its_prompt_from_one_that_ignores_it():
+    from llmdpd.evaluation.diagnostics import prompt_identification
+
+    obs = torch.zeros(200, 3)
+    states = {"a": (obs, torch.full((200, 2), 0.5)), "b": (obs, torch.full((200, 2), -0.5))}
+    conditions = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[0.0, 1.0]])}
+    reads = prompt_identification(_PromptedPolicy(True), states, conditions, samples=16)
+    for task, other in (("a", "b"), ("b", "a")):
+        assert reads[task]["identified"] == 1.0 and reads[task]["best_condition"] == task
+        assert reads[task]["own_error"] < 0.01  # 16 draws of std 0.1 average out
+        assert reads[task]["other_error"] == pytest.approx(2.0, abs=0.05)  # 1.0 apart on each of 2 dimensions
+    ignores = prompt_identification(_PromptedPolicy(False), states, conditions, samples=16)
+    for entry in ignores.values():
+        assert entry["own_error"] == pytest.approx(0.5, abs=0.02) == entry["other_error"]
+
+
 def test_act_fn_of_wrong_shape_is_an_error():
     episodes = [EvalEpisode("reach-v3", "seen", 45, 0)]
     with pytest.raises(ValueError, match="shape"):

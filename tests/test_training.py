@@ -328,7 +328,7 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths,
                           "--rollouts", "1", "eval.max_episode_steps=40"], timeout=300)
     out = runs / "smoke" / "seed0" / "version_0" / "diagnose_last.json"
-    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 2
+    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 3
     summary = json.loads(out.read_text())
     assert summary["validation_goals"] == list(range(32, 40)) and summary["samples"] == 16
     assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3"}  # training tasks, never unseen ones
@@ -341,6 +341,12 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     spread, at_alignment = summary["condition_spread"], summary["condition_spread_aligned"]
     assert set(spread) == {"text", "trajectory"} and min(spread.values()) > 0  # the two tasks' conditions differ
     assert spread == pytest.approx(at_alignment, rel=1e-5)
+    identification = summary["prompt_identification"]
+    assert set(identification["tasks"]) == set(summary["tasks"])
+    for task, entry in identification["tasks"].items():
+        assert entry["best_condition"] in summary["tasks"] and entry["identified"] == float(entry["best_condition"] == task)
+        assert entry["own_error"] >= 0 and entry["other_error"] >= 0
+    assert 0 <= identification["mean"]["identified"] <= 1
     rollouts = summary["rollouts"]
     assert rollouts["episodes_per_goal"] == 1 and set(rollouts["tasks"]) == set(summary["tasks"])
     for entry in rollouts["tasks"].values():

@@ -5,7 +5,9 @@ Per task: the squared distance of one sample, of the deterministic chain (sample
 mean of `--samples` samples to the expert's action, and the samples' spread around their mean (see
 `llmdpd.evaluation.diagnostics.action_errors`). With `--rollouts N`, also N episodes of the policy itself on
 each validation goal: how many reached the object, moved it and succeeded, the object's progress to the goal,
-and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`). Also the
+and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`). Also whether
+the policy acts on its own task's prompt (its mean action on each task's states under every training task's
+condition, `prompt_identification`), and the
 condition spread (how far apart the tasks' conditions lie, `condition_spread`) of the checkpoint and, where
 the run kept it, of the prompt encoders its alignment stage ended with (`checkpoints/align/final.ckpt`).
 
@@ -19,6 +21,7 @@ import argparse
 from pathlib import Path
 
 ERRORS = ("sample", "temperature0", "sample_mean", "spread")
+IDENTIFICATION = ("own_error", "other_error", "identified")
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -40,7 +43,8 @@ def register(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from llmdpd.config.load import ConfigError, load_config
     from llmdpd.data.datamodule import MetaWorldDataModule
-    from llmdpd.evaluation.diagnostics import action_errors, condition_spread, task_conditions, validation_state_sets
+    from llmdpd.evaluation.diagnostics import (action_errors, condition_spread, prompt_identification, task_conditions,
+                                               validation_state_sets)
     from llmdpd.evaluation.plan import goal_layout
     from llmdpd.evaluation.runner import load_policy
     from llmdpd.prompts.text_embeddings import make_text_embedder
@@ -66,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     summary = {"checkpoint": str(Path(ckpt).resolve()), "validation_goals": list(goals), "samples": args.samples,
                "tasks": errors, "mean": _mean(errors, ERRORS),
                "condition_spread": condition_spread(module, conditions)}
+    if len(conditions) > 1:
+        identification = prompt_identification(module, states, conditions, seed=cfg.seed)
+        summary["prompt_identification"] = {"tasks": identification, "mean": _mean(identification, IDENTIFICATION)}
     aligned = Path(ckpt).parent / "align" / "final.ckpt"
     if aligned.is_file() and len(conditions) > 1:
         at_alignment = with_aligned_prompt_encoders(module, aligned)
@@ -79,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
 
     write_eval_json(out, summary)
     print(format_table(summary["tasks"], summary["mean"], ERRORS))
+    if "prompt_identification" in summary:
+        print(format_table(summary["prompt_identification"]["tasks"], summary["prompt_identification"]["mean"],
+                           IDENTIFICATION))
     for key in ("condition_spread_aligned", "condition_spread"):
         if key in summary:
             print(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary[key].items()))

@@ -15,6 +15,8 @@ What they answer (each a question the method's Q half depends on):
   stage means the prompt encoders' fine-tuning is erasing what tells the tasks apart.
 - `action_errors` (`llmdpd diagnose`): per task, how far the policy's actions lie from the expert's on
   validation states, split into the error of the policy's mean action (bias) and its sampling spread.
+- `prompt_identification` (`llmdpd diagnose`): does the policy act on its own task's prompt? Its mean action
+  on one task's states under every training task's condition, against that task's expert.
 
 Validation states come from the scripted expert with data-like noise on the validation goals (never data
 goals, never seen-test goals), collected once when the callback starts.
@@ -165,6 +167,36 @@ def action_errors(
             "spread": (draws - mean[:, None]).pow(2).sum(-1).mean().item(),
             "states": int(obs.shape[0]),
         }
+    return out
+
+
+@torch.no_grad()
+def prompt_identification(
+    module, states: dict[str, tuple[Tensor, Tensor]], conditions: dict[str, Tensor], samples: int = 8, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Per task X, the error (as in `action_errors`' `sample_mean`) of the policy's mean action on X's states
+    under each training task's condition, to X's expert action:
+
+    - `own_error`: under X's own condition;
+    - `other_error`: the mean under the other tasks' conditions;
+    - `best_condition`: the task whose condition brings the actions nearest X's expert;
+    - `identified`: 1 when that is X itself.
+
+    A policy that reads its prompt is identified on every task, with `other_error` well above `own_error`; one
+    that ignores the prompt has the two equal and is identified by chance.
+    """
+    torch.manual_seed(seed)
+    out: dict[str, dict[str, Any]] = {}
+    for task, (obs, expert) in states.items():
+        expert = expert.to(module.obs_mean)
+        errors = {}
+        for other, cond in conditions.items():
+            draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
+            errors[other] = (draws.clamp(-1.0, 1.0).mean(1) - expert).pow(2).sum(-1).mean().item()
+        best = min(errors, key=errors.get)
+        others = [error for other, error in errors.items() if other != task]
+        out[task] = {"own_error": errors[task], "other_error": float(np.mean(others)) if others else float("nan"),
+                     "identified": float(best == task), "best_condition": best}
     return out
 
 
