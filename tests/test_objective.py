@@ -89,6 +89,31 @@ def test_sample_prediction_regresses_the_clean_action_and_the_chain_uses_it():
         DiffusionActor(OBS, ACT, 5, prediction="velocity")
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
+def test_film_denoiser_learns_an_action_that_only_the_prompt_tells(prediction):
+    """One state, two prompts: the data action is +0.6 under the first and -0.6 under the second. The FiLM
+    denoiser starts as an unmodulated residual network and learns to act on the prompt alone."""
+    torch.manual_seed(0)
+    actor = DiffusionActor(OBS, ACT, 2, hidden_dim=32, layers=2, steps=5, prediction=prediction, denoiser="film")
+    assert all(not film.weight.detach().any() and not film.bias.detach().any() for film in actor.model.films)
+    obs = torch.zeros(64, OBS)
+    cond = torch.eye(2).repeat(32, 1)
+    action = 0.6 * (cond[:, :1] - cond[:, 1:]).expand(64, ACT)
+    optimiser = torch.optim.Adam(actor.parameters(), lr=3e-3)
+    first = actor.loss(action, obs, cond).item()
+    for _ in range(400):
+        loss = actor.loss(action, obs, cond)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.5 * first
+    with torch.no_grad():
+        drawn = actor.sample(obs, cond, temperature=0.0)
+    assert (drawn - action).abs().max() < 0.2
+    with pytest.raises(ValueError, match="denoiser"):
+        DiffusionActor(OBS, ACT, 2, denoiser="unet")
+
+
 def test_one_step_q_term_trains_the_actor_only(cpu_trainer):
     module = make_module(small_cfg(q_action="one_step", critic="expectile", eta=1.0))
     module.loss.eta = 1.0

@@ -244,8 +244,9 @@ def test_bc_loss_falls_and_samples_stay_in_box(cpu_trainer):
     assert actions.shape == (N, ACT) and actions.abs().max() <= 1
 
 
-def test_bf16_mixed_step_runs(cpu_trainer):
-    module = make_module()
+@pytest.mark.parametrize("denoiser", ["mlp", "film"])
+def test_bf16_mixed_step_runs(cpu_trainer, denoiser):
+    module = make_module(small_cfg(denoiser=denoiser))
     t = cpu_trainer(2, precision="bf16-mixed")
     t.fit(module, loader(batches(2)))
     assert t.global_step == 2

@@ -25,6 +25,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "policy.critic_lr_schedule": LR_SCHEDULES,
     "policy.beta_schedule": ("vp", "linear", "cosine"),
     "policy.prediction": ("epsilon", "sample"),
+    "policy.denoiser": ("mlp", "film"),
     "text.pooling": ("mean", "last", "cls"),
     "eval.split": ("test", "validation"),
 }
@@ -163,6 +164,9 @@ class PolicyConfig:
     beta_schedule: str = "vp"
     # What the denoiser predicts: "epsilon" (the noise, DDPM and Diffusion-QL) or "sample" (the clean action).
     prediction: str = "epsilon"
+    # The denoiser: "mlp" (Diffusion-QL's MLP over [a_k; k; s; c]) or "film" (residual blocks over a_k whose
+    # features (k, s, c) scale and shift at every layer, as Diffusion Policy conditions).
+    denoiser: str = "mlp"
     hidden_dim: int = 256
     layers: int = 3
     time_dim: int = 16

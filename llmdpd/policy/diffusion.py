@@ -63,6 +63,13 @@ def mlp(in_dim: int, hidden_dim: int, layers: int, out_dim: int) -> nn.Sequentia
     return nn.Sequential(*modules)
 
 
+def step_embedding(time_dim: int) -> nn.Sequential:
+    """The denoising step's sinusoidal embedding followed by a small MLP, [n] -> [n, time_dim]."""
+    return nn.Sequential(
+        SinusoidalStepEmbedding(time_dim), nn.Linear(time_dim, 2 * time_dim), nn.Mish(), nn.Linear(2 * time_dim, time_dim)
+    )
+
+
 class NoiseNetwork(nn.Module):
     """eps(a_k, k, s, c) (or the clean action, see `DiffusionActor`): an MLP over [a_k; step embedding; s; c]."""
 
@@ -70,18 +77,50 @@ class NoiseNetwork(nn.Module):
         self, obs_dim: int, action_dim: int, cond_dim: int, hidden_dim: int, layers: int, time_dim: int
     ) -> None:
         super().__init__()
-        self.step_embedding = nn.Sequential(
-            SinusoidalStepEmbedding(time_dim),
-            nn.Linear(time_dim, 2 * time_dim),
-            nn.Mish(),
-            nn.Linear(2 * time_dim, time_dim),
-        )
+        self.step_embedding = step_embedding(time_dim)
         self.net = mlp(action_dim + time_dim + obs_dim + cond_dim, hidden_dim, layers, action_dim)
 
     def forward(self, noisy_action: Tensor, step: Tensor, obs: Tensor, cond: Tensor) -> Tensor:
         emb = self.step_embedding(step)
         dtype = emb.dtype
         return self.net(torch.cat([noisy_action.to(dtype), emb, obs.to(dtype), cond.to(dtype)], -1))
+
+
+class FiLMNoiseNetwork(nn.Module):
+    """eps(a_k, k, s, c) with the context (k, s, c) encoded once and modulating every hidden layer (FiLM, as
+    Diffusion Policy's conditional residual blocks), instead of entering only at the input.
+
+    The concatenating `NoiseNetwork` learns to use c only from the high-noise part of the loss: at low noise
+    the answer follows from a_k alone. Here each residual block computes h + Mish(W h * (1 + gamma(ctx)) +
+    beta(ctx)), so the state and the prompt scale and shift every layer's features of the noisy action.
+    """
+
+    def __init__(
+        self, obs_dim: int, action_dim: int, cond_dim: int, hidden_dim: int, layers: int, time_dim: int
+    ) -> None:
+        super().__init__()
+        self.step_embedding = step_embedding(time_dim)
+        self.context = mlp(time_dim + obs_dim + cond_dim, hidden_dim, 1, hidden_dim)
+        self.inp = nn.Linear(action_dim, hidden_dim)
+        self.blocks = nn.ModuleList(nn.Linear(hidden_dim, hidden_dim) for _ in range(layers))
+        self.films = nn.ModuleList(nn.Linear(hidden_dim, 2 * hidden_dim) for _ in range(layers))
+        for film in self.films:  # start as the identity modulation
+            nn.init.zeros_(film.weight)
+            nn.init.zeros_(film.bias)
+        self.out = nn.Linear(hidden_dim, action_dim)
+
+    def forward(self, noisy_action: Tensor, step: Tensor, obs: Tensor, cond: Tensor) -> Tensor:
+        emb = self.step_embedding(step)
+        dtype = emb.dtype
+        context = F.mish(self.context(torch.cat([emb, obs.to(dtype), cond.to(dtype)], -1)))
+        h = F.mish(self.inp(noisy_action.to(dtype)) + context)
+        for block, film in zip(self.blocks, self.films):
+            scale, shift = film(context).chunk(2, -1)
+            h = h + F.mish(block(h) * (1 + scale) + shift)
+        return self.out(h)
+
+
+DENOISERS = {"mlp": NoiseNetwork, "film": FiLMNoiseNetwork}
 
 
 class DiffusionActor(nn.Module):
@@ -100,14 +139,17 @@ class DiffusionActor(nn.Module):
         steps: int = 5,
         schedule: str = "vp",
         prediction: str = "epsilon",
+        denoiser: str = "mlp",
     ) -> None:
         super().__init__()
         if prediction not in ("epsilon", "sample"):
             raise ValueError(f"Unknown diffusion prediction '{prediction}' (expected 'epsilon' or 'sample')")
+        if denoiser not in DENOISERS:
+            raise ValueError(f"Unknown denoiser '{denoiser}' (expected one of {sorted(DENOISERS)})")
         self.prediction = prediction
         self.action_dim = action_dim
         self.steps = steps
-        self.model = NoiseNetwork(obs_dim, action_dim, cond_dim, hidden_dim, layers, time_dim)
+        self.model = DENOISERS[denoiser](obs_dim, action_dim, cond_dim, hidden_dim, layers, time_dim)
         betas = beta_schedule(schedule, steps)
         alphas = 1 - betas
         abar = torch.cumprod(alphas, 0)

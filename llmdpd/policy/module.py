@@ -144,6 +144,7 @@ class PolicyDiffusionModule(LightningModule):
                 steps=policy.diffusion_steps,
                 schedule=policy.beta_schedule,
                 prediction=policy.prediction,
+                denoiser=policy.denoiser,
             )
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
             critic = TwinCritic(obs_dim, action_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
