@@ -99,7 +99,7 @@ def test_prompt_identification_tells_a_policy_that_reads_its_prompt_from_one_tha
     states = {"a": (obs, torch.full((200, 2), 0.5)), "b": (obs, torch.full((200, 2), -0.5))}
     conditions = {"a": torch.tensor([[1.0, 0.0]]), "b": torch.tensor([[0.0, 1.0]])}
     reads = prompt_identification(_PromptedPolicy(True), states, conditions, samples=16)
-    for task, other in (("a", "b"), ("b", "a")):
+    for task in ("a", "b"):
         assert reads[task]["identified"] == 1.0 and reads[task]["best_condition"] == task
         assert reads[task]["own_error"] < 0.01  # 16 draws of std 0.1 average out
         assert reads[task]["other_error"] == pytest.approx(2.0, abs=0.05)  # 1.0 apart on each of 2 dimensions

@@ -7,9 +7,9 @@ mean of `--samples` samples to the expert's action, and the samples' spread arou
 each validation goal: how many reached the object, moved it and succeeded, the object's progress to the goal,
 and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`). Also whether
 the policy acts on its own task's prompt (its mean action on each task's states under every training task's
-condition, `prompt_identification`), and the
-condition spread (how far apart the tasks' conditions lie, `condition_spread`) of the checkpoint and, where
-the run kept it, of the prompt encoders its alignment stage ended with (`checkpoints/align/final.ckpt`).
+condition, `prompt_identification`), and the condition spread (how far apart the tasks' conditions lie,
+`condition_spread`) of the checkpoint and, where the run kept it, of the prompt encoders its alignment stage
+ended with (`checkpoints/align/final.ckpt`).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
