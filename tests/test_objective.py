@@ -153,6 +153,24 @@ def test_sample_acting_draws_one_candidate_without_the_critic():
     assert module.act(torch.randn(3, OBS), cond).shape == (3, ACT) and not calls
 
 
+def test_mean_acting_averages_the_candidates_without_the_critic():
+    module = make_module(small_cfg(num_candidates=64, acting="mean"))
+    calls = []
+    module.loss.target_q_min = lambda *a: calls.append(1)
+    cond = module.prompt_condition(torch.randn(3, TEXT), batches(1)[0][:1])
+    obs = torch.randn(3, OBS)
+    torch.manual_seed(0)
+    acted = module.act(obs, cond)
+    torch.manual_seed(0)
+    draws, _ = module.candidates(obs, cond, count=64, score=False)
+    assert not calls and acted.shape == (3, ACT)
+    assert torch.allclose(acted, draws.clamp(-1, 1).mean(1), atol=1e-6)
+    # The average of 64 draws varies far less between calls than one draw does.
+    means = torch.stack([module.act(obs, cond) for _ in range(8)])
+    singles = torch.stack([module.act(obs, cond, acting={"acting": "sample"}) for _ in range(8)])
+    assert means.std(0).mean() < 0.5 * singles.std(0).mean()
+
+
 def test_n_step_returns_stop_at_episode_ends():
     def episode(rewards, terminal=False):
         t = len(rewards)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 POLICY_KINDS = ("diffusion", "mlp_bc")
 CRITIC_KINDS = ("td", "expectile")
 Q_ACTIONS = ("chain", "one_step")
-ACTING_RULES = ("sample", "softmax", "argmax")
+ACTING_RULES = ("sample", "mean", "softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
 CHOICES: dict[str, tuple[str, ...]] = {
     "policy.kind": POLICY_KINDS,
@@ -205,8 +205,9 @@ class PolicyConfig:
     q_action: str = "one_step"
     # Advantage-weighted BC: weight exp(A / beta) on each transition's BC loss (0 = off).
     awr_beta: float = 1.0
-    # Acting: M candidates from the EMA actor, then "sample" (the first), "softmax" (Boltzmann over the
-    # target critic's Q standardised across a state's candidates, temperature `acting_temperature`) or "argmax".
+    # Acting: M candidates from the EMA actor, then "sample" (the first), "mean" (their average: the policy's
+    # expected action, without the behaviour's noise), "softmax" (Boltzmann over the target critic's Q
+    # standardised across a state's candidates, temperature `acting_temperature`) or "argmax".
     acting: str = "sample"
     acting_temperature: float = 1.0
     # Temperature of the acting sampler's noise (1: DDPM; 0: the deterministic chain from the zero latent).

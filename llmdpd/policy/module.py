@@ -276,12 +276,16 @@ class PolicyDiffusionModule(LightningModule):
     def act(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
         """Actions [n, A] in [-1, 1] for raw observations [n, S] under conditions [n, C] (or [1, C]).
 
-        `policy.acting`: "sample" draws one action from the EMA actor; "softmax" and "argmax" draw
+        `policy.acting`: "sample" draws one action from the EMA actor; "mean" averages `policy.num_candidates`
+        draws (the policy's expected action; no critic involved); "softmax" and "argmax" draw
         `policy.num_candidates` and choose by the target critics' Q (see `llmdpd.policy.acting`). The MLP
         baseline returns its single action. `acting` (e.g. `{"num_candidates": 32}`, keys of `policy.*`)
         overrides the trained config's acting-time settings for this call, without changing `self.cfg`.
         """
         policy = _with_overrides(self.cfg.policy, acting)
+        if policy.acting == "mean":
+            actions, _ = self.candidates(obs, cond, score=False, acting=acting)
+            return actions.clamp(-1.0, 1.0).mean(1)
         if self.critic is None or policy.acting == "sample":
             actions, _ = self.candidates(obs, cond, count=1, score=False, acting=acting)
             return actions[:, 0].clamp(-1.0, 1.0)
