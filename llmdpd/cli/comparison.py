@@ -32,6 +32,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "text_only": "text_only",
         "trajectory_only": "trajectory_only",
         "llmdpd_x0": "llmdpd_x0",
+        "llmdpd_x0_bc": "llmdpd_x0_bc",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -39,6 +40,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc": "ml45/mlp_bc",
         "no_prompts": "ml45/no_prompts",
         "llmdpd_x0": "ml45/llmdpd_x0",
+        "llmdpd_x0_bc": "ml45/llmdpd_x0_bc",
     },
 }
 
