@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -207,6 +209,19 @@ def test_loss_parts_sum_to_the_trained_loss():
     parts = sum(losses[k] for k in ("loss_bc", "loss_critic", "loss_value", "loss_q"))
     assert torch.allclose(loss_total(losses), parts)
     assert 0 < losses["awr_weight_mean"] <= 100
+    assert 1 / 16 <= losses["awr_ess"] <= 1
+
+
+def test_awr_effective_sample_size_by_hand():
+    module = make_module(small_cfg(critic="expectile", awr_beta=1.0))
+    td = module.loss_input(random_batch(2, 8, 6, OBS, ACT, TEXT))
+    advantage = torch.zeros(16, 1)
+    advantage[0] = math.log(4.0)  # one transition weighs 4, the other 15 weigh 1
+    module.loss.target_q_min = lambda obs, cond, action: advantage
+    module.loss.value.forward = lambda obs, cond: torch.zeros(len(obs), 1, requires_grad=True)
+    losses = module.loss(td)
+    assert torch.isclose(losses["awr_ess"], torch.tensor((4 + 15) ** 2 / (16 + 15) / 16))
+    assert torch.isclose(losses["awr_weight_mean"], torch.tensor(19 / 16))
 
 
 def test_zero_sample_temperature_is_deterministic_and_narrower():

@@ -6,7 +6,7 @@
          return), discount [n, 1] (gamma^m (1 - done) for the m steps the return covers), next_obs [n, S]
          (the state m steps on)
     out: loss_bc, loss_critic, loss_value (expectile critic), loss_q (already weighted by `eta`),
-         and detached statistics (q_mean, q_std, target_mean, value_mean, awr_weight_mean)
+         and detached statistics (q_mean, q_std, target_mean, value_mean, awr_weight_mean, awr_ess)
 
 The twin critic lives in the loss as functional parameters with a target copy
 (`convert_to_functional(..., create_target_params=True)`), soft-updated by torchrl's `SoftUpdate`, and is
@@ -144,7 +144,10 @@ class DiffusionQLLoss(LossModule):
             if self.awr_beta > 0:
                 weight = torch.exp((q_data - value.detach()) / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
                 if self.statistics:
+                    # The effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1 when
+                    # the weights are even, near 1/n when one transition carries the batch.
                     out["awr_weight_mean"] = weight.mean()
+                    out["awr_ess"] = weight.sum().square() / weight.square().sum().clamp_min(1e-12) / weight.numel()
 
         per_sample_bc, predicted = self.actor.loss_and_prediction(action, obs, cond)
         out["loss_bc"] = (per_sample_bc * weight).mean() if weight is not None else per_sample_bc.mean()
