@@ -144,9 +144,9 @@ class DiffusionQLLoss(LossModule):
             if self.awr_beta > 0:
                 weight = torch.exp((q_data - value.detach()) / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
                 if self.statistics:
+                    out["awr_weight_mean"] = weight.mean()
                     # The effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1 when
                     # the weights are even, near 1/n when one transition carries the batch.
-                    out["awr_weight_mean"] = weight.mean()
                     out["awr_ess"] = weight.sum().square() / weight.square().sum().clamp_min(1e-12) / weight.numel()
 
         per_sample_bc, predicted = self.actor.loss_and_prediction(action, obs, cond)
