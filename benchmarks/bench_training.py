@@ -189,7 +189,8 @@ class BareLearner:
         data = {k: batch[k].reshape(n * b, *batch[k].shape[2:]) for k in TRANSITION_KEYS if k in batch}
         if K.DISCOUNT not in data:
             data[K.DISCOUNT] = self.p.gamma * (1.0 - data[K.DONE])
-        return TensorDict({**data, "cond": cond}, batch_size=[n * b])
+        task = torch.arange(n, device=cond.device).repeat_interleave(b)
+        return TensorDict({**data, "cond": cond, "task": task}, batch_size=[n * b])
 
     def step(self, batch: dict[str, torch.Tensor]) -> None:
         self.loss.eta = self.eta(self.steps_done)

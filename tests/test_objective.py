@@ -13,7 +13,7 @@ from llmdpd.data.batch import random_batch
 from llmdpd.data.episode_store import EpisodeStore, n_step_returns
 from llmdpd.policy.acting import select_candidates, standardise
 from llmdpd.policy.diffusion import DiffusionActor
-from llmdpd.policy.loss import expectile_loss, loss_total
+from llmdpd.policy.loss import expectile_loss, loss_total, standardise_per_task
 from tests.test_policy import ACT, OBS, TEXT, batches, loader, make_module, small_cfg
 
 
@@ -222,6 +222,38 @@ def test_awr_effective_sample_size_by_hand():
     losses = module.loss(td)
     assert torch.isclose(losses["awr_ess"], torch.tensor((4 + 15) ** 2 / (16 + 15) / 16))
     assert torch.isclose(losses["awr_weight_mean"], torch.tensor(19 / 16))
+
+
+def test_standardise_per_task_by_hand():
+    values = torch.tensor([[1.0], [3.0], [10.0], [20.0], [30.0], [7.0]])
+    task = torch.tensor([0, 0, 1, 1, 1, 2])
+    out = standardise_per_task(values, task)
+    # task 0: mean 2, std sqrt(2); task 1: mean 20, std 10; task 2 has one entry
+    expected = torch.tensor([[-1 / math.sqrt(2)], [1 / math.sqrt(2)], [-1.0], [0.0], [1.0], [0.0]])
+    assert torch.allclose(out, expected)
+
+
+def test_task_advantages_rank_within_each_task():
+    module = make_module(small_cfg(critic="expectile", awr_beta=1.0, awr_advantage="task"))
+    td = module.loss_input(random_batch(2, 8, 6, OBS, ACT, TEXT))
+    assert torch.equal(td["task"], torch.arange(2).repeat_interleave(8))
+    # Task 1's advantages are task 0's shifted by 50: raw weights would hand task 1 the whole batch.
+    advantage = torch.linspace(-1.0, 1.0, 8).repeat(2)[:, None]
+    advantage[8:] += 50.0
+    module.loss.target_q_min = lambda obs, cond, action: advantage
+    module.loss.value.forward = lambda obs, cond: torch.zeros(len(obs), 1, requires_grad=True)
+    # BC loss 1 on task 0's transitions and 0 on task 1's: loss_bc / awr_weight_mean is task 0's weight share.
+    in_task_0 = (td["task"] == 0).float()
+    module.actor.loss_and_prediction = lambda action, obs, cond: (in_task_0[:, None], action)
+    weights = torch.exp(standardise_per_task(advantage, td["task"]))
+    assert torch.allclose(weights[:8], weights[8:])
+    losses = module.loss(td)
+    assert torch.isclose(losses["awr_weight_mean"], weights.mean())
+    assert torch.isclose(losses["awr_ess"], weights.sum().square() / weights.square().sum() / 16)
+    assert torch.isclose(losses["loss_bc"] / losses["awr_weight_mean"], torch.tensor(0.5))
+    module.loss.awr_advantage = "raw"
+    raw = module.loss(td)
+    assert raw["loss_bc"] / raw["awr_weight_mean"] < 0.02  # raw weights hand the batch to the shifted task
 
 
 def test_zero_sample_temperature_is_deterministic_and_narrower():

@@ -14,12 +14,14 @@ from typing import Any, Optional
 POLICY_KINDS = ("diffusion", "mlp_bc")
 CRITIC_KINDS = ("td", "expectile")
 Q_ACTIONS = ("chain", "one_step")
+AWR_ADVANTAGES = ("raw", "task")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
 CHOICES: dict[str, tuple[str, ...]] = {
     "policy.kind": POLICY_KINDS,
     "policy.critic": CRITIC_KINDS,
     "policy.q_action": Q_ACTIONS,
+    "policy.awr_advantage": AWR_ADVANTAGES,
     "policy.acting": ACTING_RULES,
     "policy.lr_schedule": LR_SCHEDULES,
     "policy.critic_lr_schedule": LR_SCHEDULES,
@@ -207,6 +209,10 @@ class PolicyConfig:
     q_action: str = "one_step"
     # Advantage-weighted BC: weight exp(A / beta) on each transition's BC loss (0 = off).
     awr_beta: float = 1.0
+    # The advantage A in exp(A / beta): "raw" (Q - V) or "task" (Q - V standardised within each task of the
+    # batch, so the weights rank transitions inside a task instead of tasks against each other; beta is then
+    # in standard deviations).
+    awr_advantage: str = "raw"
     # Acting: M candidates from the EMA actor, then "sample" (the first), "mean" (their average: the policy's
     # expected action, without the behaviour's noise), "softmax" (Boltzmann over the target critic's Q
     # standardised across a state's candidates, temperature `acting_temperature`) or "argmax".

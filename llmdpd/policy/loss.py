@@ -4,7 +4,8 @@
 
     in:  obs [n, S], action [n, A], cond [n, C] (with gradient, for the actor), reward [n, 1] (the n-step
          return), discount [n, 1] (gamma^m (1 - done) for the m steps the return covers), next_obs [n, S]
-         (the state m steps on)
+         (the state m steps on), task [n] (the transition's task index in the batch, in [0, n); read only
+         when the advantages are standardised per task)
     out: loss_bc, loss_critic, loss_value (expectile critic), loss_q (already weighted by `eta`),
          and detached statistics (q_mean, q_std, target_mean, value_mean, awr_weight_mean, awr_ess)
 
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.iql import IQLLoss
 
-from llmdpd.config.schema import CRITIC_KINDS, Q_ACTIONS
+from llmdpd.config.schema import AWR_ADVANTAGES, CRITIC_KINDS, Q_ACTIONS
 from llmdpd.policy.critic import TwinCritic
 
 # Advantage weights exp(A / beta) are clipped here, as in AWAC/IQL implementations, so one lucky transition
@@ -42,6 +43,20 @@ MAX_AWR_WEIGHT = 100.0
 def _named_tensors(params: TensorDictBase) -> dict[str, Tensor]:
     """A parameter TensorDict as the flat name -> tensor mapping `functional_call` takes."""
     return dict(params.flatten_keys(".").items())
+
+
+def standardise_per_task(values: Tensor, task: Tensor) -> Tensor:
+    """(x - mean_t x) / std_t x of each entry x [n, 1] within its task t = task[i] (an index in [0, n)).
+
+    Segment sums by `index_add_` over n slots (an upper bound on the number of tasks), so no count is read back
+    to the host and the shapes do not depend on the batch's tasks. A task with one entry gets 0.
+    """
+    flat, slots = values.reshape(-1), values.new_zeros(values.numel())
+    count = slots.index_add(0, task, torch.ones_like(flat))
+    mean = slots.index_add(0, task, flat) / count.clamp_min(1.0)
+    centred = flat - mean[task]
+    variance = slots.index_add(0, task, centred.square()) / (count - 1.0).clamp_min(1.0)
+    return (centred / variance[task].sqrt().clamp_min(1e-6)).reshape_as(values)
 
 
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
@@ -72,12 +87,15 @@ class DiffusionQLLoss(LossModule):
         expectile: float = 0.7,
         q_action: str = "chain",
         awr_beta: float = 0.0,
+        awr_advantage: str = "raw",
     ) -> None:
         super().__init__()
         if critic_kind not in CRITIC_KINDS:
             raise ValueError(f"Unknown policy.critic '{critic_kind}' (expected one of {CRITIC_KINDS})")
         if q_action not in Q_ACTIONS:
             raise ValueError(f"Unknown policy.q_action '{q_action}' (expected one of {Q_ACTIONS})")
+        if awr_advantage not in AWR_ADVANTAGES:
+            raise ValueError(f"Unknown policy.awr_advantage '{awr_advantage}' (expected one of {AWR_ADVANTAGES})")
         if critic_kind == "expectile" and value is None:
             raise ValueError("The expectile critic needs a value network")
         # The actors are owned (registered, checkpointed, averaged) by the LightningModule; the loss only
@@ -90,6 +108,7 @@ class DiffusionQLLoss(LossModule):
         self.expectile = float(expectile)
         self.q_action = q_action
         self.awr_beta = float(awr_beta)
+        self.awr_advantage = awr_advantage
         self.in_keys = ["obs", "action", "cond", "reward", "discount", "next_obs"]
         self.out_keys = ["loss_bc", "loss_critic", "loss_value", "loss_q"]
         # The weight of L_q this step (the caller ramps it in after the critic warm-up). Compiled callers pass a
@@ -142,7 +161,10 @@ class DiffusionQLLoss(LossModule):
             if self.statistics:
                 out["value_mean"] = value.detach().mean()
             if self.awr_beta > 0:
-                weight = torch.exp((q_data - value.detach()) / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
+                advantage = q_data - value.detach()
+                if self.awr_advantage == "task":
+                    advantage = standardise_per_task(advantage, td["task"])
+                weight = torch.exp(advantage / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
                 if self.statistics:
                     out["awr_weight_mean"] = weight.mean()
                     # The effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1 when

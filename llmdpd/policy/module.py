@@ -160,6 +160,7 @@ class PolicyDiffusionModule(LightningModule):
                 expectile=policy.expectile,
                 q_action=policy.q_action,
                 awr_beta=policy.awr_beta,
+                awr_advantage=policy.awr_advantage,
             )
             self.target_updater: Optional[SoftUpdate] = SoftUpdate(self.loss, tau=policy.tau)
         else:
@@ -304,13 +305,15 @@ class PolicyDiffusionModule(LightningModule):
 
     def loss_input(self, batch: Any) -> TensorDict:
         """The loss's input: the batch's [N, B] transitions flattened, with the condition of each task's prompt
-        (encoded once per task, with prompt dropout) repeated over its B transitions."""
+        (encoded once per task, with prompt dropout) and the task's index in the batch repeated over its B
+        transitions."""
         n, b = batch["obs"].shape[:2]
         cond = self._encode(_optional(batch, "text_emb"), batch, n, drop=True).repeat_interleave(b, 0)
         data = {k: batch[k].reshape(n * b, *batch[k].shape[2:]) for k in TRANSITION_KEYS if k in batch.keys()}
         if "discount" not in data:
             data["discount"] = self.cfg.policy.gamma * (1.0 - data["done"])
-        return TensorDict({**data, "cond": cond}, batch_size=[n * b])
+        task = torch.arange(n, device=cond.device).repeat_interleave(b)
+        return TensorDict({**data, "cond": cond, "task": task}, batch_size=[n * b])
 
     def compute_losses(self, batch: Any) -> TensorDict:
         """The named loss parts (and, when `self.loss.statistics`, the statistics) of one batch: prompt encoding
