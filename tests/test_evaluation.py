@@ -108,6 +108,36 @@ def test_prompt_identification_tells_a_policy_that_reads_its_prompt_from_one_tha
         assert entry["own_error"] == pytest.approx(0.5, abs=0.02) == entry["other_error"]
 
 
+class _TextReadingPolicy:
+    """c = [text (2) | trajectory (2)]; the policy's action is the text half, exactly; the null condition is 0."""
+
+    obs_mean = torch.zeros(3)
+
+    class conditioning:
+        null_text = torch.zeros(2)
+
+        @staticmethod
+        def null(n: int = 1) -> torch.Tensor:
+            return torch.zeros(n, 4)
+
+    def candidates(self, obs, cond, count, score, acting):
+        return cond[:, :2].expand(len(obs), 2)[:, None, :].expand(-1, count, -1), None
+
+
+def test_prompt_transfer_names_the_behaviour_an_unseen_prompt_calls_up():
+    from llmdpd.evaluation.prompt_transfer import prompt_transfer
+
+    training = {"a": torch.tensor([[1.0, 0.0, 0.0, 1.0]]), "b": torch.tensor([[0.0, 1.0, 1.0, 0.0]])}
+    # The unseen task's expert wants b's action, but its text lies near a's and its demonstration near b's.
+    unseen = {"u": torch.tensor([[0.9, 0.1, 0.8, 0.2]])}
+    states = {"u": (torch.zeros(5, 3), torch.tensor([[0.0, 1.0]]).expand(5, 2))}
+    out = prompt_transfer(_TextReadingPolicy(), states, unseen, training)["u"]
+    assert out["behaves_like"] == "a" and out["behaviour_gap"] == pytest.approx(0.02)
+    assert out["best_training_task"] == "b" and out["best_training_error"] == 0.0
+    assert out["own_error"] == pytest.approx(0.81 + 0.81) and out["null_error"] == pytest.approx(1.0)
+    assert out["nearest_text"] == "a" and out["nearest_trajectory"] == "b"
+
+
 def test_act_fn_of_wrong_shape_is_an_error():
     episodes = [EvalEpisode("reach-v3", "seen", 45, 0)]
     with pytest.raises(ValueError, match="shape"):

@@ -9,7 +9,8 @@ and the action error on the policy's own states (see `llmdpd.evaluation.rollout_
 the policy acts on its own task's prompt (its mean action on each task's states under every training task's
 condition, `prompt_identification`), and the condition spread (how far apart the tasks' conditions lie,
 `condition_spread`) of the checkpoint and, where the run kept it, of the prompt encoders its alignment stage
-ended with (`checkpoints/align/final.ckpt`).
+ended with (`checkpoints/align/final.ckpt`). With `--unseen`, also which training task's behaviour each
+unseen task's prompt calls up, on the unseen task's own expert states (`prompt_transfer`).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -22,6 +23,8 @@ from pathlib import Path
 
 ERRORS = ("sample", "temperature0", "sample_mean", "spread")
 IDENTIFICATION = ("own_error", "other_error", "identified")
+TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
+TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -35,6 +38,8 @@ def register(sub) -> None:
     parser.add_argument("--samples", type=int, default=16, help="samples per state for the mean and spread")
     parser.add_argument("--rollouts", type=int, default=0, help="episodes of the policy per validation goal "
                         "for its stages (object reached, moved, success) and on-policy action error (default 0: none)")
+    parser.add_argument("--unseen", action="store_true", help="also the unseen tasks: which training task's "
+                        "behaviour each one's prompt calls up (states from the same goal indices)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)
@@ -77,6 +82,14 @@ def run(args: argparse.Namespace) -> int:
     if aligned.is_file() and len(conditions) > 1:
         at_alignment = with_aligned_prompt_encoders(module, aligned)
         summary["condition_spread_aligned"] = condition_spread(at_alignment, task_conditions(at_alignment, dm, list(states)))
+    if args.unseen:
+        from llmdpd.evaluation.prompt_transfer import prompt_transfer
+
+        unseen_states = validation_state_sets(dm.unseen_tasks, goals, seed=cfg.data.seed)
+        transfer = prompt_transfer(module, unseen_states, task_conditions(module, dm, list(unseen_states)), conditions,
+                                   seed=cfg.seed)
+        if transfer:
+            summary["prompt_transfer"] = {"tasks": transfer, "mean": _mean(transfer, TRANSFER)}
     if args.rollouts:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
@@ -92,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
     for key in ("condition_spread_aligned", "condition_spread"):
         if key in summary:
             print(f"{key}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary[key].items()))
+    if "prompt_transfer" in summary:
+        print(format_table(summary["prompt_transfer"]["tasks"], summary["prompt_transfer"]["mean"],
+                           TRANSFER + TRANSFER_TASKS))
     if "rollouts" in summary:
         print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
     print(f"written: {out}")
@@ -139,5 +155,6 @@ def format_table(per_task: dict[str, dict], mean: dict[str, float], columns) -> 
     """A markdown table: per task, the given columns, then their mean over tasks."""
     lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for task, entry in list(per_task.items()) + [("**mean**", mean)]:
-        lines.append(f"| {task} | " + " | ".join(f"{entry[k]:.3f}" for k in columns) + " |")
+        cells = (entry.get(k, "") if isinstance(entry.get(k, ""), str) else f"{entry[k]:.3f}" for k in columns)
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
