@@ -33,6 +33,9 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "trajectory_only": "trajectory_only",
         "llmdpd_x0": "llmdpd_x0",
         "llmdpd_x0_bc": "llmdpd_x0_bc",
+        "no_prompts_x0_bc": "no_prompts_x0_bc",
+        "text_only_x0_bc": "text_only_x0_bc",
+        "trajectory_only_x0_bc": "trajectory_only_x0_bc",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
