@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from pathlib import Path
 
@@ -136,6 +137,52 @@ def test_prompt_transfer_names_the_behaviour_an_unseen_prompt_calls_up():
     assert out["best_training_task"] == "b" and out["best_training_error"] == 0.0
     assert out["own_error"] == pytest.approx(0.81 + 0.81) and out["null_error"] == pytest.approx(1.0)
     assert out["nearest_text"] == "a" and out["nearest_trajectory"] == "b"
+
+
+class _ScoredBehaviours:
+    """A critic whose advantage is the first action dimension (V = 0); identity normaliser."""
+
+    obs_mean = torch.zeros(2)
+
+    class normalizer:
+        @staticmethod
+        def obs(obs):
+            return obs
+
+    class loss:
+        @staticmethod
+        def target_q_min(obs, cond, action):
+            return action[:, :1]
+
+        @staticmethod
+        def value(obs, cond):
+            return torch.zeros(len(obs), 1)
+
+
+def test_advantage_weights_by_behaviour_by_hand():
+    from llmdpd.evaluation.advantage_weights import advantage_weights
+
+    def episode(first_action: float, steps: int) -> dict:
+        return {"observations": np.zeros((steps + 1, 2), np.float32),
+                "actions": np.tile(np.float32([first_action, 0.5]), (steps, 1))}
+
+    # Three steps of a "good" behaviour (advantage +1) and one of a "bad" one (advantage -1).
+    episodes = {"t": ([episode(1.0, 3), episode(-1.0, 1)], ["good", "bad"])}
+    out = advantage_weights(_ScoredBehaviours(), episodes, {"t": torch.zeros(1, 3)}, beta=1.0, per_task=False)["t"]
+    e = math.e
+    assert out["weight_share/good"] == pytest.approx(3 * e / (3 * e + 1 / e))
+    assert out["data_share/good"] == 0.75 and out["data_share/bad"] == 0.25
+    assert out["ess"] == pytest.approx((3 * e + 1 / e) ** 2 / (4 * (3 * e**2 + e**-2)))
+    weighted_first = (3 * e - 1 / e) / (3 * e + 1 / e)
+    assert out["tilt/0"] == pytest.approx(weighted_first - 0.5) and out["tilt/1"] == pytest.approx(0.0, abs=1e-6)
+    assert out["tilt_norm"] == pytest.approx(abs(weighted_first - 0.5))
+    # Advantages of +-0.1 weigh the behaviours nearly evenly; standardised within the task (mean 0.05, std 0.1)
+    # they become +0.5 and -1.5, as far apart as +-1.
+    small = {"t": ([episode(0.1, 3), episode(-0.1, 1)], ["good", "bad"])}
+    raw = advantage_weights(_ScoredBehaviours(), small, {"t": torch.zeros(1, 3)}, beta=1.0, per_task=False)["t"]
+    task = advantage_weights(_ScoredBehaviours(), small, {"t": torch.zeros(1, 3)}, beta=1.0, per_task=True)["t"]
+    assert raw["weight_share/good"] == pytest.approx(3 * math.exp(0.1) / (3 * math.exp(0.1) + math.exp(-0.1)))
+    assert task["weight_share/good"] == pytest.approx(out["weight_share/good"])
 
 
 def test_act_fn_of_wrong_shape_is_an_error():

@@ -326,9 +326,9 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, *aligned, "trainer.max_steps=10"],
                 timeout=300)
     result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths,
-                          "--rollouts", "1", "--unseen", "eval.max_episode_steps=40"], timeout=300)
+                          "--rollouts", "1", "--unseen", "--awr", "1", "eval.max_episode_steps=40"], timeout=300)
     out = runs / "smoke" / "seed0" / "version_0" / "diagnose_last.json"
-    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 4
+    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 5
     summary = json.loads(out.read_text())
     assert summary["validation_goals"] == list(range(32, 40)) and summary["samples"] == 16
     assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3"}  # training tasks, never unseen ones
@@ -353,6 +353,12 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
         assert {entry[k] for k in ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")} <= set(
             summary["tasks"])
         assert all(math.isfinite(entry[k]) and entry[k] >= 0 for k in ("own_error", "null_error", "behaviour_gap"))
+    weights = summary["advantage_weights"]
+    assert weights["beta"] == 1.0 and set(weights["tasks"]) == set(summary["tasks"])
+    for entry in weights["tasks"].values():
+        assert sum(v for k, v in entry.items() if k.startswith("weight_share/")) == pytest.approx(1.0)
+        assert sum(v for k, v in entry.items() if k.startswith("data_share/")) == pytest.approx(1.0)
+        assert 0 < entry["ess"] <= 1 and entry["transitions"] > 0
     rollouts = summary["rollouts"]
     assert rollouts["episodes_per_goal"] == 1 and set(rollouts["tasks"]) == set(summary["tasks"])
     for entry in rollouts["tasks"].values():

@@ -10,7 +10,10 @@ the policy acts on its own task's prompt (its mean action on each task's states 
 condition, `prompt_identification`), and the condition spread (how far apart the tasks' conditions lie,
 `condition_spread`) of the checkpoint and, where the run kept it, of the prompt encoders its alignment stage
 ended with (`checkpoints/align/final.ckpt`). With `--unseen`, also which training task's behaviour each
-unseen task's prompt calls up, on the unseen task's own expert states (`prompt_transfer`).
+unseen task's prompt calls up, on the unseen task's own expert states (`prompt_transfer`). With `--awr BETA`,
+what advantage weights exp(A / BETA) from the checkpoint's critic (standardised per task under
+`policy.awr_advantage=task`) do to each task's data: each behaviour's share of the weight against its share of
+the transitions, the effective sample size and the tilt of the mean action (`advantage_weights`).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -40,6 +43,8 @@ def register(sub) -> None:
                         "for its stages (object reached, moved, success) and on-policy action error (default 0: none)")
     parser.add_argument("--unseen", action="store_true", help="also the unseen tasks: which training task's "
                         "behaviour each one's prompt calls up (states from the same goal indices)")
+    parser.add_argument("--awr", type=float, metavar="BETA", help="also the advantage weights exp(A / BETA) by "
+                        "data behaviour (expectile critic; policy.awr_advantage=task standardises A per task)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.exp, args.overrides)
     if args.samples < 1:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
+    if args.awr is not None and not args.awr > 0:
+        raise ConfigError(f"--awr must be a positive temperature, got {args.awr}")
     if args.rollouts < 0:
         raise ConfigError(f"--rollouts must be at least 0, got {args.rollouts}")
     goals = goal_layout(cfg.data).validation
@@ -90,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
                                    seed=cfg.seed)
         if transfer:
             summary["prompt_transfer"] = {"tasks": transfer, "mean": _mean(transfer, TRANSFER)}
+    if args.awr is not None:
+        summary["advantage_weights"] = weights_by_behaviour(module, dm, conditions, args.awr, cfg)
     if args.rollouts:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
@@ -108,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     if "prompt_transfer" in summary:
         print(format_table(summary["prompt_transfer"]["tasks"], summary["prompt_transfer"]["mean"],
                            TRANSFER + TRANSFER_TASKS))
+    if "advantage_weights" in summary:
+        tasks = summary["advantage_weights"]["tasks"]
+        columns = ("ess", "tilt_norm", *sorted({k for e in tasks.values() for k in e if "_share/" in k}))
+        print(format_table(tasks, summary["advantage_weights"]["mean"], columns))
     if "rollouts" in summary:
         print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
     print(f"written: {out}")
@@ -127,6 +140,24 @@ def with_aligned_prompt_encoders(module, align_ckpt: Path):
         if encoder is not None:
             encoder.load_state_dict({k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")})
     return out
+
+
+def weights_by_behaviour(module, dm, conditions: dict, beta: float, cfg) -> dict:
+    """`advantage_weights` of every training task's mixed data, with each episode's behaviour."""
+    from llmdpd.config.load import ConfigError
+    from llmdpd.data.generate import dataset_id
+    from llmdpd.data.report import episode_outcomes
+    from llmdpd.evaluation.advantage_weights import advantage_weights
+
+    episodes = {task: (dm.data_episodes(task), episode_outcomes(dm.root, dataset_id(cfg, task, "mixed"))["behaviours"])
+                for task in conditions}
+    try:
+        tasks = advantage_weights(module, episodes, conditions, beta, cfg.policy.awr_advantage == "task")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    keys = sorted({k for entry in tasks.values() for k in entry})
+    mean = {k: sum(e[k] for e in tasks.values() if k in e) / sum(k in e for e in tasks.values()) for k in keys}
+    return {"beta": beta, "advantage": cfg.policy.awr_advantage, "tasks": tasks, "mean": mean}
 
 
 def policy_rollouts(module, conditions: dict, goals, episodes_per_goal: int, cfg) -> dict[str, dict]:

@@ -207,6 +207,10 @@ class MetaWorldDataModule(L.LightningDataModule):
             self._text_cache[task] = self.text_embedder.embed(texts).float()
         return self._text_cache[task]
 
+    def data_episodes(self, task: str) -> list[dict[str, np.ndarray]]:
+        """The raw episodes of a task's mixed-quality dataset (the policy stage's transitions)."""
+        return self._episodes(task, "mixed")
+
     def prompt_episodes(self, task: str) -> list[dict[str, np.ndarray]]:
         """The raw episodes of a task's prompt dataset (held out of the policy stage's transitions)."""
         return self._episodes(task, "prompt")
