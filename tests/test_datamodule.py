@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,6 +64,12 @@ def test_transitions_are_grouped_by_task(dm):
         assert match.any(1).all()
         idx = match.float().argmax(1) + lo
         torch.testing.assert_close(batch["next_obs"][row], store["next_obs"][idx])
+        # ... and the return of the episode it came from: its raw rewards' sum, scaled like the rewards.
+        episodes = dm._episodes(dm.train_tasks[task], "mixed")
+        ends = np.cumsum([len(e["actions"]) for e in episodes])
+        episode_of = np.searchsorted(ends, (idx - lo).numpy(), side="right")
+        totals = torch.tensor([float(e["rewards"].sum()) for e in episodes]) * dm.reward_scale
+        torch.testing.assert_close(batch["episode_return"][row, :, 0], totals[episode_of].float(), rtol=1e-5, atol=1e-3)
 
 
 def test_prompts_are_evenly_spaced_steps_of_one_episode(dm, smoke_cfg):

@@ -10,7 +10,7 @@ import torch
 from tensordict import TensorDict
 
 from llmdpd.data.batch import random_batch
-from llmdpd.data.episode_store import EpisodeStore, n_step_returns
+from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns
 from llmdpd.policy.acting import select_candidates, standardise
 from llmdpd.policy.diffusion import DiffusionActor
 from llmdpd.policy.loss import expectile_loss, loss_total, standardise_per_task
@@ -192,6 +192,31 @@ def test_n_step_returns_stop_at_episode_ends():
     one = n_step_returns(store, 1, 0.5)
     assert torch.equal(one["reward"], store.transitions["reward"])
     assert torch.equal(one["next_obs"], store.transitions["next_obs"])
+
+
+def test_episode_returns_by_hand():
+    def episode(rewards):
+        t = len(rewards)
+        return {"observations": np.zeros((t + 1, 2), np.float32), "actions": np.zeros((t, 1), np.float32),
+                "rewards": np.asarray(rewards, np.float32), "terminations": np.zeros(t, bool)}
+
+    store = EpisodeStore([[episode([1, 2, 3]), episode([10])], [episode([0.5, 0.5])]])
+    assert torch.equal(episode_returns(store)[:, 0], torch.tensor([6.0, 6, 6, 10, 1, 1]))
+
+
+def test_episode_advantages_rank_whole_episodes_within_each_task():
+    module = make_module(small_cfg(critic="td", awr_beta=1.0, awr_advantage="episode"))
+    batch = random_batch(2, 8, 6, OBS, ACT, TEXT)
+    # Task 0: half its transitions from an episode of return 1, half from one of return 0; task 1: 100 and 50.
+    batch["episode_return"] = torch.tensor([1.0, 0.0, 100.0, 50.0]).repeat_interleave(4).view(2, 8, 1)
+    td = module.loss_input(batch)
+    in_task_0 = (td["task"] == 0).float()
+    module.actor.loss_and_prediction = lambda action, obs, cond: (in_task_0[:, None], action)
+    losses = module.loss(td)
+    z = 0.5 / math.sqrt(8 * 0.25 / 7)  # +-0.5 around the task's mean, over the unbiased std of its 8 values
+    weights = torch.tensor([math.exp(z), math.exp(-z)]).repeat_interleave(4).repeat(2)
+    assert torch.isclose(losses["awr_weight_mean"], weights.mean())
+    assert torch.isclose(losses["loss_bc"] / losses["awr_weight_mean"], torch.tensor(0.5))  # tasks weigh alike
 
 
 def test_eta_ramps_in_after_the_critic_warm_up():

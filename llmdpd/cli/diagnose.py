@@ -149,6 +149,8 @@ def weights_by_behaviour(module, dm, conditions: dict, beta: float, cfg) -> dict
     from llmdpd.data.report import episode_outcomes
     from llmdpd.evaluation.advantage_weights import advantage_weights
 
+    if cfg.policy.awr_advantage == "episode":
+        raise ConfigError("--awr reports the critic's advantages; policy.awr_advantage=episode weighs by episode returns")
     episodes = {task: (dm.data_episodes(task), episode_outcomes(dm.root, dataset_id(cfg, task, "mixed"))["behaviours"])
                 for task in conditions}
     try:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 POLICY_KINDS = ("diffusion", "mlp_bc")
 CRITIC_KINDS = ("td", "expectile")
 Q_ACTIONS = ("chain", "one_step")
-AWR_ADVANTAGES = ("raw", "task")
+AWR_ADVANTAGES = ("raw", "task", "episode")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -209,9 +209,10 @@ class PolicyConfig:
     q_action: str = "one_step"
     # Advantage-weighted BC: weight exp(A / beta) on each transition's BC loss (0 = off).
     awr_beta: float = 1.0
-    # The advantage A in exp(A / beta): "raw" (Q - V) or "task" (Q - V standardised within each task of the
-    # batch, so the weights rank transitions inside a task instead of tasks against each other; beta is then
-    # in standard deviations).
+    # The advantage A in exp(A / beta): "raw" (Q - V of the expectile critic), "task" (Q - V standardised within
+    # each task of the batch, so the weights rank transitions inside a task instead of tasks against each other;
+    # beta is then in standard deviations) or "episode" (no critic: the return of the transition's whole episode,
+    # standardised within each task of the batch, so whole behaviours are ranked by their outcome).
     awr_advantage: str = "raw"
     # Acting: M candidates from the EMA actor, then "sample" (the first), "mean" (their average: the policy's
     # expected action, without the behaviour's noise), "softmax" (Boltzmann over the target critic's Q

@@ -22,7 +22,7 @@ from llmdpd.data import tasks as task_registry
 from llmdpd.data.generate import dataset_id
 from llmdpd.data import keys as K
 from llmdpd.data.keys import PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
-from llmdpd.data.episode_store import EpisodeStore, n_step_returns, prompt_indices, stack_prompt_stores
+from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns, prompt_indices, stack_prompt_stores
 from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
 from llmdpd.data.normalizer import Normalizer
 
@@ -108,6 +108,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.normalizer = Normalizer.fit(store.transitions[K.OBS], self.reward_scale)
         # Normalise once, here, so that sampling is pure indexing.
         store.transitions.update(self.normalizer.transitions(store.transitions))
+        store.transitions[K.EPISODE_RETURN] = episode_returns(store)
         # The critic's targets: n-step returns within each episode (reward, discount, next_obs replaced).
         store.transitions.update(n_step_returns(store, int(self.cfg.policy.n_step), float(self.cfg.policy.gamma)))
         self._device = self.device

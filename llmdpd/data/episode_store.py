@@ -91,6 +91,16 @@ def stack_prompt_stores(stores: list[EpisodeStore], normalizer) -> EpisodeStore:
     return merged
 
 
+def episode_returns(store: EpisodeStore) -> torch.Tensor:
+    """Per stored transition, the undiscounted sum of its whole episode's rewards [T, 1] (the episode's outcome,
+    which episode-weighted BC ranks within each task)."""
+    reward = store.transitions[K.REWARD]
+    episode_of = torch.repeat_interleave(torch.arange(len(store.episode_length), device=reward.device),
+                                         store.episode_length.to(reward.device))
+    totals = torch.zeros(len(store.episode_length), 1, dtype=reward.dtype, device=reward.device)
+    return totals.index_add(0, episode_of, reward)[episode_of]
+
+
 def n_step_returns(store: EpisodeStore, n: int, gamma: float) -> dict[str, torch.Tensor]:
     """n-step targets of every stored transition, never crossing an episode's end.
 

@@ -26,6 +26,7 @@ REWARD = "reward"
 NEXT_OBS = "next_obs"
 DONE = "done"
 DISCOUNT = "discount"
+EPISODE_RETURN = "episode_return"
 PROMPT_OBS = "prompt_obs"
 PROMPT_ACTION = "prompt_action"
 PROMPT_REWARD = "prompt_reward"
@@ -33,7 +34,7 @@ PROMPT_POSITION = "prompt_position"
 # Per stored step of an episode (EpisodeStore): its position within the episode.
 POSITION = "position"
 
-TRANSITION_KEYS = (OBS, ACTION, REWARD, NEXT_OBS, DONE, DISCOUNT)
+TRANSITION_KEYS = (OBS, ACTION, REWARD, NEXT_OBS, DONE, DISCOUNT, EPISODE_RETURN)
 PROMPT_KEYS = (PROMPT_OBS, PROMPT_ACTION, PROMPT_REWARD, PROMPT_POSITION)
 # The floating-point prompt keys, in the order the trajectory encoder concatenates them into tokens.
 PROMPT_STEP_KEYS = (PROMPT_OBS, PROMPT_ACTION, PROMPT_REWARD)
@@ -61,6 +62,7 @@ POLICY_BATCH = (
     Key(NEXT_OBS, ("N", "B", "S"), torch.float32, "normalised observation m steps on (m = n, fewer at an episode's end)"),
     Key(DONE, ("N", "B", "1"), torch.float32, "1.0 where the episode terminated (not truncated)"),
     Key(DISCOUNT, ("N", "B", "1"), torch.float32, "gamma^m (1 - done) for the n-step return in `reward`"),
+    Key(EPISODE_RETURN, ("N", "B", "1"), torch.float32, "undiscounted scaled return of the transition's whole episode"),
     Key(PROMPT_OBS, ("N", "H", "S"), torch.float32, "normalised observations of the trajectory prompt"),
     Key(PROMPT_ACTION, ("N", "H", "A"), torch.float32, "actions of the trajectory prompt"),
     Key(PROMPT_REWARD, ("N", "H", "1"), torch.float32, "scaled rewards of the trajectory prompt"),

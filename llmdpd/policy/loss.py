@@ -4,8 +4,9 @@
 
     in:  obs [n, S], action [n, A], cond [n, C] (with gradient, for the actor), reward [n, 1] (the n-step
          return), discount [n, 1] (gamma^m (1 - done) for the m steps the return covers), next_obs [n, S]
-         (the state m steps on), task [n] (the transition's task index in the batch, in [0, n); read only
-         when the advantages are standardised per task)
+         (the state m steps on), task [n] (the transition's task index in the batch, in [0, n)) and
+         episode_return [n, 1] (its whole episode's return); the last two are read only by the per-task and
+         episode advantages
     out: loss_bc, loss_critic, loss_value (expectile critic), loss_q (already weighted by `eta`),
          and detached statistics (q_mean, q_std, target_mean, value_mean, awr_weight_mean, awr_ess)
 
@@ -152,7 +153,7 @@ class DiffusionQLLoss(LossModule):
         if self.statistics:
             out["q_mean"], out["q_std"], out["target_mean"] = q1.detach().float().mean(), q1.detach().float().std(), target.mean()
 
-        weight = None
+        advantage = None
         if self.critic_kind == "expectile":
             with torch.no_grad():
                 q_data = self.target_q_min(obs, critic_cond, action)
@@ -160,16 +161,19 @@ class DiffusionQLLoss(LossModule):
             out["loss_value"] = expectile_loss(q_data - value, self.expectile).mean()
             if self.statistics:
                 out["value_mean"] = value.detach().mean()
-            if self.awr_beta > 0:
-                advantage = q_data - value.detach()
-                if self.awr_advantage == "task":
-                    advantage = standardise_per_task(advantage, td["task"])
-                weight = torch.exp(advantage / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
-                if self.statistics:
-                    out["awr_weight_mean"] = weight.mean()
-                    # The effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1 when
-                    # the weights are even, near 1/n when one transition carries the batch.
-                    out["awr_ess"] = weight.sum().square() / weight.square().sum().clamp_min(1e-12) / weight.numel()
+            advantage = q_data - value.detach()
+        weight = None
+        if self.awr_beta > 0 and (advantage is not None or self.awr_advantage == "episode"):
+            if self.awr_advantage == "episode":
+                advantage = standardise_per_task(td["episode_return"].float(), td["task"])
+            elif self.awr_advantage == "task":
+                advantage = standardise_per_task(advantage, td["task"])
+            weight = torch.exp(advantage / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
+            if self.statistics:
+                out["awr_weight_mean"] = weight.mean()
+                # The effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1 when
+                # the weights are even, near 1/n when one transition carries the batch.
+                out["awr_ess"] = weight.sum().square() / weight.square().sum().clamp_min(1e-12) / weight.numel()
 
         per_sample_bc, predicted = self.actor.loss_and_prediction(action, obs, cond)
         out["loss_bc"] = (per_sample_bc * weight).mean() if weight is not None else per_sample_bc.mean()
