@@ -176,6 +176,8 @@ def test_advantage_weights_by_behaviour_by_hand():
     weighted_first = (3 * e - 1 / e) / (3 * e + 1 / e)
     assert out["tilt/0"] == pytest.approx(weighted_first - 0.5) and out["tilt/1"] == pytest.approx(0.0, abs=1e-6)
     assert out["tilt_norm"] == pytest.approx(abs(weighted_first - 0.5))
+    # The good episode's 3 steps fall in quarters 0, 1, 2; the bad episode's single step in quarter 0.
+    assert out["time_share/3"] == 0.0 and out["time_share/1"] == pytest.approx(e / (3 * e + 1 / e))
     # Advantages of +-0.1 weigh the behaviours nearly evenly; standardised within the task (mean 0.05, std 0.1)
     # they become +0.5 and -1.5, as far apart as +-1.
     small = {"t": ([episode(0.1, 3), episode(-0.1, 1)], ["good", "bad"])}

@@ -7,6 +7,8 @@ task when `policy.awr_advantage` is `task`), this reports per task:
 - `weight_share/<behaviour>` against `data_share/<behaviour>`: the share of the total weight that each data
   behaviour (noisy expert, wrong goal, other task, stall) receives, and its share of the transitions. Equal
   shares mean the weights do not tell the behaviours apart;
+- `time_share/<q>`: the share of the weight on each quarter q (0-3) of the episodes' steps (0.25 each when the
+  weights do not depend on the time within an episode);
 - `ess`: the weights' effective sample size as a fraction of the task's transitions, (sum w)^2 / (n sum w^2);
 - `tilt`: the weighted mean action minus the plain mean action (per action dimension) and its length
   `tilt_norm`: how far the weighting shifts the action the actor is trained toward.
@@ -39,6 +41,7 @@ def advantage_weights(
         obs = torch.as_tensor(np.concatenate([e["observations"][:-1] for e in task_episodes])).float()
         action = torch.as_tensor(np.concatenate([e["actions"] for e in task_episodes])).float()
         labels = np.concatenate([[b] * len(e["actions"]) for b, e in zip(behaviours, task_episodes)])
+        quarter = np.concatenate([np.arange(len(e["actions"])) * 4 // len(e["actions"]) for e in task_episodes])
         obs, action = module.normalizer.obs(obs.to(module.obs_mean)), action.to(module.obs_mean)
         cond = conditions[task].expand(len(obs), -1)
         advantage = module.loss.target_q_min(obs, cond, action) - module.loss.value(obs, cond).float()
@@ -50,6 +53,7 @@ def advantage_weights(
         entry = {"transitions": float(len(w)), "ess": float(w.sum() ** 2 / (w**2).sum() / len(w)),
                  "tilt_norm": float(tilt.norm())}
         entry.update({f"tilt/{i}": float(t) for i, t in enumerate(tilt)})
+        entry.update({f"time_share/{q}": float(w[quarter == q].sum() / w.sum()) for q in range(4)})
         for kind in sorted(set(labels)):
             entry[f"weight_share/{kind}"] = float(w[labels == kind].sum() / w.sum())
             entry[f"data_share/{kind}"] = float((labels == kind).mean())
