@@ -171,6 +171,18 @@ def action_errors(
 
 
 @torch.no_grad()
+def mean_action(module, obs: Tensor, cond: Tensor, samples: int) -> Tensor:
+    """The mean of `samples` actions per state [n, A] (sampler temperature 1, clipped to the action box)."""
+    draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
+    return draws.clamp(-1.0, 1.0).mean(1)
+
+
+def squared_error(actions: Tensor, reference: Tensor) -> float:
+    """Squared distance summed over action dimensions, averaged over states."""
+    return (actions - reference).pow(2).sum(-1).mean().item()
+
+
+@torch.no_grad()
 def prompt_identification(
     module, states: dict[str, tuple[Tensor, Tensor]], conditions: dict[str, Tensor], samples: int = 8, seed: int = 0
 ) -> dict[str, dict[str, Any]]:
@@ -191,8 +203,7 @@ def prompt_identification(
         expert = expert.to(module.obs_mean)
         errors = {}
         for other, cond in conditions.items():
-            draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
-            errors[other] = (draws.clamp(-1.0, 1.0).mean(1) - expert).pow(2).sum(-1).mean().item()
+            errors[other] = squared_error(mean_action(module, obs, cond, samples), expert)
         best = min(errors, key=errors.get)
         others = [error for other, error in errors.items() if other != task]
         out[task] = {"own_error": errors[task], "other_error": float(np.mean(others)) if others else float("nan"),

@@ -23,15 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-@torch.no_grad()
-def _mean_action(module, obs: Tensor, cond: Tensor, samples: int) -> Tensor:
-    draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
-    return draws.clamp(-1.0, 1.0).mean(1)
-
-
-def _error(a: Tensor, b: Tensor) -> float:
-    return (a - b).pow(2).sum(-1).mean().item()
+from llmdpd.evaluation.diagnostics import mean_action, squared_error
 
 
 @torch.no_grad()
@@ -51,18 +43,18 @@ def prompt_transfer(
     for task, (obs, expert) in states.items():
         obs, expert = obs.to(module.obs_mean), expert.to(module.obs_mean)
         cond = unseen_conditions[task]
-        own = _mean_action(module, obs, cond, samples)
-        training = {name: _mean_action(module, obs, c, samples) for name, c in training_conditions.items()}
-        to_expert = {name: _error(action, expert) for name, action in training.items()}
-        to_own = {name: _error(action, own) for name, action in training.items()}
+        own = mean_action(module, obs, cond, samples)
+        training = {name: mean_action(module, obs, c, samples) for name, c in training_conditions.items()}
+        to_expert = {name: squared_error(action, expert) for name, action in training.items()}
+        to_own = {name: squared_error(action, own) for name, action in training.items()}
 
         def nearest(part: slice) -> str:
             return min(training_conditions, key=lambda name: (training_conditions[name][:, part] - cond[:, part]).norm().item())
 
         best, like = min(to_expert, key=to_expert.get), min(to_own, key=to_own.get)
         out[task] = {
-            "own_error": _error(own, expert),
-            "null_error": _error(_mean_action(module, obs, null, samples), expert),
+            "own_error": squared_error(own, expert),
+            "null_error": squared_error(mean_action(module, obs, null, samples), expert),
             "best_training_error": to_expert[best],
             "best_training_task": best,
             "behaviour_gap": to_own[like],
