@@ -219,6 +219,24 @@ def test_episode_advantages_rank_whole_episodes_within_each_task():
     assert torch.isclose(losses["loss_bc"] / losses["awr_weight_mean"], torch.tensor(0.5))  # tasks weigh alike
 
 
+def test_mlp_baseline_weighs_by_episode_returns_only():
+    batch = random_batch(2, 8, 6, OBS, ACT, TEXT)
+    batch["episode_return"] = torch.tensor([1.0, 0.0, 100.0, 50.0]).repeat_interleave(4).view(2, 8, 1)
+    module = make_module(small_cfg(kind="mlp_bc", awr_beta=1.0, awr_advantage="episode"))
+    td = module.loss_input(batch)
+    per_sample, _ = module.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
+    z = 0.5 / math.sqrt(8 * 0.25 / 7)
+    weights = torch.tensor([math.exp(z), math.exp(-z)]).repeat_interleave(4).repeat(2)[:, None]
+    losses = module.loss(td)
+    assert torch.isclose(losses["loss_bc"], (per_sample * weights).mean())
+    assert torch.isclose(losses["awr_weight_mean"], weights.mean())
+    # The critic-based advantages need a critic: the baseline stays unweighted.
+    unweighted = make_module(small_cfg(kind="mlp_bc", awr_beta=1.0, awr_advantage="raw"))
+    td = unweighted.loss_input(batch)
+    per_sample, _ = unweighted.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
+    assert torch.isclose(unweighted.loss(td)["loss_bc"], per_sample.mean()) and "awr_ess" not in unweighted.loss(td).keys()
+
+
 def test_eta_ramps_in_after_the_critic_warm_up():
     module = make_module(small_cfg(eta=2.0, critic_warmup_steps=10, eta_ramp_steps=4))
     assert [module.eta_at(s) for s in (0, 9, 10, 11, 13, 50)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]

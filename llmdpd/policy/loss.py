@@ -60,6 +60,23 @@ def standardise_per_task(values: Tensor, task: Tensor) -> Tensor:
     return (centred / variance[task].sqrt().clamp_min(1e-6)).reshape_as(values)
 
 
+def awr_weights(advantage: Tensor, beta: float) -> Tensor:
+    """exp(A / beta), clipped at `MAX_AWR_WEIGHT`."""
+    return torch.exp(advantage / beta).clamp(max=MAX_AWR_WEIGHT)
+
+
+def episode_advantage(td: TensorDictBase) -> Tensor:
+    """Each transition's whole-episode return standardised within its task of the batch [n, 1]."""
+    return standardise_per_task(td["episode_return"].float(), td["task"])
+
+
+def weight_statistics(weight: Tensor) -> dict[str, Tensor]:
+    """The weights' mean and effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1
+    when the weights are even, near 1/n when one transition carries the batch."""
+    ess = weight.sum().square() / weight.square().sum().clamp_min(1e-12) / weight.numel()
+    return {"awr_weight_mean": weight.mean(), "awr_ess": ess}
+
+
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
     """|tau - 1(diff < 0)| diff^2, elementwise (torchrl's IQL value loss)."""
     return IQLLoss.loss_value_diff(diff, expectile)
@@ -165,15 +182,12 @@ class DiffusionQLLoss(LossModule):
         weight = None
         if self.awr_beta > 0 and (advantage is not None or self.awr_advantage == "episode"):
             if self.awr_advantage == "episode":
-                advantage = standardise_per_task(td["episode_return"].float(), td["task"])
+                advantage = episode_advantage(td)
             elif self.awr_advantage == "task":
                 advantage = standardise_per_task(advantage, td["task"])
-            weight = torch.exp(advantage / self.awr_beta).clamp(max=MAX_AWR_WEIGHT)
+            weight = awr_weights(advantage, self.awr_beta)
             if self.statistics:
-                out["awr_weight_mean"] = weight.mean()
-                # The effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1 when
-                # the weights are even, near 1/n when one transition carries the batch.
-                out["awr_ess"] = weight.sum().square() / weight.square().sum().clamp_min(1e-12) / weight.numel()
+                out.update(weight_statistics(weight))
 
         per_sample_bc, predicted = self.actor.loss_and_prediction(action, obs, cond)
         out["loss_bc"] = (per_sample_bc * weight).mean() if weight is not None else per_sample_bc.mean()
@@ -203,16 +217,32 @@ class DiffusionQLLoss(LossModule):
 
 
 class MLPBCLoss(LossModule):
-    """MSE between the deterministic actor's action and the dataset action (`loss_bc`)."""
+    """MSE between the deterministic actor's action and the dataset action (`loss_bc`).
 
-    def __init__(self, actor: nn.Module) -> None:
+    With `awr_advantage="episode"` and `awr_beta > 0`, each transition's error is weighted by exp(A / beta) of
+    its episode's return standardised within its task, as the diffusion actor's BC term is; the critic-based
+    advantages need a critic, which this baseline does not have, so they leave it unweighted.
+    """
+
+    def __init__(self, actor: nn.Module, *, awr_beta: float = 0.0, awr_advantage: str = "raw") -> None:
         super().__init__()
+        if awr_advantage not in AWR_ADVANTAGES:
+            raise ValueError(f"Unknown policy.awr_advantage '{awr_advantage}' (expected one of {AWR_ADVANTAGES})")
         self.__dict__["actor"] = actor
+        self.weighted = awr_beta > 0 and awr_advantage == "episode"
+        self.awr_beta = float(awr_beta)
         self.in_keys, self.out_keys = ["obs", "action", "cond"], ["loss_bc"]
+        self.statistics = True
 
     def forward(self, td: TensorDictBase) -> TensorDict:
         per_sample, _ = self.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
-        return TensorDict({"loss_bc": per_sample.mean()}, batch_size=[])
+        out = {"loss_bc": per_sample.mean()}
+        if self.weighted:
+            weight = awr_weights(episode_advantage(td), self.awr_beta)
+            out["loss_bc"] = (per_sample * weight).mean()
+            if self.statistics:
+                out.update(weight_statistics(weight))
+        return TensorDict(out, batch_size=[])
 
 
 def loss_total(losses: TensorDictBase) -> Tensor:

@@ -166,7 +166,7 @@ class PolicyDiffusionModule(LightningModule):
         else:
             self.actor = MLPActor(obs_dim, action_dim, cond_dim, policy.hidden_dim, policy.layers)
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
-            self.loss = MLPBCLoss(self.actor)
+            self.loss = MLPBCLoss(self.actor, awr_beta=policy.awr_beta, awr_advantage=policy.awr_advantage)
             self.target_updater = None
 
         # Freezing only makes sense for aligned weights (`freezes_prompt_encoders`, the one rule); decided here
