@@ -36,6 +36,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "no_prompts_x0_bc": "no_prompts_x0_bc",
         "text_only_x0_bc": "text_only_x0_bc",
         "trajectory_only_x0_bc": "trajectory_only_x0_bc",
+        "llmdpd_x0_rwr": "llmdpd_x0_rwr",
+        "mlp_bc_prompts_rwr": "mlp_bc_prompts_rwr",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -44,6 +46,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "no_prompts": "ml45/no_prompts",
         "llmdpd_x0": "ml45/llmdpd_x0",
         "llmdpd_x0_bc": "ml45/llmdpd_x0_bc",
+        "llmdpd_x0_rwr": "ml45/llmdpd_x0_rwr",
+        "mlp_bc_prompts_rwr": "ml45/mlp_bc_prompts_rwr",
     },
 }
 
