@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llmdpd.policy.loss import MAX_AWR_WEIGHT, standardise_per_task
+from llmdpd.policy.loss import awr_weights, standardise_per_task
 
 
 @torch.no_grad()
@@ -47,7 +47,7 @@ def advantage_weights(
         advantage = module.loss.target_q_min(obs, cond, action) - module.loss.value(obs, cond).float()
         if per_task:
             advantage = standardise_per_task(advantage, torch.zeros(len(advantage), dtype=torch.long, device=obs.device))
-        weight = torch.exp(advantage / beta).clamp(max=MAX_AWR_WEIGHT)
+        weight = awr_weights(advantage, beta)
         tilt = ((weight * action).sum(0) / weight.sum() - action.mean(0)).cpu()
         w = weight[:, 0].cpu().numpy().astype(np.float64)
         entry = {"transitions": float(len(w)), "ess": float(w.sum() ** 2 / (w**2).sum() / len(w)),

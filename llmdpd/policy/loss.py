@@ -236,12 +236,12 @@ class MLPBCLoss(LossModule):
 
     def forward(self, td: TensorDictBase) -> TensorDict:
         per_sample, _ = self.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
-        out = {"loss_bc": per_sample.mean()}
-        if self.weighted:
-            weight = awr_weights(episode_advantage(td), self.awr_beta)
-            out["loss_bc"] = (per_sample * weight).mean()
-            if self.statistics:
-                out.update(weight_statistics(weight))
+        if not self.weighted:
+            return TensorDict({"loss_bc": per_sample.mean()}, batch_size=[])
+        weight = awr_weights(episode_advantage(td), self.awr_beta)
+        out = {"loss_bc": (per_sample * weight).mean()}
+        if self.statistics:
+            out.update(weight_statistics(weight))
         return TensorDict(out, batch_size=[])
 
 
