@@ -70,6 +70,11 @@ def test_transitions_are_grouped_by_task(dm):
         episode_of = np.searchsorted(ends, (idx - lo).numpy(), side="right")
         totals = torch.tensor([float(e["rewards"].sum()) for e in episodes]) * dm.reward_scale
         torch.testing.assert_close(batch["episode_return"][row, :, 0], totals[episode_of].float(), rtol=1e-5, atol=1e-3)
+        # ... and its discounted return from that step to the episode's end.
+        gamma, step = float(dm.cfg.policy.gamma), (idx - lo).numpy() - np.concatenate([[0], ends])[episode_of]
+        to_go = [sum(gamma**k * float(r) for k, r in enumerate(episodes[e]["rewards"][t:])) for e, t in zip(episode_of, step)]
+        expected = torch.tensor(to_go) * dm.reward_scale
+        torch.testing.assert_close(batch["return_to_go"][row, :, 0], expected.float(), rtol=1e-4, atol=1e-3)
 
 
 def test_prompts_are_evenly_spaced_steps_of_one_episode(dm, smoke_cfg):

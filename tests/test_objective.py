@@ -10,10 +10,10 @@ import torch
 from tensordict import TensorDict
 
 from llmdpd.data.batch import random_batch
-from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns
+from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns, returns_to_go
 from llmdpd.policy.acting import select_candidates, standardise
 from llmdpd.policy.diffusion import DiffusionActor
-from llmdpd.policy.loss import expectile_loss, loss_total, standardise_per_task
+from llmdpd.policy.loss import expectile_loss, loss_total, return_to_go_advantage, standardise_per_task
 from tests.test_policy import ACT, OBS, TEXT, batches, loader, make_module, small_cfg
 
 
@@ -202,6 +202,69 @@ def test_episode_returns_by_hand():
 
     store = EpisodeStore([[episode([1, 2, 3]), episode([10])], [episode([0.5, 0.5])]])
     assert torch.equal(episode_returns(store)[:, 0], torch.tensor([6.0, 6, 6, 10, 1, 1]))
+
+
+def test_returns_to_go_by_hand():
+    def episode(rewards):
+        t = len(rewards)
+        return {"observations": np.zeros((t + 1, 2), np.float32), "actions": np.zeros((t, 1), np.float32),
+                "rewards": np.asarray(rewards, np.float32), "terminations": np.zeros(t, bool)}
+
+    store = EpisodeStore([[episode([1, 2, 3]), episode([10])], [episode([0.5, 0.5])]])
+    # gamma 0.5: 1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3 | 10 | 0.5 + 0.25, 0.5 (never across an episode's end)
+    expected = torch.tensor([2.75, 3.5, 3.0, 10.0, 0.75, 0.5])
+    torch.testing.assert_close(returns_to_go(store, 0.5)[:, 0], expected)
+    # gamma 1 is the undiscounted rest of the episode; its first step carries the episode's return.
+    to_go = returns_to_go(store, 1.0)[:, 0]
+    torch.testing.assert_close(to_go, torch.tensor([6.0, 5, 3, 10, 1, 0.5]))
+    assert torch.equal(to_go[[0, 3, 4]], episode_returns(store)[[0, 3, 4], 0])
+
+
+def test_return_to_go_advantage_by_hand():
+    class FixedValue(torch.nn.Module):
+        def __init__(self, values):
+            super().__init__()
+            self.values = torch.nn.Parameter(values)
+
+        def forward(self, obs, cond):
+            return self.values
+
+    # Two tasks of four transitions; G - V is (3, 1, 0, 0) in task 0 and (10, 10, 20, 20) in task 1.
+    td = TensorDict({"obs": torch.zeros(8, 2), "cond": torch.zeros(8, 3, requires_grad=True),
+                     "return_to_go": torch.tensor([4.0, 2, 1, 1, 10, 10, 20, 20])[:, None],
+                     "task": torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])}, batch_size=[8])
+    value = FixedValue(torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0])[:, None])
+    advantage, loss = return_to_go_advantage(td, value)
+    diff = torch.tensor([3.0, 1, 0, 0, 10, 10, 20, 20])
+    expected = torch.cat([(d - d.mean()) / d.std() for d in diff.split(4)])
+    torch.testing.assert_close(advantage[:, 0], expected)
+    assert loss.item() == pytest.approx(((torch.tensor([4.0, 2, 1, 1, 10, 10, 20, 20]) - value.values[:, 0]) ** 2).mean().item())
+    # The value learns from its own MSE only: the weights carry no gradient into it.
+    assert not advantage.requires_grad
+    loss.backward()
+    assert value.values.grad is not None and td["cond"].grad is None
+
+
+@pytest.mark.parametrize("kind", ["diffusion", "mlp_bc"])
+def test_outcome_value_learns_returns_to_go(kind):
+    torch.manual_seed(0)
+    module = make_module(small_cfg(kind=kind, critic="expectile", awr_beta=1.0, awr_advantage="return_to_go"))
+    optimizer = module.configure_optimizers()["optimizer"]
+    names = {group["name"]: {id(p) for p in group["params"]} for group in optimizer.param_groups}
+    assert {id(p) for p in module.loss.outcome_value.parameters()} <= names["critic"]
+    batch = random_batch(2, 16, 6, OBS, ACT, TEXT, generator=torch.Generator().manual_seed(0))
+    # Returns to go that depend on the state, so a value network can fit them.
+    batch["return_to_go"] = batch["obs"][..., :1] * 3.0
+    first = last = None
+    for _ in range(300):
+        losses = module.loss(module.loss_input(batch))
+        optimizer.zero_grad()
+        loss_total(losses).backward()
+        optimizer.step()
+        first = losses["loss_outcome_value"].item() if first is None else first
+        last = losses["loss_outcome_value"].item()
+    assert last < 0.25 * first
+    assert 0.0 < losses["awr_ess"].item() <= 1.0
 
 
 def test_episode_advantages_rank_whole_episodes_within_each_task():

@@ -14,7 +14,7 @@ from typing import Any, Optional
 POLICY_KINDS = ("diffusion", "mlp_bc")
 CRITIC_KINDS = ("td", "expectile")
 Q_ACTIONS = ("chain", "one_step")
-AWR_ADVANTAGES = ("raw", "task", "episode")
+AWR_ADVANTAGES = ("raw", "task", "episode", "return_to_go")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -212,7 +212,9 @@ class PolicyConfig:
     # The advantage A in exp(A / beta): "raw" (Q - V of the expectile critic), "task" (Q - V standardised within
     # each task of the batch, so the weights rank transitions inside a task instead of tasks against each other;
     # beta is then in standard deviations) or "episode" (no critic: the return of the transition's whole episode,
-    # standardised within each task of the batch, so whole behaviours are ranked by their outcome).
+    # standardised within each task of the batch, so whole behaviours are ranked by their outcome) or
+    # "return_to_go" (G_t - V(s, c), G_t the discounted return to the episode's end and V regressed on it by MSE,
+    # standardised within each task: the outcome's signal with per-step resolution; no critic needed).
     awr_advantage: str = "raw"
     # Acting: M candidates from the EMA actor, then "sample" (the first), "mean" (their average: the policy's
     # expected action, without the behaviour's noise), "softmax" (Boltzmann over the target critic's Q

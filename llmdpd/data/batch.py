@@ -31,6 +31,7 @@ def random_batch(
         K.DONE: torch.zeros(n, b, 1),
         K.DISCOUNT: torch.full((n, b, 1), 0.99),
         K.EPISODE_RETURN: torch.rand(n, b, 1, generator=g) * 100,
+        K.RETURN_TO_GO: torch.rand(n, b, 1, generator=g) * 50,
         K.PROMPT_OBS: torch.randn(n, h, obs_dim, generator=g),
         K.PROMPT_ACTION: torch.rand(n, h, action_dim, generator=g) * 2 - 1,
         K.PROMPT_REWARD: torch.rand(n, h, 1, generator=g),

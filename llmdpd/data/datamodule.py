@@ -22,7 +22,7 @@ from llmdpd.data import tasks as task_registry
 from llmdpd.data.generate import dataset_id
 from llmdpd.data import keys as K
 from llmdpd.data.keys import PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
-from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns, prompt_indices, stack_prompt_stores
+from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns, returns_to_go, prompt_indices, stack_prompt_stores
 from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
 from llmdpd.data.normalizer import Normalizer
 
@@ -109,6 +109,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         # Normalise once, here, so that sampling is pure indexing.
         store.transitions.update(self.normalizer.transitions(store.transitions))
         store.transitions[K.EPISODE_RETURN] = episode_returns(store)
+        store.transitions[K.RETURN_TO_GO] = returns_to_go(store, float(self.cfg.policy.gamma))
         # The critic's targets: n-step returns within each episode (reward, discount, next_obs replaced).
         store.transitions.update(n_step_returns(store, int(self.cfg.policy.n_step), float(self.cfg.policy.gamma)))
         self._device = self.device

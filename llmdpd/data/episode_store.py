@@ -101,6 +101,25 @@ def episode_returns(store: EpisodeStore) -> torch.Tensor:
     return totals.index_add(0, episode_of, reward)[episode_of]
 
 
+def returns_to_go(store: EpisodeStore, gamma: float) -> torch.Tensor:
+    """Per stored transition, sum_{k >= t} gamma^(k - t) r_k over the rest of its episode [T, 1] (the Monte-Carlo
+    return the outcome value regresses on).
+
+    Vectorised: with w_k = gamma^k r_k (k the step within the episode), G_t = gamma^-t sum_{t <= k < end} w_k,
+    a difference of prefix sums, in float64 so that gamma^-t (about 150 at t = 500, gamma 0.99) costs no
+    precision.
+    """
+    reward = store.transitions[K.REWARD].double()
+    position = store.transitions[K.POSITION].double()[:, None]
+    weighted = gamma**position * reward
+    prefix = torch.cumsum(weighted, 0)  # inclusive, over the whole store
+    episode_of = torch.repeat_interleave(torch.arange(len(store.episode_length), device=reward.device),
+                                         store.episode_length.to(reward.device))
+    last = (store.episode_start + store.episode_length - 1).to(reward.device)[episode_of]
+    suffix = prefix[last] - prefix + weighted
+    return (suffix / gamma**position).to(store.transitions[K.REWARD].dtype)
+
+
 def n_step_returns(store: EpisodeStore, n: int, gamma: float) -> dict[str, torch.Tensor]:
     """n-step targets of every stored transition, never crossing an episode's end.
 

@@ -27,6 +27,7 @@ NEXT_OBS = "next_obs"
 DONE = "done"
 DISCOUNT = "discount"
 EPISODE_RETURN = "episode_return"
+RETURN_TO_GO = "return_to_go"
 PROMPT_OBS = "prompt_obs"
 PROMPT_ACTION = "prompt_action"
 PROMPT_REWARD = "prompt_reward"
@@ -34,7 +35,7 @@ PROMPT_POSITION = "prompt_position"
 # Per stored step of an episode (EpisodeStore): its position within the episode.
 POSITION = "position"
 
-TRANSITION_KEYS = (OBS, ACTION, REWARD, NEXT_OBS, DONE, DISCOUNT, EPISODE_RETURN)
+TRANSITION_KEYS = (OBS, ACTION, REWARD, NEXT_OBS, DONE, DISCOUNT, EPISODE_RETURN, RETURN_TO_GO)
 PROMPT_KEYS = (PROMPT_OBS, PROMPT_ACTION, PROMPT_REWARD, PROMPT_POSITION)
 # The floating-point prompt keys, in the order the trajectory encoder concatenates them into tokens.
 PROMPT_STEP_KEYS = (PROMPT_OBS, PROMPT_ACTION, PROMPT_REWARD)
@@ -63,6 +64,7 @@ POLICY_BATCH = (
     Key(DONE, ("N", "B", "1"), torch.float32, "1.0 where the episode terminated (not truncated)"),
     Key(DISCOUNT, ("N", "B", "1"), torch.float32, "gamma^m (1 - done) for the n-step return in `reward`"),
     Key(EPISODE_RETURN, ("N", "B", "1"), torch.float32, "undiscounted scaled return of the transition's whole episode"),
+    Key(RETURN_TO_GO, ("N", "B", "1"), torch.float32, "discounted scaled return from this step to its episode's end"),
     Key(PROMPT_OBS, ("N", "H", "S"), torch.float32, "normalised observations of the trajectory prompt"),
     Key(PROMPT_ACTION, ("N", "H", "A"), torch.float32, "actions of the trajectory prompt"),
     Key(PROMPT_REWARD, ("N", "H", "1"), torch.float32, "scaled rewards of the trajectory prompt"),

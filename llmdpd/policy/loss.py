@@ -5,10 +5,11 @@
     in:  obs [n, S], action [n, A], cond [n, C] (with gradient, for the actor), reward [n, 1] (the n-step
          return), discount [n, 1] (gamma^m (1 - done) for the m steps the return covers), next_obs [n, S]
          (the state m steps on), task [n] (the transition's task index in the batch, in [0, n)) and
-         episode_return [n, 1] (its whole episode's return); the last two are read only by the per-task and
-         episode advantages
+         episode_return [n, 1] (its whole episode's return) and return_to_go [n, 1] (its discounted return to the
+         episode's end); the last three are read only by the per-task, episode and return-to-go advantages
     out: loss_bc, loss_critic, loss_value (expectile critic), loss_q (already weighted by `eta`),
-         and detached statistics (q_mean, q_std, target_mean, value_mean, awr_weight_mean, awr_ess)
+         loss_outcome_value (return-to-go advantage), and detached statistics (q_mean, q_std, target_mean,
+         value_mean, awr_weight_mean, awr_ess)
 
 The twin critic lives in the loss as functional parameters with a target copy
 (`convert_to_functional(..., create_target_params=True)`), soft-updated by torchrl's `SoftUpdate`, and is
@@ -20,7 +21,8 @@ The statistics are computed only when `statistics` is true (the caller sets it o
 nothing in `forward` reads a tensor back to the host, so the loss traces into one graph under
 `torch.compile`.
 
-`MLPBCLoss` is the deterministic behaviour-cloning baseline's objective (loss_bc only).
+`MLPBCLoss` is the deterministic behaviour-cloning baseline's objective (loss_bc, and loss_outcome_value when it
+is weighted by the return-to-go advantage).
 """
 
 from __future__ import annotations
@@ -70,6 +72,20 @@ def episode_advantage(td: TensorDictBase) -> Tensor:
     return standardise_per_task(td["episode_return"].float(), td["task"])
 
 
+def return_to_go_advantage(td: TensorDictBase, outcome_value: nn.Module) -> tuple[Tensor, Tensor]:
+    """(A, loss_outcome_value): A = G_t - V(s, c) [n, 1] standardised within each task of the batch, with G_t the
+    transition's discounted return to its episode's end and V its Monte-Carlo value regressed on G_t by MSE.
+
+    Against the episode advantage, A keeps per-step resolution (a stall or another task's window lowers the
+    weights of the steps before it, not of the whole episode); against the critic's Q - V, it carries the
+    outcome that followed the action. V sees the condition detached: prompts learn from the actor only.
+    """
+    target = td["return_to_go"].float()
+    value = outcome_value(td["obs"], td["cond"].detach()).float()
+    advantage = standardise_per_task(target - value.detach(), td["task"])
+    return advantage, F.mse_loss(value, target)
+
+
 def weight_statistics(weight: Tensor) -> dict[str, Tensor]:
     """The weights' mean and effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1
     when the weights are even, near 1/n when one transition carries the batch."""
@@ -106,6 +122,7 @@ class DiffusionQLLoss(LossModule):
         q_action: str = "chain",
         awr_beta: float = 0.0,
         awr_advantage: str = "raw",
+        outcome_value: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if critic_kind not in CRITIC_KINDS:
@@ -116,12 +133,14 @@ class DiffusionQLLoss(LossModule):
             raise ValueError(f"Unknown policy.awr_advantage '{awr_advantage}' (expected one of {AWR_ADVANTAGES})")
         if critic_kind == "expectile" and value is None:
             raise ValueError("The expectile critic needs a value network")
+        _check_outcome_value(awr_beta, awr_advantage, outcome_value)
         # The actors are owned (registered, checkpointed, averaged) by the LightningModule; the loss only
         # calls them.
         self.__dict__["actor"] = actor
         self.__dict__["target_actor"] = target_actor
         self.convert_to_functional(critic, "critic", create_target_params=True)
         self.value = value
+        self.outcome_value = outcome_value
         self.critic_kind = critic_kind
         self.expectile = float(expectile)
         self.q_action = q_action
@@ -180,9 +199,11 @@ class DiffusionQLLoss(LossModule):
                 out["value_mean"] = value.detach().mean()
             advantage = q_data - value.detach()
         weight = None
-        if self.awr_beta > 0 and (advantage is not None or self.awr_advantage == "episode"):
+        if self.awr_beta > 0 and (advantage is not None or self.awr_advantage in ("episode", "return_to_go")):
             if self.awr_advantage == "episode":
                 advantage = episode_advantage(td)
+            elif self.awr_advantage == "return_to_go":
+                advantage, out["loss_outcome_value"] = return_to_go_advantage(td, self.outcome_value)
             elif self.awr_advantage == "task":
                 advantage = standardise_per_task(advantage, td["task"])
             weight = awr_weights(advantage, self.awr_beta)
@@ -219,18 +240,23 @@ class DiffusionQLLoss(LossModule):
 class MLPBCLoss(LossModule):
     """MSE between the deterministic actor's action and the dataset action (`loss_bc`).
 
-    With `awr_advantage="episode"` and `awr_beta > 0`, each transition's error is weighted by exp(A / beta) of
-    its episode's return standardised within its task, as the diffusion actor's BC term is; the critic-based
-    advantages need a critic, which this baseline does not have, so they leave it unweighted.
+    With `awr_beta > 0` and `awr_advantage` "episode" or "return_to_go", each transition's error is weighted by
+    exp(A / beta) with the same A as the diffusion actor's BC term (the latter with its own outcome value); the
+    critic-based advantages need a critic, which this baseline does not have, so they leave it unweighted.
     """
 
-    def __init__(self, actor: nn.Module, *, awr_beta: float = 0.0, awr_advantage: str = "raw") -> None:
+    def __init__(
+        self, actor: nn.Module, *, awr_beta: float = 0.0, awr_advantage: str = "raw", outcome_value: nn.Module | None = None
+    ) -> None:
         super().__init__()
         if awr_advantage not in AWR_ADVANTAGES:
             raise ValueError(f"Unknown policy.awr_advantage '{awr_advantage}' (expected one of {AWR_ADVANTAGES})")
+        _check_outcome_value(awr_beta, awr_advantage, outcome_value)
         self.__dict__["actor"] = actor
-        self.weighted = awr_beta > 0 and awr_advantage == "episode"
+        self.outcome_value = outcome_value
+        self.weighted = awr_beta > 0 and awr_advantage in ("episode", "return_to_go")
         self.awr_beta = float(awr_beta)
+        self.awr_advantage = awr_advantage
         self.in_keys, self.out_keys = ["obs", "action", "cond"], ["loss_bc"]
         self.statistics = True
 
@@ -238,11 +264,26 @@ class MLPBCLoss(LossModule):
         per_sample, _ = self.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
         if not self.weighted:
             return TensorDict({"loss_bc": per_sample.mean()}, batch_size=[])
-        weight = awr_weights(episode_advantage(td), self.awr_beta)
-        out = {"loss_bc": (per_sample * weight).mean()}
+        out = {}
+        if self.awr_advantage == "return_to_go":
+            advantage, out["loss_outcome_value"] = return_to_go_advantage(td, self.outcome_value)
+        else:
+            advantage = episode_advantage(td)
+        weight = awr_weights(advantage, self.awr_beta)
+        out["loss_bc"] = (per_sample * weight).mean()
         if self.statistics:
             out.update(weight_statistics(weight))
         return TensorDict(out, batch_size=[])
+
+
+def uses_outcome_value(awr_beta: float, awr_advantage: str) -> bool:
+    """Whether the BC weights need the Monte-Carlo outcome value V(s, c) (the return-to-go advantage)."""
+    return awr_beta > 0 and awr_advantage == "return_to_go"
+
+
+def _check_outcome_value(awr_beta: float, awr_advantage: str, outcome_value: nn.Module | None) -> None:
+    if uses_outcome_value(awr_beta, awr_advantage) and outcome_value is None:
+        raise ValueError("policy.awr_advantage 'return_to_go' needs an outcome value network")
 
 
 def loss_total(losses: TensorDictBase) -> Tensor:

@@ -25,7 +25,7 @@ from llmdpd.policy.acting import select_candidates
 from llmdpd.policy.conditioning import PromptConditioning
 from llmdpd.policy.critic import TwinCritic, ValueNetwork
 from llmdpd.policy.diffusion import DiffusionActor
-from llmdpd.policy.loss import DiffusionQLLoss, MLPBCLoss, loss_total
+from llmdpd.policy.loss import DiffusionQLLoss, MLPBCLoss, loss_total, uses_outcome_value
 from llmdpd.policy.mlp_bc import MLPActor
 
 
@@ -132,6 +132,9 @@ class PolicyDiffusionModule(LightningModule):
             self.cfg.text.out_dim, self.cfg.trajectory.width, text_on, trajectory_on, policy.prompt_dropout
         )
         cond_dim = self.conditioning.cond_dim
+        outcome_value = None
+        if uses_outcome_value(policy.awr_beta, policy.awr_advantage):
+            outcome_value = ValueNetwork(obs_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
 
         if self.kind == "diffusion":
             self.actor: nn.Module = DiffusionActor(
@@ -161,12 +164,15 @@ class PolicyDiffusionModule(LightningModule):
                 q_action=policy.q_action,
                 awr_beta=policy.awr_beta,
                 awr_advantage=policy.awr_advantage,
+                outcome_value=outcome_value,
             )
             self.target_updater: Optional[SoftUpdate] = SoftUpdate(self.loss, tau=policy.tau)
         else:
             self.actor = MLPActor(obs_dim, action_dim, cond_dim, policy.hidden_dim, policy.layers)
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
-            self.loss = MLPBCLoss(self.actor, awr_beta=policy.awr_beta, awr_advantage=policy.awr_advantage)
+            self.loss = MLPBCLoss(
+                self.actor, awr_beta=policy.awr_beta, awr_advantage=policy.awr_advantage, outcome_value=outcome_value
+            )
             self.target_updater = None
 
         # Freezing only makes sense for aligned weights (`freezes_prompt_encoders`, the one rule); decided here
@@ -411,8 +417,8 @@ class PolicyDiffusionModule(LightningModule):
         # Actor and critic use Adam as in Diffusion-QL; the prompt encoders keep the alignment weight decay.
         actor_params = list(self.actor.parameters())
         groups = [{"name": "actor", "params": actor_params, "lr": policy.actor_lr, "weight_decay": 0.0}]
-        if self.critic is not None:
-            critic_params = list(self.loss.parameters())  # online critics and V; the targets are buffers
+        critic_params = list(self.loss.parameters())  # online critics, V and the outcome value; targets are buffers
+        if critic_params:
             groups.append({"name": "critic", "params": critic_params, "lr": policy.critic_lr, "weight_decay": 0.0})
         prompt_decay = self.cfg.alignment.weight_decay
         groups.append({"name": "prompt", "params": prompt_params, "lr": policy.prompt_lr, "weight_decay": prompt_decay})
