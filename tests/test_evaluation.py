@@ -168,7 +168,7 @@ def test_advantage_weights_by_behaviour_by_hand():
 
     # Three steps of a "good" behaviour (advantage +1) and one of a "bad" one (advantage -1).
     episodes = {"t": ([episode(1.0, 3), episode(-1.0, 1)], ["good", "bad"])}
-    out = advantage_weights(_ScoredBehaviours(), episodes, {"t": torch.zeros(1, 3)}, beta=1.0, per_task=False)["t"]
+    out = advantage_weights(_ScoredBehaviours(), episodes, {"t": torch.zeros(1, 3)}, beta=1.0, advantage="raw")["t"]
     e = math.e
     assert out["weight_share/good"] == pytest.approx(3 * e / (3 * e + 1 / e))
     assert out["data_share/good"] == 0.75 and out["data_share/bad"] == 0.25
@@ -181,10 +181,40 @@ def test_advantage_weights_by_behaviour_by_hand():
     # Advantages of +-0.1 weigh the behaviours nearly evenly; standardised within the task (mean 0.05, std 0.1)
     # they become +0.5 and -1.5, as far apart as +-1.
     small = {"t": ([episode(0.1, 3), episode(-0.1, 1)], ["good", "bad"])}
-    raw = advantage_weights(_ScoredBehaviours(), small, {"t": torch.zeros(1, 3)}, beta=1.0, per_task=False)["t"]
-    task = advantage_weights(_ScoredBehaviours(), small, {"t": torch.zeros(1, 3)}, beta=1.0, per_task=True)["t"]
+    raw = advantage_weights(_ScoredBehaviours(), small, {"t": torch.zeros(1, 3)}, beta=1.0, advantage="raw")["t"]
+    task = advantage_weights(_ScoredBehaviours(), small, {"t": torch.zeros(1, 3)}, beta=1.0, advantage="task")["t"]
     assert raw["weight_share/good"] == pytest.approx(3 * math.exp(0.1) / (3 * math.exp(0.1) + math.exp(-0.1)))
     assert task["weight_share/good"] == pytest.approx(out["weight_share/good"])
+
+
+def test_outcome_advantages_by_behaviour_by_hand():
+    from types import SimpleNamespace
+
+    from llmdpd.evaluation.advantage_weights import advantage_weights
+
+    def episode(rewards: list[float]) -> dict:
+        steps = len(rewards)
+        return {"observations": np.zeros((steps + 1, 2), np.float32), "actions": np.zeros((steps, 2), np.float32),
+                "rewards": np.float32(rewards), "terminations": np.zeros(steps, bool)}
+
+    module = _ScoredBehaviours()
+    module.reward_scale, module.cfg = torch.tensor(2.0), SimpleNamespace(policy=SimpleNamespace(gamma=1.0))
+    module.loss = SimpleNamespace(outcome_value=lambda obs, cond: torch.zeros(len(obs), 1))
+    # A good episode (return 2 over two steps) and a bad one (return 0 over two steps).
+    episodes = {"t": ([episode([1.0, 1.0]), episode([0.0, 0.0])], ["good", "bad"])}
+    by_episode = advantage_weights(module, episodes, {"t": torch.zeros(1, 3)}, beta=1.0, advantage="episode")["t"]
+    # Returns 4, 4, 0, 0 after scaling: standardised +-0.866 (mean 2, unbiased std 2.31).
+    z = 2.0 / math.sqrt(16 / 3)
+    assert by_episode["weight_share/good"] == pytest.approx(math.exp(z) / (math.exp(z) + math.exp(-z)))
+    # Returns to go 4, 2, 0, 0: the good episode's second step weighs less than its first.
+    to_go = advantage_weights(module, episodes, {"t": torch.zeros(1, 3)}, beta=1.0, advantage="return_to_go")["t"]
+    g = torch.tensor([4.0, 2, 0, 0])
+    w = torch.exp((g - g.mean()) / g.std())
+    assert to_go["weight_share/good"] == pytest.approx(float(w[:2].sum() / w.sum()))
+    assert to_go["time_share/0"] == pytest.approx(float((w[0] + w[2]) / w.sum()))
+    module.loss.outcome_value = None
+    with pytest.raises(ValueError, match="outcome value"):
+        advantage_weights(module, episodes, {"t": torch.zeros(1, 3)}, beta=1.0, advantage="return_to_go")
 
 
 def test_act_fn_of_wrong_shape_is_an_error():

@@ -11,8 +11,8 @@ condition, `prompt_identification`), and the condition spread (how far apart the
 `condition_spread`) of the checkpoint and, where the run kept it, of the prompt encoders its alignment stage
 ended with (`checkpoints/align/final.ckpt`). With `--unseen`, also which training task's behaviour each
 unseen task's prompt calls up, on the unseen task's own expert states (`prompt_transfer`). With `--awr BETA`,
-what advantage weights exp(A / BETA) from the checkpoint's critic (standardised per task under
-`policy.awr_advantage=task`) do to each task's data: each behaviour's share of the weight against its share of
+what advantage weights exp(A / BETA), with the checkpoint's `policy.awr_advantage` (the critic's Q - V, raw or
+standardised per task; the episode's return; or the return to go minus the outcome value), do to each task's data: each behaviour's share of the weight against its share of
 the transitions, the effective sample size and the tilt of the mean action (`advantage_weights`).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
@@ -149,12 +149,10 @@ def weights_by_behaviour(module, dm, conditions: dict, beta: float, cfg) -> dict
     from llmdpd.data.report import episode_outcomes
     from llmdpd.evaluation.advantage_weights import advantage_weights
 
-    if cfg.policy.awr_advantage == "episode":
-        raise ConfigError("--awr reports the critic's advantages; policy.awr_advantage=episode weighs by episode returns")
     episodes = {task: (dm.data_episodes(task), episode_outcomes(dm.root, dataset_id(cfg, task, "mixed"))["behaviours"])
                 for task in conditions}
     try:
-        tasks = advantage_weights(module, episodes, conditions, beta, cfg.policy.awr_advantage == "task")
+        tasks = advantage_weights(module, episodes, conditions, beta, cfg.policy.awr_advantage)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     keys = sorted({k for entry in tasks.values() for k in entry})

@@ -1,8 +1,9 @@
 """Advantage weights by behaviour (`llmdpd diagnose --awr`): what exp(A / beta) does to each task's data.
 
 Advantage-weighted BC helps only if the weights prefer good behaviour. On all of a training task's mixed-data
-transitions, with the checkpoint's expectile critic (A = min_j Q'_j(s, c, a) - V(s, c), standardised within the
-task when `policy.awr_advantage` is `task`), this reports per task:
+transitions, with the advantage `policy.awr_advantage` names (`advantage_of`: the checkpoint's expectile critic
+min_j Q'_j(s, c, a) - V(s, c), raw or standardised within the task; the episode's return; or the return to go
+minus the checkpoint's outcome value, both standardised within the task), this reports per task:
 
 - `weight_share/<behaviour>` against `data_share/<behaviour>`: the share of the total weight that each data
   behaviour (noisy expert, wrong goal, other task, stall) receives, and its share of the transitions. Equal
@@ -22,7 +23,32 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from llmdpd.data.episode_store import EpisodeStore, episode_returns, returns_to_go
 from llmdpd.policy.loss import awr_weights, standardise_per_task
+
+
+def advantage_of(module, kind: str, episodes: list[dict[str, np.ndarray]], obs: Tensor, action: Tensor,
+                 cond: Tensor) -> Tensor:
+    """A [n, 1] of one task's transitions (normalised `obs`, `action`, `cond` [n, C], in `episodes`' order) as the
+    loss computes it for `policy.awr_advantage` = `kind`, standardised over the task's whole data instead of over
+    a batch."""
+    if kind in ("raw", "task"):
+        if module.loss.value is None:
+            raise ValueError("advantage weights need the expectile critic's value network (policy.critic: expectile)")
+        advantage = module.loss.target_q_min(obs, cond, action) - module.loss.value(obs, cond).float()
+        if kind == "raw":
+            return advantage
+    else:
+        store = EpisodeStore([episodes])
+        scale = module.reward_scale.to(obs)
+        if kind == "episode":
+            advantage = episode_returns(store).to(obs) * scale
+        else:
+            if getattr(module.loss, "outcome_value", None) is None:
+                raise ValueError("the return-to-go advantage needs the checkpoint's outcome value (policy.awr_beta > 0)")
+            to_go = returns_to_go(store, float(module.cfg.policy.gamma)).to(obs) * scale
+            advantage = to_go - module.loss.outcome_value(obs, cond).float()
+    return standardise_per_task(advantage, torch.zeros(len(advantage), dtype=torch.long, device=obs.device))
 
 
 @torch.no_grad()
@@ -31,11 +57,10 @@ def advantage_weights(
     episodes: dict[str, tuple[list[dict[str, np.ndarray]], Sequence[str]]],
     conditions: dict[str, Tensor],
     beta: float,
-    per_task: bool,
+    advantage: str,
 ) -> dict[str, dict[str, float]]:
-    """Per task of `episodes` (task -> (raw episodes, behaviour of each episode)), the entries listed above."""
-    if module.loss.value is None:
-        raise ValueError("advantage weights need the expectile critic's value network (policy.critic: expectile)")
+    """Per task of `episodes` (task -> (raw episodes, behaviour of each episode)), the entries listed above, for
+    the advantage `advantage` (one of `policy.awr_advantage`'s choices)."""
     out: dict[str, dict[str, float]] = {}
     for task, (task_episodes, behaviours) in episodes.items():
         obs = torch.as_tensor(np.concatenate([e["observations"][:-1] for e in task_episodes])).float()
@@ -44,10 +69,7 @@ def advantage_weights(
         quarter = np.concatenate([np.arange(len(e["actions"])) * 4 // len(e["actions"]) for e in task_episodes])
         obs, action = module.normalizer.obs(obs.to(module.obs_mean)), action.to(module.obs_mean)
         cond = conditions[task].expand(len(obs), -1)
-        advantage = module.loss.target_q_min(obs, cond, action) - module.loss.value(obs, cond).float()
-        if per_task:
-            advantage = standardise_per_task(advantage, torch.zeros(len(advantage), dtype=torch.long, device=obs.device))
-        weight = awr_weights(advantage, beta)
+        weight = awr_weights(advantage_of(module, advantage, task_episodes, obs, action, cond), beta)
         tilt = ((weight * action).sum(0) / weight.sum() - action.mean(0)).cpu()
         w = weight[:, 0].cpu().numpy().astype(np.float64)
         entry = {"transitions": float(len(w)), "ess": float(w.sum() ** 2 / (w**2).sum() / len(w)),
