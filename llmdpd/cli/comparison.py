@@ -38,8 +38,6 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "trajectory_only_x0_bc": "trajectory_only_x0_bc",
         "llmdpd_x0_rwr": "llmdpd_x0_rwr",
         "mlp_bc_prompts_rwr": "mlp_bc_prompts_rwr",
-        "llmdpd_x0_rtg": "llmdpd_x0_rtg",
-        "mlp_bc_prompts_rtg": "mlp_bc_prompts_rtg",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -50,8 +48,6 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "llmdpd_x0_bc": "ml45/llmdpd_x0_bc",
         "llmdpd_x0_rwr": "ml45/llmdpd_x0_rwr",
         "mlp_bc_prompts_rwr": "ml45/mlp_bc_prompts_rwr",
-        "llmdpd_x0_rtg": "ml45/llmdpd_x0_rtg",
-        "mlp_bc_prompts_rtg": "ml45/mlp_bc_prompts_rtg",
     },
 }
 
