@@ -371,3 +371,16 @@ def test_zero_sample_temperature_is_deterministic_and_narrower():
     assert torch.allclose(cold, cold[:1].expand_as(cold))  # one state, one action
     warm, hot = actor.sample(obs, cond, temperature=0.5), actor.sample(obs, cond, temperature=1.0)
     assert 0 < warm.std(0).mean() < hot.std(0).mean()
+
+
+def test_action_noise_perturbs_the_chosen_action_within_the_box():
+    module = make_module(small_cfg(kind="mlp_bc"))
+    obs, cond = torch.randn(1, OBS).expand(4000, -1), module.prompt_condition(None, None)
+    clean = module.act(obs, cond)
+    assert torch.equal(clean, module.act(obs, cond))  # the MLP alone is deterministic
+    torch.manual_seed(0)
+    noisy = module.act(obs, cond, acting={"action_noise": 0.3})
+    assert noisy.abs().max() <= 1.0
+    inside = (noisy.abs() < 1.0).all(1)  # unclipped draws: clean + N(0, 0.3^2)
+    assert (noisy[inside] - clean[inside]).mean(0).abs().max() < 0.03
+    assert (noisy[inside] - clean[inside]).std(0).sub(0.3).abs().max() < 0.05

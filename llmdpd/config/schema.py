@@ -223,6 +223,9 @@ class PolicyConfig:
     acting_temperature: float = 1.0
     # Temperature of the acting sampler's noise (1: DDPM; 0: the deterministic chain from the zero latent).
     sample_temperature: float = 1.0
+    # Standard deviation of Gaussian noise added to the chosen action before clipping to the action box (0: none);
+    # what a deterministic policy (`mlp_bc`) has in place of the diffusion sampler's temperature.
+    action_noise: float = 0.0
     # Compile the training update (prompt encoders, losses and, through AOTAutograd, their backward) with
     # torch.compile; on CUDA in "reduce-overhead" mode (CUDA graphs). The first steps pay the compilation.
     compile: bool = False

@@ -286,19 +286,24 @@ class PolicyDiffusionModule(LightningModule):
         `policy.acting`: "sample" draws one action from the EMA actor; "mean" averages `policy.num_candidates`
         draws (the policy's expected action; no critic involved); "softmax" and "argmax" draw
         `policy.num_candidates` and choose by the target critics' Q (see `llmdpd.policy.acting`). The MLP
-        baseline returns its single action. `acting` (e.g. `{"num_candidates": 32}`, keys of `policy.*`)
+        baseline returns its single action. `policy.action_noise` adds Gaussian noise of that standard deviation
+        to the chosen action before clipping. `acting` (e.g. `{"num_candidates": 32}`, keys of `policy.*`)
         overrides the trained config's acting-time settings for this call, without changing `self.cfg`.
         """
         policy = _with_overrides(self.cfg.policy, acting)
         if policy.acting == "mean":
             actions, _ = self.candidates(obs, cond, score=False, acting=acting)
-            return actions.clamp(-1.0, 1.0).mean(1)
-        if self.critic is None or policy.acting == "sample":
+            action = actions.clamp(-1.0, 1.0).mean(1)
+        elif self.critic is None or policy.acting == "sample":
             actions, _ = self.candidates(obs, cond, count=1, score=False, acting=acting)
-            return actions[:, 0].clamp(-1.0, 1.0)
-        actions, q = self.candidates(obs, cond, acting=acting)
-        chosen = select_candidates(q, policy.acting, policy.acting_temperature)
-        return actions[torch.arange(actions.shape[0], device=chosen.device), chosen].clamp(-1.0, 1.0)
+            action = actions[:, 0]
+        else:
+            actions, q = self.candidates(obs, cond, acting=acting)
+            chosen = select_candidates(q, policy.acting, policy.acting_temperature)
+            action = actions[torch.arange(actions.shape[0], device=chosen.device), chosen]
+        if policy.action_noise > 0:
+            action = action + float(policy.action_noise) * torch.randn_like(action)
+        return action.clamp(-1.0, 1.0)
 
     # ----------------------------------------------------------------------------------------- training
     def eta_at(self, step: int) -> float:
