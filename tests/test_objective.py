@@ -194,23 +194,19 @@ def test_n_step_returns_stop_at_episode_ends():
     assert torch.equal(one["next_obs"], store.transitions["next_obs"])
 
 
-def test_episode_returns_by_hand():
-    def episode(rewards):
-        t = len(rewards)
-        return {"observations": np.zeros((t + 1, 2), np.float32), "actions": np.zeros((t, 1), np.float32),
-                "rewards": np.asarray(rewards, np.float32), "terminations": np.zeros(t, bool)}
+def _episode(rewards):
+    t = len(rewards)
+    return {"observations": np.zeros((t + 1, 2), np.float32), "actions": np.zeros((t, 1), np.float32),
+            "rewards": np.asarray(rewards, np.float32), "terminations": np.zeros(t, bool)}
 
-    store = EpisodeStore([[episode([1, 2, 3]), episode([10])], [episode([0.5, 0.5])]])
+
+def test_episode_returns_by_hand():
+    store = EpisodeStore([[_episode([1, 2, 3]), _episode([10])], [_episode([0.5, 0.5])]])
     assert torch.equal(episode_returns(store)[:, 0], torch.tensor([6.0, 6, 6, 10, 1, 1]))
 
 
 def test_returns_to_go_by_hand():
-    def episode(rewards):
-        t = len(rewards)
-        return {"observations": np.zeros((t + 1, 2), np.float32), "actions": np.zeros((t, 1), np.float32),
-                "rewards": np.asarray(rewards, np.float32), "terminations": np.zeros(t, bool)}
-
-    store = EpisodeStore([[episode([1, 2, 3]), episode([10])], [episode([0.5, 0.5])]])
+    store = EpisodeStore([[_episode([1, 2, 3]), _episode([10])], [_episode([0.5, 0.5])]])
     # gamma 0.5: 1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3 | 10 | 0.5 + 0.25, 0.5 (never across an episode's end)
     expected = torch.tensor([2.75, 3.5, 3.0, 10.0, 0.75, 0.5])
     torch.testing.assert_close(returns_to_go(store, 0.5)[:, 0], expected)
