@@ -38,6 +38,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "trajectory_only_x0_bc": "trajectory_only_x0_bc",
         "llmdpd_x0_rwr": "llmdpd_x0_rwr",
         "mlp_bc_prompts_rwr": "mlp_bc_prompts_rwr",
+        "llmdpd_x0_rwr_t15": "llmdpd_x0_rwr_t15",
+        "mlp_bc_prompts_rwr_noise06": "mlp_bc_prompts_rwr_noise06",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -48,6 +50,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "llmdpd_x0_bc": "ml45/llmdpd_x0_bc",
         "llmdpd_x0_rwr": "ml45/llmdpd_x0_rwr",
         "mlp_bc_prompts_rwr": "ml45/mlp_bc_prompts_rwr",
+        "llmdpd_x0_rwr_t15": "ml45/llmdpd_x0_rwr_t15",
+        "mlp_bc_prompts_rwr_noise06": "ml45/mlp_bc_prompts_rwr_noise06",
     },
 }
 
