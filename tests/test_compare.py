@@ -98,6 +98,18 @@ def test_compare_one_seed_and_grouping_by_folder(tmp_path, capsys):
     assert _run_cli([str(tmp_path / "nothing")]) == 1
 
 
+def test_compare_refuses_two_runs_of_one_method_and_seed(tmp_path, capsys):
+    _make_runs(tmp_path / "runs")
+    # A copy of llmdpd seed 0 under another folder, its config still named llmdpd.
+    _write_run(tmp_path / "runs", "llmdpd_again", 0, _eval_json(0, [0.1, 0.1], [0.0]))
+    (tmp_path / "runs" / "llmdpd_again" / "seed0" / "config.yaml").write_text(yaml.safe_dump({"name": "llmdpd", "seed": 0}))
+    assert _run_cli([str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the note on the unfinished run
+    assert err.startswith("compare: ") and "method 'llmdpd' seed 0" in err
+    assert _run_cli([str(tmp_path / "runs"), "--group-by", "parent"]) == 0
+    assert "| llmdpd_again | 1 | 10.0 |" in capsys.readouterr().out
+
+
 def _validation_json(seed, values, episodes_per_task=10):
     tasks = {name: {"split": "validation", "success": value, "final_success": value, "return": 1.0,
                     "episodes": episodes_per_task, "goals": [32 + e % 8 for e in range(episodes_per_task)]}

@@ -65,7 +65,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"compare: no finished runs (config.yaml + {args.eval_file}) under {' '.join(args.runs)}",
               file=sys.stderr)
         return 1
-    methods = group_methods(runs)
+    try:
+        methods = group_methods(runs)
+    except ValueError as err:
+        print(f"compare: {err}", file=sys.stderr)
+        return 2
     if args.baseline is not None and args.baseline not in {method.name for method in methods}:
         print(f"compare: baseline '{args.baseline}' is not among the methods: "
               f"{', '.join(method.name for method in methods)}", file=sys.stderr)

@@ -163,10 +163,18 @@ def last_step(run_dir: Path) -> int | None:
 
 
 def group_methods(runs: Sequence[Run]) -> list[Method]:
-    """Runs grouped by method, methods in order of first appearance, runs in seed order."""
+    """Runs grouped by method, methods in order of first appearance, runs in seed order.
+
+    Raises ValueError when two runs of one method have the same seed: counted twice, they would pass for two
+    seeds (distinct `name`s in their config.yaml, or `--group-by parent`, tell them apart)."""
     methods: dict[str, Method] = {}
     for run in runs:
-        methods.setdefault(run.method, Method(run.method)).runs.append(run)
+        method = methods.setdefault(run.method, Method(run.method))
+        twin = next((other for other in method.runs if other.seed == run.seed), None)
+        if twin is not None:
+            raise ValueError(f"{twin.path} and {run.path} are both method '{run.method}' seed {run.seed} "
+                             "(give their config.yaml distinct names, or use --group-by parent)")
+        method.runs.append(run)
     for method in methods.values():
         method.runs.sort(key=lambda run: str(run.seed))
     return list(methods.values())
