@@ -161,15 +161,19 @@ def weights_by_behaviour(module, dm, conditions: dict, beta: float, cfg) -> dict
 
 
 def policy_rollouts(module, conditions: dict, goals, episodes_per_goal: int, cfg) -> dict[str, dict]:
-    """`rollout_diagnostics` of every task in `conditions`, the policy acting as it does in evaluation."""
+    """`rollout_diagnostics` of every task in `conditions`, the policy acting as it does in evaluation (with this
+    command's acting-time `policy.*` settings, e.g. `policy.sample_temperature=1.5`)."""
     import torch
 
     from llmdpd.evaluation.rollout_diagnostics import rollout_diagnostics
+    from llmdpd.evaluation.runner import ACTING_KEYS
+
+    acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
 
     def act_for(cond):
         def act(obs):
             with torch.no_grad():
-                return module.act(torch.as_tensor(obs).to(module.obs_mean), cond).cpu().numpy()
+                return module.act(torch.as_tensor(obs).to(module.obs_mean), cond, acting=acting).cpu().numpy()
 
         return act
 
