@@ -91,12 +91,17 @@ def stack_prompt_stores(stores: list[EpisodeStore], normalizer) -> EpisodeStore:
     return merged
 
 
+def episode_index(store: EpisodeStore, device: torch.device) -> torch.Tensor:
+    """Per stored transition, the index of its episode [T], on `device`."""
+    episodes = torch.arange(len(store.episode_length), device=device)
+    return torch.repeat_interleave(episodes, store.episode_length.to(device))
+
+
 def episode_returns(store: EpisodeStore) -> torch.Tensor:
     """Per stored transition, the undiscounted sum of its whole episode's rewards [T, 1] (the episode's outcome,
     which episode-weighted BC ranks within each task)."""
     reward = store.transitions[K.REWARD]
-    episode_of = torch.repeat_interleave(torch.arange(len(store.episode_length), device=reward.device),
-                                         store.episode_length.to(reward.device))
+    episode_of = episode_index(store, reward.device)
     totals = torch.zeros(len(store.episode_length), 1, dtype=reward.dtype, device=reward.device)
     return totals.index_add(0, episode_of, reward)[episode_of]
 
@@ -113,8 +118,7 @@ def returns_to_go(store: EpisodeStore, gamma: float) -> torch.Tensor:
     position = store.transitions[K.POSITION].double()[:, None]
     weighted = gamma**position * reward
     prefix = torch.cumsum(weighted, 0)  # inclusive, over the whole store
-    episode_of = torch.repeat_interleave(torch.arange(len(store.episode_length), device=reward.device),
-                                         store.episode_length.to(reward.device))
+    episode_of = episode_index(store, reward.device)
     last = (store.episode_start + store.episode_length - 1).to(reward.device)[episode_of]
     suffix = prefix[last] - prefix + weighted
     return (suffix / gamma**position).to(store.transitions[K.REWARD].dtype)
@@ -133,7 +137,7 @@ def n_step_returns(store: EpisodeStore, n: int, gamma: float) -> dict[str, torch
         raise ValueError(f"policy.n_step must be at least 1 (got {n})")
     td = store.transitions
     total = td[K.REWARD].shape[0]
-    episode_of = torch.repeat_interleave(torch.arange(len(store.episode_length)), store.episode_length.cpu())
+    episode_of = episode_index(store, torch.device("cpu"))
     end = (store.episode_start + store.episode_length).cpu()[episode_of]  # exclusive, per transition
     index = torch.arange(total)
     reward = torch.zeros_like(td[K.REWARD])

@@ -21,10 +21,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torch import Tensor
 
 from llmdpd.data.episode_store import EpisodeStore, episode_returns, returns_to_go
-from llmdpd.policy.loss import awr_weights, standardise_per_task
+from llmdpd.policy.loss import OUTCOME_ADVANTAGES, awr_weights, outcome_advantage, standardise_per_task
 
 
 def advantage_of(module, kind: str, episodes: list[dict[str, np.ndarray]], obs: Tensor, action: Tensor,
@@ -32,23 +33,23 @@ def advantage_of(module, kind: str, episodes: list[dict[str, np.ndarray]], obs: 
     """A [n, 1] of one task's transitions (normalised `obs`, `action`, `cond` [n, C], in `episodes`' order) as the
     loss computes it for `policy.awr_advantage` = `kind`, standardised over the task's whole data instead of over
     a batch."""
-    if kind in ("raw", "task"):
-        if module.loss.value is None:
-            raise ValueError("advantage weights need the expectile critic's value network (policy.critic: expectile)")
-        advantage = module.loss.target_q_min(obs, cond, action) - module.loss.value(obs, cond).float()
-        if kind == "raw":
-            return advantage
-    else:
-        store = EpisodeStore([episodes])
-        scale = module.reward_scale.to(obs)
+    task = torch.zeros(len(obs), dtype=torch.long, device=obs.device)
+    if kind in OUTCOME_ADVANTAGES:
+        # The loss's own computation, on the task's whole data as one batch of one task.
+        outcome_value = getattr(module.loss, "outcome_value", None)
+        if kind == "return_to_go" and outcome_value is None:
+            raise ValueError("the return-to-go advantage needs the checkpoint's outcome value (policy.awr_beta > 0)")
+        store, scale = EpisodeStore([episodes]), module.reward_scale.to(obs)
         if kind == "episode":
-            advantage = episode_returns(store).to(obs) * scale
+            outcome = {"episode_return": episode_returns(store).to(obs) * scale}
         else:
-            if getattr(module.loss, "outcome_value", None) is None:
-                raise ValueError("the return-to-go advantage needs the checkpoint's outcome value (policy.awr_beta > 0)")
-            to_go = returns_to_go(store, float(module.cfg.policy.gamma)).to(obs) * scale
-            advantage = to_go - module.loss.outcome_value(obs, cond).float()
-    return standardise_per_task(advantage, torch.zeros(len(advantage), dtype=torch.long, device=obs.device))
+            outcome = {"return_to_go": returns_to_go(store, float(module.cfg.policy.gamma)).to(obs) * scale}
+        td = TensorDict({"obs": obs, "cond": cond, "task": task, **outcome}, batch_size=[len(obs)])
+        return outcome_advantage(td, kind, outcome_value)[0]
+    if module.loss.value is None:
+        raise ValueError("advantage weights need the expectile critic's value network (policy.critic: expectile)")
+    advantage = module.loss.target_q_min(obs, cond, action) - module.loss.value(obs, cond).float()
+    return advantage if kind == "raw" else standardise_per_task(advantage, task)
 
 
 @torch.no_grad()

@@ -86,6 +86,19 @@ def return_to_go_advantage(td: TensorDictBase, outcome_value: nn.Module) -> tupl
     return advantage, F.mse_loss(value, target)
 
 
+# The advantages that need no critic: they come from the episodes' outcomes.
+OUTCOME_ADVANTAGES = ("episode", "return_to_go")
+
+
+def outcome_advantage(td: TensorDictBase, kind: str, outcome_value: nn.Module | None) -> tuple[Tensor, dict[str, Tensor]]:
+    """A [n, 1] of an outcome advantage (`kind` in `OUTCOME_ADVANTAGES`) and the loss parts it trains (the
+    outcome value's `loss_outcome_value` for `return_to_go`, none for `episode`)."""
+    if kind == "episode":
+        return episode_advantage(td), {}
+    advantage, loss = return_to_go_advantage(td, outcome_value)
+    return advantage, {"loss_outcome_value": loss}
+
+
 def weight_statistics(weight: Tensor) -> dict[str, Tensor]:
     """The weights' mean and effective sample size as a fraction of the batch, (sum w)^2 / (n sum w^2): near 1
     when the weights are even, near 1/n when one transition carries the batch."""
@@ -199,11 +212,10 @@ class DiffusionQLLoss(LossModule):
                 out["value_mean"] = value.detach().mean()
             advantage = q_data - value.detach()
         weight = None
-        if self.awr_beta > 0 and (advantage is not None or self.awr_advantage in ("episode", "return_to_go")):
-            if self.awr_advantage == "episode":
-                advantage = episode_advantage(td)
-            elif self.awr_advantage == "return_to_go":
-                advantage, out["loss_outcome_value"] = return_to_go_advantage(td, self.outcome_value)
+        if self.awr_beta > 0 and (advantage is not None or self.awr_advantage in OUTCOME_ADVANTAGES):
+            if self.awr_advantage in OUTCOME_ADVANTAGES:
+                advantage, parts = outcome_advantage(td, self.awr_advantage, self.outcome_value)
+                out.update(parts)
             elif self.awr_advantage == "task":
                 advantage = standardise_per_task(advantage, td["task"])
             weight = awr_weights(advantage, self.awr_beta)
@@ -254,7 +266,7 @@ class MLPBCLoss(LossModule):
         _check_outcome_value(awr_beta, awr_advantage, outcome_value)
         self.__dict__["actor"] = actor
         self.outcome_value = outcome_value
-        self.weighted = awr_beta > 0 and awr_advantage in ("episode", "return_to_go")
+        self.weighted = awr_beta > 0 and awr_advantage in OUTCOME_ADVANTAGES
         self.awr_beta = float(awr_beta)
         self.awr_advantage = awr_advantage
         self.in_keys, self.out_keys = ["obs", "action", "cond"], ["loss_bc"]
@@ -264,11 +276,7 @@ class MLPBCLoss(LossModule):
         per_sample, _ = self.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
         if not self.weighted:
             return TensorDict({"loss_bc": per_sample.mean()}, batch_size=[])
-        out = {}
-        if self.awr_advantage == "return_to_go":
-            advantage, out["loss_outcome_value"] = return_to_go_advantage(td, self.outcome_value)
-        else:
-            advantage = episode_advantage(td)
+        advantage, out = outcome_advantage(td, self.awr_advantage, self.outcome_value)
         weight = awr_weights(advantage, self.awr_beta)
         out["loss_bc"] = (per_sample * weight).mean()
         if self.statistics:
