@@ -299,6 +299,24 @@ def measure(
     return results, dm
 
 
+# The best validated configuration's objective (`experiments/llmdpd_x0_rwr_t15.yaml`): no Q term, BC weighted by
+# episode returns; with the expectile critic it still trains a critic that nothing reads.
+OUTCOME_WEIGHTED = ["policy.prediction=sample", "policy.eta=0", "policy.awr_beta=1", "policy.awr_advantage=episode"]
+CRITIC_FREE = ("expectile", "none")
+
+
+def critic_free_rounds(dm: MetaWorldDataModule, cfg: ExperimentConfig, rounds: int, logs: Path) -> dict[str, float]:
+    """Median seconds per TIMED Lightning steps of the outcome-weighted objective with each `policy.critic` of
+    `CRITIC_FREE`, rounds alternating between the two."""
+    variants = {c: OmegaConf.merge(cfg, OmegaConf.from_dotlist([*OUTCOME_WEIGHTED, f"policy.critic={c}"])) for c in CRITIC_FREE}
+    modules = {critic: make_module(dm, variant) for critic, variant in variants.items()}
+    seconds: dict[str, list[float]] = {critic: [] for critic in variants}
+    for _ in range(rounds):
+        for critic, variant in variants.items():
+            seconds[critic].append(framework_round(modules[critic], dm, variant, logs))
+    return {critic: statistics.median(values) for critic, values in seconds.items()}
+
+
 class _TotalOnly:
     """Stands in for FlopCounterMode's per-module tracker, which cannot hold torchrl's parameter containers
     (a TensorDictParams compares elementwise, so it cannot be looked up); only the total is wanted here."""
@@ -407,6 +425,7 @@ def main() -> None:
         peak = matmul_peak_flops()
         full, dm = measure(cfg, PAIRS, ROUNDS, Path(root) / "tb", compiled=(DEFAULT_PAIR,))
         flops = {pair: step_flops(dm, with_pair(cfg, *pair)) for pair in PAIRS}
+        critic_free = critic_free_rounds(dm, cfg, ROUNDS, Path(root) / "tb")
         peak_after = matmul_peak_flops()
         # Tiny networks and batches: the step is cheap, so the framework's fixed cost per step shows.
         tiny = OmegaConf.merge(cfg, OmegaConf.from_dotlist(TINY))
@@ -442,6 +461,10 @@ def main() -> None:
                 report(f"{name}: ratio {label} / bare", bare / result[variant], "x", target)
         if "compiled" in result:
             report(f"{name}: ratio compiled / eager Lightning", result["eager"] / result["compiled"], "x")
+    for critic, seconds in critic_free.items():
+        report(f"eta 0, episode-weighted BC, policy.critic={critic}: Lightning", TIMED / seconds, "steps/s")
+    report("policy.critic=none / expectile, eta 0 (speed-up from not training an unread critic)",
+           critic_free["expectile"] / critic_free["none"], "x")  # fmt: skip
     bare_ms, ours_ms = (1e3 * small[k] / TIMED for k in ("bare", "eager"))
     print(f"tiny networks (critic=td, q_action=chain): median of {TINY_ROUNDS} rounds", flush=True)
     report("tiny networks: bare PyTorch loop", bare_ms, "ms/step")

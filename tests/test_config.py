@@ -106,3 +106,17 @@ def test_a_value_outside_its_choices_is_one_line(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"Invalid value for '{re.escape(key)}': .*expected one of"):
         load_config("smoke", [override])
+
+
+def test_a_diffusion_actor_without_a_critic_refuses_what_reads_q():
+    ok = load_config("smoke", ["policy.critic=none", "policy.eta=0", "policy.awr_advantage=episode"])
+    assert ok.policy.critic == "none"
+    for overrides, named in [
+        (["policy.eta=0.1"], "policy.eta=0.1"),
+        (["policy.eta=0", "policy.awr_advantage=task"], "policy.awr_advantage=task"),
+        (["policy.eta=0", "policy.awr_advantage=episode", "policy.acting=softmax"], "policy.acting=softmax"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(named) + ".*set policy.critic to td or expectile"):
+            load_config("smoke", ["policy.critic=none", *overrides])
+    # The MLP baseline never has a critic: the setting does not concern it.
+    assert load_config("mlp_bc", ["policy.critic=none", "policy.eta=0.1"]).policy.kind == "mlp_bc"

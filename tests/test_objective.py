@@ -296,6 +296,37 @@ def test_mlp_baseline_weighs_by_episode_returns_only():
     assert torch.isclose(unweighted.loss(td)["loss_bc"], per_sample.mean()) and "awr_ess" not in unweighted.loss(td).keys()
 
 
+def test_diffusion_actor_without_a_critic_trains_on_its_weighted_denoising_loss(cpu_trainer):
+    module = make_module(small_cfg(prediction="sample", critic="none", eta=0.0, awr_beta=1.0, awr_advantage="episode"))
+    assert module.critic is None and module.target_updater is None and list(module.loss.parameters()) == []
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert [group["name"] for group in optimizer.param_groups] == ["actor", "prompt"]
+    batch = random_batch(2, 8, 6, OBS, ACT, TEXT)
+    batch["episode_return"] = torch.tensor([1.0, 0.0, 100.0, 50.0]).repeat_interleave(4).view(2, 8, 1)
+    td = module.loss_input(batch)
+    torch.manual_seed(1)
+    per_sample, _ = module.actor.loss_and_prediction(td["action"], td["obs"], td["cond"])
+    torch.manual_seed(1)
+    losses = module.loss(td)
+    z = 0.5 / math.sqrt(8 * 0.25 / 7)
+    weights = torch.tensor([math.exp(z), math.exp(-z)]).repeat_interleave(4).repeat(2)[:, None]
+    assert set(k for k in losses.keys() if k.startswith("loss_")) == {"loss_bc"}
+    assert torch.isclose(losses["loss_bc"], (per_sample * weights).mean())
+    # Acting draws from the EMA actor; training runs and the denoising loss falls on a fixed batch.
+    cond = module.prompt_condition(torch.randn(3, TEXT), batches(1)[0][:1])
+    assert module.act(torch.randn(3, OBS), cond).shape == (3, ACT)
+    fixed = batches(1)[0]
+
+    def fixed_loss() -> float:  # the same diffusion steps, noise and prompt dropout before and after
+        torch.manual_seed(2)
+        return module.loss(module.loss_input(fixed))["loss_bc"].item()
+
+    before = fixed_loss()
+    t = cpu_trainer(60)
+    t.fit(module, loader([fixed] * 60))
+    assert t.global_step == 60 and fixed_loss() < 0.85 * before
+
+
 def test_eta_ramps_in_after_the_critic_warm_up():
     module = make_module(small_cfg(eta=2.0, critic_warmup_steps=10, eta_ramp_steps=4))
     assert [module.eta_at(s) for s in (0, 9, 10, 11, 13, 50)] == [0.0, 0.0, 0.5, 1.0, 2.0, 2.0]

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from llmdpd.config.schema import CHOICES, ExperimentConfig
+from llmdpd.config.schema import CHOICES, OUTCOME_ADVANTAGES, ExperimentConfig
 
 SectionT = typing.TypeVar("SectionT")
 
@@ -255,11 +255,30 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 
 
 def check_choices(cfg: DictConfig) -> None:
-    """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values."""
+    """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values, and a
+    diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"Invalid value for '{key}': {value!r}; expected one of {', '.join(allowed)}")
+    check_critic_use(cfg)
+
+
+def check_critic_use(cfg: DictConfig) -> None:
+    """With `policy.critic: none` the diffusion actor has no Q: refuse the Q term, a critic-based advantage
+    and the acting rules that select by Q, naming the setting."""
+    policy = cfg.policy
+    if policy.kind != "diffusion" or policy.critic != "none":
+        return
+    needs = []
+    if policy.eta > 0:
+        needs.append(f"policy.eta={policy.eta} (the Q term)")
+    if policy.awr_beta > 0 and policy.awr_advantage not in OUTCOME_ADVANTAGES:
+        needs.append(f"policy.awr_advantage={policy.awr_advantage} with policy.awr_beta={policy.awr_beta}")
+    if policy.acting in ("softmax", "argmax"):
+        needs.append(f"policy.acting={policy.acting}")
+    if needs:
+        raise ConfigError(f"policy.critic is 'none', but these settings read Q: {'; '.join(needs)} (set policy.critic to td or expectile)")
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:

@@ -12,9 +12,11 @@ from typing import Any, Optional
 
 # The allowed values of every key that names a choice; `load_config` refuses anything else in one line.
 POLICY_KINDS = ("diffusion", "mlp_bc")
-CRITIC_KINDS = ("td", "expectile")
+CRITIC_KINDS = ("td", "expectile", "none")
 Q_ACTIONS = ("chain", "one_step")
 AWR_ADVANTAGES = ("raw", "task", "episode", "return_to_go")
+# The advantages that need no critic: they come from the episodes' outcomes.
+OUTCOME_ADVANTAGES = ("episode", "return_to_go")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -193,8 +195,10 @@ class PolicyConfig:
     lr_schedule: str = "cosine"
     actor_grad_clip: float = 1.0
     critic_grad_clip: float = 1.0
-    # Critic: "td" (Diffusion-QL: target from EMA-actor samples at s') or "expectile" (IDQL/IQL in-sample:
-    # V(s, c) by expectile regression on min-Q of dataset actions, Q toward r + gamma V(s', c)).
+    # Critic: "td" (Diffusion-QL: target from EMA-actor samples at s'), "expectile" (IDQL/IQL in-sample:
+    # V(s, c) by expectile regression on min-Q of dataset actions, Q toward r + gamma V(s', c)) or "none" (no
+    # critic is built or trained: for settings nothing of which reads Q, i.e. eta 0, an outcome advantage or
+    # none, and acting without selection; about half the cost of a policy step at the metaworld sizes).
     critic: str = "expectile"
     expectile: float = 0.7
     # n-step returns from the stored episodes (1 = one-step TD).

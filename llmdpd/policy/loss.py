@@ -21,8 +21,9 @@ The statistics are computed only when `statistics` is true (the caller sets it o
 nothing in `forward` reads a tensor back to the host, so the loss traces into one graph under
 `torch.compile`.
 
-`MLPBCLoss` is the deterministic behaviour-cloning baseline's objective (loss_bc, and loss_outcome_value when it
-is weighted by the return-to-go advantage).
+`BehaviourCloningLoss` is the objective of an actor without a critic (the deterministic MLP baseline, or the diffusion
+actor with `policy.critic: none`): loss_bc, weighted by an outcome advantage when one is set, and
+loss_outcome_value when that is the return-to-go advantage.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from torch import Tensor, nn
 from torchrl.objectives import LossModule
 from torchrl.objectives.iql import IQLLoss
 
-from llmdpd.config.schema import AWR_ADVANTAGES, CRITIC_KINDS, Q_ACTIONS
+from llmdpd.config.schema import AWR_ADVANTAGES, OUTCOME_ADVANTAGES, Q_ACTIONS
 from llmdpd.policy.critic import TwinCritic
 
 # Advantage weights exp(A / beta) are clipped here, as in AWAC/IQL implementations, so one lucky transition
@@ -86,9 +87,6 @@ def return_to_go_advantage(td: TensorDictBase, outcome_value: nn.Module) -> tupl
     return advantage, F.mse_loss(value, target)
 
 
-# The advantages that need no critic: they come from the episodes' outcomes.
-OUTCOME_ADVANTAGES = ("episode", "return_to_go")
-
 
 def outcome_advantage(td: TensorDictBase, kind: str, outcome_value: nn.Module | None) -> tuple[Tensor, dict[str, Tensor]]:
     """A [n, 1] of an outcome advantage (`kind` in `OUTCOME_ADVANTAGES`) and the loss parts it trains (the
@@ -138,8 +136,8 @@ class DiffusionQLLoss(LossModule):
         outcome_value: nn.Module | None = None,
     ) -> None:
         super().__init__()
-        if critic_kind not in CRITIC_KINDS:
-            raise ValueError(f"Unknown policy.critic '{critic_kind}' (expected one of {CRITIC_KINDS})")
+        if critic_kind not in ("td", "expectile"):
+            raise ValueError(f"DiffusionQLLoss needs policy.critic 'td' or 'expectile', not '{critic_kind}'")
         if q_action not in Q_ACTIONS:
             raise ValueError(f"Unknown policy.q_action '{q_action}' (expected one of {Q_ACTIONS})")
         if awr_advantage not in AWR_ADVANTAGES:
@@ -249,12 +247,14 @@ class DiffusionQLLoss(LossModule):
         return -q1.float().mean() / q2.float().abs().mean().detach().clamp_min(1e-6)
 
 
-class MLPBCLoss(LossModule):
-    """MSE between the deterministic actor's action and the dataset action (`loss_bc`).
+class BehaviourCloningLoss(LossModule):
+    """The actor's own behaviour-cloning loss (`loss_bc`: MSE of the MLP's action, or the diffusion actor's
+    denoising loss) on dataset actions, without a critic.
 
     With `awr_beta > 0` and `awr_advantage` "episode" or "return_to_go", each transition's error is weighted by
-    exp(A / beta) with the same A as the diffusion actor's BC term (the latter with its own outcome value); the
-    critic-based advantages need a critic, which this baseline does not have, so they leave it unweighted.
+    exp(A / beta) with the same A as `DiffusionQLLoss`'s BC term (the latter with its own outcome value). The critic-based
+    advantages need a critic: the MLP baseline leaves them unweighted, and `check_critic_use` refuses them
+    for a diffusion actor without a critic.
     """
 
     def __init__(

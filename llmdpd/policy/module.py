@@ -25,7 +25,7 @@ from llmdpd.policy.acting import select_candidates
 from llmdpd.policy.conditioning import PromptConditioning
 from llmdpd.policy.critic import TwinCritic, ValueNetwork
 from llmdpd.policy.diffusion import DiffusionActor
-from llmdpd.policy.loss import DiffusionQLLoss, MLPBCLoss, loss_total, uses_outcome_value
+from llmdpd.policy.loss import DiffusionQLLoss, BehaviourCloningLoss, loss_total, uses_outcome_value
 from llmdpd.policy.mlp_bc import MLPActor
 
 
@@ -76,7 +76,8 @@ def _eval_mode(*modules: Optional[nn.Module]) -> Iterator[None]:
 
 
 class PolicyDiffusionModule(LightningModule):
-    """Stage 2: a diffusion actor and twin critics conditioned on c = [z_text; z_traj].
+    """Stage 2: a diffusion actor and twin critics conditioned on c = [z_text; z_traj] (no critic with
+    `policy.critic: none`).
 
     The objective lives in `self.loss` (`llmdpd.policy.loss`: torchrl LossModules with named parts); this
     module owns the networks, optimisation, logging, checkpoints and `act`. One training step = one AdamW
@@ -150,6 +151,11 @@ class PolicyDiffusionModule(LightningModule):
                 denoiser=policy.denoiser,
             )
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        else:
+            self.actor = MLPActor(obs_dim, action_dim, cond_dim, policy.hidden_dim, policy.layers)
+            self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        self.target_updater: Optional[SoftUpdate] = None
+        if self.kind == "diffusion" and policy.critic != "none":
             critic = TwinCritic(obs_dim, action_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
             value = None
             if policy.critic == "expectile":
@@ -166,14 +172,11 @@ class PolicyDiffusionModule(LightningModule):
                 awr_advantage=policy.awr_advantage,
                 outcome_value=outcome_value,
             )
-            self.target_updater: Optional[SoftUpdate] = SoftUpdate(self.loss, tau=policy.tau)
+            self.target_updater = SoftUpdate(self.loss, tau=policy.tau)
         else:
-            self.actor = MLPActor(obs_dim, action_dim, cond_dim, policy.hidden_dim, policy.layers)
-            self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
-            self.loss = MLPBCLoss(
+            self.loss = BehaviourCloningLoss(
                 self.actor, awr_beta=policy.awr_beta, awr_advantage=policy.awr_advantage, outcome_value=outcome_value
             )
-            self.target_updater = None
 
         # Freezing only makes sense for aligned weights (`freezes_prompt_encoders`, the one rule); decided here
         # (not when weights are loaded) so that a resumed run builds the same optimizer parameter groups.
@@ -184,7 +187,8 @@ class PolicyDiffusionModule(LightningModule):
 
     @property
     def critic(self) -> Optional[TwinCritic]:
-        """The twin critic (its online parameters live in `self.loss.critic_params`); None for MLP-BC."""
+        """The twin critic (its online parameters live in `self.loss.critic_params`); None for MLP-BC and for
+        `policy.critic: none`."""
         return getattr(self.loss, "critic", None)
 
     @property
