@@ -40,6 +40,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_rwr": "mlp_bc_prompts_rwr",
         "llmdpd_x0_rwr_t15": "llmdpd_x0_rwr_t15",
         "mlp_bc_prompts_rwr_noise06": "mlp_bc_prompts_rwr_noise06",
+        "llmdpd_x0_rwr_t15_long": "llmdpd_x0_rwr_t15_long",
+        "mlp_bc_prompts_rwr_long": "mlp_bc_prompts_rwr_long",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -52,6 +54,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_rwr": "ml45/mlp_bc_prompts_rwr",
         "llmdpd_x0_rwr_t15": "ml45/llmdpd_x0_rwr_t15",
         "mlp_bc_prompts_rwr_noise06": "ml45/mlp_bc_prompts_rwr_noise06",
+        "llmdpd_x0_rwr_t15_long": "ml45/llmdpd_x0_rwr_t15_long",
+        "mlp_bc_prompts_rwr_long": "ml45/mlp_bc_prompts_rwr_long",
     },
 }
 
