@@ -25,7 +25,7 @@ from llmdpd.policy.acting import select_candidates
 from llmdpd.policy.conditioning import PromptConditioning
 from llmdpd.policy.critic import TwinCritic, ValueNetwork
 from llmdpd.policy.diffusion import DiffusionActor
-from llmdpd.policy.loss import DiffusionQLLoss, BehaviourCloningLoss, loss_total, uses_outcome_value
+from llmdpd.policy.loss import BehaviourCloningLoss, DiffusionQLLoss, loss_total, uses_outcome_value
 from llmdpd.policy.mlp_bc import MLPActor
 
 
