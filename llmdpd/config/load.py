@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from llmdpd.config.schema import CHOICES, OUTCOME_ADVANTAGES, ExperimentConfig
+from llmdpd.config.schema import CHOICES, OUTCOME_ADVANTAGES, Q_ACTING_RULES, ExperimentConfig
 
 SectionT = typing.TypeVar("SectionT")
 
@@ -275,7 +275,7 @@ def check_critic_use(cfg: DictConfig) -> None:
         needs.append(f"policy.eta={policy.eta} (the Q term)")
     if policy.awr_beta > 0 and policy.awr_advantage not in OUTCOME_ADVANTAGES:
         needs.append(f"policy.awr_advantage={policy.awr_advantage} with policy.awr_beta={policy.awr_beta}")
-    if policy.acting in ("softmax", "argmax"):
+    if policy.acting in Q_ACTING_RULES:
         needs.append(f"policy.acting={policy.acting}")
     if needs:
         raise ConfigError(f"policy.critic is 'none', but these settings read Q: {'; '.join(needs)} (set policy.critic to td or expectile)")

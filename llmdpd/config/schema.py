@@ -18,6 +18,8 @@ AWR_ADVANTAGES = ("raw", "task", "episode", "return_to_go")
 # The advantages that need no critic: they come from the episodes' outcomes.
 OUTCOME_ADVANTAGES = ("episode", "return_to_go")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
+# The acting rules that choose among candidates by the critic's Q.
+Q_ACTING_RULES = ("softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
 CHOICES: dict[str, tuple[str, ...]] = {
     "policy.kind": POLICY_KINDS,
@@ -198,7 +200,8 @@ class PolicyConfig:
     # Critic: "td" (Diffusion-QL: target from EMA-actor samples at s'), "expectile" (IDQL/IQL in-sample:
     # V(s, c) by expectile regression on min-Q of dataset actions, Q toward r + gamma V(s', c)) or "none" (no
     # critic is built or trained: for settings nothing of which reads Q, i.e. eta 0, an outcome advantage or
-    # none, and acting without selection; about half the cost of a policy step at the metaworld sizes).
+    # none, and acting without selection by Q; a third of the step cost of the same settings with the
+    # expectile critic, measured on ML45 CPU runs).
     critic: str = "expectile"
     expectile: float = 0.7
     # n-step returns from the stored episodes (1 = one-step TD).
