@@ -42,6 +42,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_rwr_noise06": "mlp_bc_prompts_rwr_noise06",
         "llmdpd_x0_rwr_t15_long": "llmdpd_x0_rwr_t15_long",
         "mlp_bc_prompts_rwr_long": "mlp_bc_prompts_rwr_long",
+        "no_prompts_x0_rwr_t15_long": "no_prompts_x0_rwr_t15_long",
+        "mlp_bc_prompts_long": "mlp_bc_prompts_long",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -56,6 +58,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_rwr_noise06": "ml45/mlp_bc_prompts_rwr_noise06",
         "llmdpd_x0_rwr_t15_long": "ml45/llmdpd_x0_rwr_t15_long",
         "mlp_bc_prompts_rwr_long": "ml45/mlp_bc_prompts_rwr_long",
+        "no_prompts_x0_rwr_t15_long": "ml45/no_prompts_x0_rwr_t15_long",
+        "mlp_bc_prompts_long": "ml45/mlp_bc_prompts_long",
     },
 }
 
