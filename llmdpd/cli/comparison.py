@@ -44,6 +44,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_rwr_long": "mlp_bc_prompts_rwr_long",
         "no_prompts_x0_rwr_t15_long": "no_prompts_x0_rwr_t15_long",
         "mlp_bc_prompts_long": "mlp_bc_prompts_long",
+        "llmdpd_x0_rwr_t0_long": "llmdpd_x0_rwr_t0_long",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -60,6 +61,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_rwr_long": "ml45/mlp_bc_prompts_rwr_long",
         "no_prompts_x0_rwr_t15_long": "ml45/no_prompts_x0_rwr_t15_long",
         "mlp_bc_prompts_long": "ml45/mlp_bc_prompts_long",
+        "llmdpd_x0_rwr_t0_long": "ml45/llmdpd_x0_rwr_t0_long",
     },
 }
 
