@@ -45,6 +45,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "no_prompts_x0_rwr_t15_long": "no_prompts_x0_rwr_t15_long",
         "mlp_bc_prompts_long": "mlp_bc_prompts_long",
         "llmdpd_x0_rwr_t0_long": "llmdpd_x0_rwr_t0_long",
+        "mlp_bc_long": "mlp_bc_long",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -62,6 +63,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "no_prompts_x0_rwr_t15_long": "ml45/no_prompts_x0_rwr_t15_long",
         "mlp_bc_prompts_long": "ml45/mlp_bc_prompts_long",
         "llmdpd_x0_rwr_t0_long": "ml45/llmdpd_x0_rwr_t0_long",
+        "mlp_bc_long": "ml45/mlp_bc_long",
     },
 }
 
