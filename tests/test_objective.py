@@ -9,6 +9,7 @@ import pytest
 import torch
 from tensordict import TensorDict
 
+from llmdpd.config.load import ConfigError, load_config
 from llmdpd.data.batch import random_batch
 from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns, returns_to_go
 from llmdpd.policy.acting import select_candidates, standardise
@@ -398,6 +399,30 @@ def test_zero_sample_temperature_is_deterministic_and_narrower():
     assert torch.allclose(cold, cold[:1].expand_as(cold))  # one state, one action
     warm, hot = actor.sample(obs, cond, temperature=0.5), actor.sample(obs, cond, temperature=1.0)
     assert 0 < warm.std(0).mean() < hot.std(0).mean()
+
+
+@pytest.mark.parametrize("prediction", ["sample", "epsilon"])
+def test_sample_steps_stop_the_chain_at_that_calls_clean_action_estimate(prediction):
+    torch.manual_seed(0)
+    actor = DiffusionActor(OBS, ACT, 5, hidden_dim=16, layers=1, steps=5, prediction=prediction)
+    obs, cond = torch.randn(64, OBS), torch.randn(64, 5)
+    zero, top = torch.zeros(64, ACT), torch.full((64,), 4, dtype=torch.long)
+    out = actor.model(zero, top, obs, cond)
+    # From the zero latent x_K = 0 the clean action implied by one call is the output itself (sample) or,
+    # for epsilon, (0 - sqrt(1 - abar_K) eps) / sqrt(abar_K).
+    expected = out if prediction == "sample" else -actor.sqrt_recipm1_abar[4] * out
+    one = actor.sample(obs, cond, temperature=0.0, calls=1)
+    assert torch.allclose(one, expected.clamp(-1, 1), atol=1e-6)
+    full = actor.sample(obs, cond, temperature=0.0)
+    assert torch.equal(full, actor.sample(obs, cond, temperature=0.0, calls=5))  # K calls: the whole chain
+    assert not torch.allclose(one, full)
+    with pytest.raises(ValueError, match="calls must lie in"):
+        actor.sample(obs, cond, calls=6)
+
+
+def test_sample_steps_beyond_the_chain_is_a_config_error():
+    with pytest.raises(ConfigError, match="policy.sample_steps"):
+        load_config("smoke", ["policy.sample_steps=9"])
 
 
 def test_action_noise_perturbs_the_chosen_action_within_the_box():

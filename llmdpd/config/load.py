@@ -255,12 +255,16 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 
 
 def check_choices(cfg: DictConfig) -> None:
-    """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values, and a
-    diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
+    """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
+    `policy.sample_steps` must lie within the chain, and a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"Invalid value for '{key}': {value!r}; expected one of {', '.join(allowed)}")
+    steps = cfg.policy.diffusion_steps
+    if not 0 <= cfg.policy.sample_steps <= steps:
+        raise ConfigError(f"Invalid value for 'policy.sample_steps': {cfg.policy.sample_steps}; expected 0 (all) "
+                          f"to policy.diffusion_steps ({steps})")
     check_critic_use(cfg)
 
 

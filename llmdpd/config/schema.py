@@ -230,6 +230,10 @@ class PolicyConfig:
     acting_temperature: float = 1.0
     # Temperature of the acting sampler's noise (1: DDPM; 0: the deterministic chain from the zero latent).
     sample_temperature: float = 1.0
+    # Network calls of the acting sampler's reverse chain (0: all `diffusion_steps`); fewer stop the chain early
+    # and act on that call's clean-action estimate. 1 call from the zero latent (sample_temperature 0) is the
+    # actor's own regression to the mean action E[a | s, c] (`DiffusionActor.sample`).
+    sample_steps: int = 0
     # Standard deviation of Gaussian noise added to the chosen action before clipping to the action box (0: none);
     # what a deterministic policy (`mlp_bc`) has in place of the diffusion sampler's temperature.
     action_noise: float = 0.0

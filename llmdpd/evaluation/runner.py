@@ -23,7 +23,10 @@ from llmdpd.evaluation.videos import log_videos, plan_videos
 from llmdpd.runs import results_directory
 
 # The `policy.*` settings `llmdpd eval` takes from its own command line rather than from the checkpoint.
-ACTING_KEYS = ("acting", "acting_temperature", "sample_temperature", "action_noise", "num_candidates", "guidance_weight")
+ACTING_KEYS = (
+    "acting", "acting_temperature", "sample_temperature", "sample_steps", "action_noise", "num_candidates",
+    "guidance_weight",
+)
 
 
 def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:

@@ -212,23 +212,34 @@ class DiffusionActor(nn.Module):
         guidance_weight: float = 1.0,
         null_cond: Optional[Tensor] = None,
         temperature: float = 1.0,
+        calls: int = 0,
     ) -> Tensor:
         """Draw one action per row of `obs` [n, S] / `cond` [n, C]; returns [n, A] in [-1, 1].
 
         `temperature` scales the initial latent and every reverse step's noise: 1 is the DDPM sampler, 0 the
         deterministic chain from the zero latent (close to the mode of a unimodal action distribution),
         values between sample more narrowly (Diffuser's low-temperature sampling).
+
+        `calls` (1 to K; 0 = K) stops the chain after that many network calls and returns the last call's
+        clean-action estimate. With one call from the zero latent the input carries almost nothing of the
+        action (sqrt(abar_K) is 0.08 for the VP schedule at K = 5), so the estimate is the actor's regression
+        to E[a | s, c]: what a deterministic behaviour cloner predicts, from the same network.
         """
+        if not 0 <= calls <= self.steps:
+            raise ValueError(f"calls must lie in [0, {self.steps}] (0: all {self.steps} steps), got {calls}")
         n = obs.shape[0]
         dtype = self.sqrt_abar.dtype
         x = temperature * torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)
         if null_cond is not None:
             null_cond = null_cond.expand(n, -1)
+        last = self.steps - calls if 0 < calls < self.steps else -1  # -1: the whole chain, as it always ran
         for k in reversed(range(self.steps)):
             step = torch.full((n,), k, device=obs.device, dtype=torch.long)
             out = self._predict(x, step, obs, cond, null_cond, guidance_weight).to(dtype)
             x0 = out if self.prediction == "sample" else self.sqrt_recip_abar[k] * x - self.sqrt_recipm1_abar[k] * out
             x0 = x0.clamp(-1.0, 1.0)
+            if k == last:
+                return x0
             x = self.posterior_coef_x0[k] * x0 + self.posterior_coef_xt[k] * x
             if k > 0 and temperature > 0:
                 x = x + temperature * self.posterior_std[k] * torch.randn_like(x)

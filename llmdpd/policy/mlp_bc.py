@@ -42,5 +42,6 @@ class MLPActor(nn.Module):
         guidance_weight: float = 1.0,
         null_cond: Optional[Tensor] = None,
         temperature: float = 1.0,
+        calls: int = 0,
     ) -> Tensor:
         return self(obs, cond)

@@ -276,7 +276,8 @@ class PolicyDiffusionModule(LightningModule):
         guidance = float(policy.guidance_weight)
         null = self.conditioning.null(1) if guidance != 1.0 else None
         actions = self.ema_actor.sample(
-            state_rep, cond_rep, guidance_weight=guidance, null_cond=null, temperature=float(policy.sample_temperature)
+            state_rep, cond_rep, guidance_weight=guidance, null_cond=null, temperature=float(policy.sample_temperature),
+            calls=int(policy.sample_steps),
         ).float()
         q = None
         if score and self.critic is not None:
