@@ -46,6 +46,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_long": "mlp_bc_prompts_long",
         "llmdpd_x0_rwr_t0_long": "llmdpd_x0_rwr_t0_long",
         "mlp_bc_long": "mlp_bc_long",
+        "llmdpd_x0_bc_t15_long": "llmdpd_x0_bc_t15_long",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -64,6 +65,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_long": "ml45/mlp_bc_prompts_long",
         "llmdpd_x0_rwr_t0_long": "ml45/llmdpd_x0_rwr_t0_long",
         "mlp_bc_long": "ml45/mlp_bc_long",
+        "llmdpd_x0_bc_t15_long": "ml45/llmdpd_x0_bc_t15_long",
     },
 }
 
