@@ -334,7 +334,7 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3"}  # training tasks, never unseen ones
     for entry in summary["tasks"].values():
         assert entry["states"] == 8 * 25  # 250 steps of each validation goal, every 10th
-        assert all(math.isfinite(entry[k]) and entry[k] >= 0 for k in ("sample", "temperature0", "sample_mean"))
+        assert all(math.isfinite(entry[k]) and entry[k] >= 0 for k in ("sample", "temperature0", "one_call", "sample_mean"))
         # A diffusion policy samples: its draws spread, and their mean is nearer the expert than one draw.
         assert entry["spread"] > 0.01
         assert entry["sample_mean"] < entry["sample"]

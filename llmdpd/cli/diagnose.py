@@ -1,12 +1,12 @@
 """`llmdpd diagnose EXP ckpt=PATH [key=value ...]`: how far a checkpoint's actions lie from the scripted
 expert's, per training task, on states the noisy expert visits on the validation goals.
 
-Per task: the squared distance of one sample, of the deterministic chain (sampler temperature 0) and of the
-mean of `--samples` samples to the expert's action, and the samples' spread around their mean (see
-`llmdpd.evaluation.diagnostics.action_errors`). With `--rollouts N`, also N episodes of the policy itself on
-each validation goal: how many reached the object, moved it and succeeded, the object's progress to the goal,
-and the action error on the policy's own states (see `llmdpd.evaluation.rollout_diagnostics`). Also whether
-the policy acts on its own task's prompt (its mean action on each task's states under every training task's
+Per task: the squared distance of one sample, of the deterministic chain (sampler temperature 0), of one network
+call from the zero latent (the actor's regression to the mean action) and of the mean of `--samples` samples to
+the expert's action, and the samples' spread around their mean (see `llmdpd.evaluation.diagnostics.action_errors`).
+With `--rollouts N`, also N episodes of the policy itself on each validation goal: how many reached the object,
+moved it and succeeded, the object's progress to the goal, and the action error on the policy's own states (see
+`llmdpd.evaluation.rollout_diagnostics`). Also whether the policy acts on its own task's prompt (its mean action on each task's states under every training task's
 condition, `prompt_identification`), and the condition spread (how far apart the tasks' conditions lie,
 `condition_spread`) of the checkpoint and, where the run kept it, of the prompt encoders its alignment stage
 ended with (`checkpoints/align/final.ckpt`). With `--unseen`, also which training task's behaviour each
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ERRORS = ("sample", "temperature0", "sample_mean", "spread")
+ERRORS = ("sample", "temperature0", "one_call", "sample_mean", "spread")
 IDENTIFICATION = ("own_error", "other_error", "identified")
 TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
 TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")

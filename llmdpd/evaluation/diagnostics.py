@@ -145,6 +145,8 @@ def action_errors(
 
     - `sample`: one action as the policy acts by default (`policy.acting=sample`, sampler temperature 1);
     - `temperature0`: the deterministic reverse chain from the zero latent;
+    - `one_call`: one network call from the zero latent (`policy.sample_steps=1`), the actor's own regression
+      to the mean action;
     - `sample_mean`: the mean of `samples` actions, close to the policy's mean action (its bias);
     - `spread`: the samples' variance around their mean, summed over dimensions (the sampling noise).
     For one state, E||a - a*||^2 = ||mean - a*||^2 + spread: the split says whether a policy misses the
@@ -158,11 +160,13 @@ def action_errors(
         cond = conditions[task]
         draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
         draws = draws.clamp(-1.0, 1.0)
-        mode = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0})
+        mode = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 0})
+        one_call = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 1})
         mean = draws.mean(1)
         out[task] = {
             "sample": (draws[:, 0] - expert).pow(2).sum(-1).mean().item(),
             "temperature0": (mode - expert).pow(2).sum(-1).mean().item(),
+            "one_call": (one_call - expert).pow(2).sum(-1).mean().item(),
             "sample_mean": (mean - expert).pow(2).sum(-1).mean().item(),
             "spread": (draws - mean[:, None]).pow(2).sum(-1).mean().item(),
             "states": int(obs.shape[0]),
