@@ -2,18 +2,19 @@
 expert's, per training task, on states the noisy expert visits on the validation goals.
 
 Per task: the squared distance of one sample, of the deterministic chain (sampler temperature 0), of one network
-call from the zero latent (the actor's regression to the mean action) and of the mean of `--samples` samples to
-the expert's action, and the samples' spread around their mean (see `llmdpd.evaluation.diagnostics.action_errors`).
+call from the zero latent (the actor's regression to the mean action) and of the mean of `--samples` samples to the
+expert's action, and the samples' spread around their mean (see `llmdpd.evaluation.diagnostics.action_errors`).
 With `--rollouts N`, also N episodes of the policy itself on each validation goal: how many reached the object,
 moved it and succeeded, the object's progress to the goal, and the action error on the policy's own states (see
-`llmdpd.evaluation.rollout_diagnostics`). Also whether the policy acts on its own task's prompt (its mean action on each task's states under every training task's
-condition, `prompt_identification`), and the condition spread (how far apart the tasks' conditions lie,
-`condition_spread`) of the checkpoint and, where the run kept it, of the prompt encoders its alignment stage
-ended with (`checkpoints/align/final.ckpt`). With `--unseen`, also which training task's behaviour each
-unseen task's prompt calls up, on the unseen task's own expert states (`prompt_transfer`). With `--awr BETA`,
-what advantage weights exp(A / BETA), with the checkpoint's `policy.awr_advantage` (the critic's Q - V, raw or
-standardised per task; the episode's return; or the return to go minus the outcome value), do to each task's data: each behaviour's share of the weight against its share of
-the transitions, the effective sample size and the tilt of the mean action (`advantage_weights`).
+`llmdpd.evaluation.rollout_diagnostics`). Also whether the policy acts on its own task's prompt (its mean action on
+each task's states under every training task's condition, `prompt_identification`), and the condition spread (how
+far apart the tasks' conditions lie, `condition_spread`) of the checkpoint and, where the run kept it, of the
+prompt encoders its alignment stage ended with (`checkpoints/align/final.ckpt`). With `--unseen`, also which
+training task's behaviour each unseen task's prompt calls up, on the unseen task's own expert states
+(`prompt_transfer`). With `--awr BETA`, what advantage weights exp(A / BETA), with the checkpoint's
+`policy.awr_advantage` (the critic's Q - V, raw or standardised per task; the episode's return; or the return to go
+minus the outcome value), do to each task's data: each behaviour's share of the weight against its share of the
+transitions, the effective sample size and the tilt of the mean action (`advantage_weights`).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
