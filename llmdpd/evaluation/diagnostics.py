@@ -36,6 +36,11 @@ from llmdpd.envs.metaworld import MetaWorldTaskEnv, is_metaworld_task, scripted_
 from llmdpd.policy.acting import select_candidates
 
 
+# The plain DDPM sampler (temperature 1, the whole reverse chain), whatever the checkpoint acts with, so that the
+# diagnostics' draws mean the same for every run.
+DDPM_SAMPLER = {"sample_temperature": 1.0, "sample_steps": 0}
+
+
 def validation_states(
     task: str, goals: Sequence[int], steps: int = 250, every: int = 10, noise: float = 0.3, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -158,7 +163,7 @@ def action_errors(
     for task, (obs, expert) in states.items():
         expert = expert.to(module.obs_mean)
         cond = conditions[task]
-        draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
+        draws, _ = module.candidates(obs, cond, count=samples, score=False, acting=DDPM_SAMPLER)
         draws = draws.clamp(-1.0, 1.0)
         mode = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 0})
         one_call = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 1})
@@ -177,7 +182,7 @@ def action_errors(
 @torch.no_grad()
 def mean_action(module, obs: Tensor, cond: Tensor, samples: int) -> Tensor:
     """The mean of `samples` actions per state [n, A] (sampler temperature 1, clipped to the action box)."""
-    draws, _ = module.candidates(obs, cond, count=samples, score=False, acting={"sample_temperature": 1.0})
+    draws, _ = module.candidates(obs, cond, count=samples, score=False, acting=DDPM_SAMPLER)
     return draws.clamp(-1.0, 1.0).mean(1)
 
 
