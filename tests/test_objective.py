@@ -425,6 +425,23 @@ def test_sample_steps_beyond_the_chain_is_a_config_error():
         load_config("smoke", ["policy.sample_steps=9"])
 
 
+def test_top_step_share_moves_that_share_of_the_bc_samples_to_the_noisiest_step():
+    uniform = DiffusionActor(OBS, ACT, 5, hidden_dim=16, layers=1, steps=5)
+    torch.manual_seed(0)
+    before = torch.randint(0, 5, (20000,))
+    torch.manual_seed(0)
+    assert torch.equal(uniform.training_steps(20000, torch.device("cpu")), before)  # share 0: the same draws
+    half = DiffusionActor(OBS, ACT, 5, hidden_dim=16, layers=1, steps=5, top_step_share=0.5)
+    steps = half.training_steps(20000, torch.device("cpu"))
+    assert abs((steps == 4).float().mean().item() - 0.6) < 0.02  # 0.5 + 0.5 / K at the top
+    counts = torch.bincount(steps, minlength=5)[:4].float() / 20000
+    assert torch.allclose(counts, torch.full((4,), 0.1), atol=0.02)  # the rest stays uniform
+    everything = DiffusionActor(OBS, ACT, 5, hidden_dim=16, layers=1, steps=5, top_step_share=1.0)
+    assert (everything.training_steps(100, torch.device("cpu")) == 4).all()
+    with pytest.raises(ConfigError, match="policy.top_step_share"):
+        load_config("smoke", ["policy.top_step_share=1.5"])
+
+
 def test_action_noise_perturbs_the_chosen_action_within_the_box():
     module = make_module(small_cfg(kind="mlp_bc"))
     obs, cond = torch.randn(1, OBS).expand(4000, -1), module.prompt_condition(None, None)

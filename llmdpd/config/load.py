@@ -256,7 +256,7 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 
 def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
-    `policy.sample_steps` must lie within the chain, and a diffusion actor without a critic must not be asked
+    `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], and a diffusion actor without a critic must not be asked
     for anything that reads Q (`check_critic_use`)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -266,6 +266,9 @@ def check_choices(cfg: DictConfig) -> None:
     if not 0 <= cfg.policy.sample_steps <= steps:
         raise ConfigError(f"Invalid value for 'policy.sample_steps': {cfg.policy.sample_steps}; expected 0 (all) "
                           f"to policy.diffusion_steps ({steps})")
+    if not 0.0 <= cfg.policy.top_step_share <= 1.0:
+        raise ConfigError(f"Invalid value for 'policy.top_step_share': {cfg.policy.top_step_share}; expected a share "
+                          "in [0, 1]")
     check_critic_use(cfg)
 
 

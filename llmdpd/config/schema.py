@@ -173,6 +173,10 @@ class PolicyConfig:
     # The denoiser: "mlp" (Diffusion-QL's MLP over [a_k; k; s; c]) or "film" (residual blocks over a_k whose
     # features (k, s, c) scale and shift at every layer, as Diffusion Policy conditions).
     denoiser: str = "mlp"
+    # Share of each BC batch trained at the noisiest denoising step, the rest uniform over all steps (0: uniform,
+    # 1/K at the top). At the top the clean-action loss is the regression to E[a | s, c] that one-call acting
+    # (`sample_steps: 1`) reads; more of the batch there trains it faster.
+    top_step_share: float = 0.0
     hidden_dim: int = 256
     layers: int = 3
     time_dim: int = 16

@@ -140,13 +140,17 @@ class DiffusionActor(nn.Module):
         schedule: str = "vp",
         prediction: str = "epsilon",
         denoiser: str = "mlp",
+        top_step_share: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= top_step_share <= 1.0:
+            raise ValueError(f"top_step_share must lie in [0, 1], got {top_step_share}")
         if prediction not in ("epsilon", "sample"):
             raise ValueError(f"Unknown diffusion prediction '{prediction}' (expected 'epsilon' or 'sample')")
         if denoiser not in DENOISERS:
             raise ValueError(f"Unknown denoiser '{denoiser}' (expected one of {sorted(DENOISERS)})")
         self.prediction = prediction
+        self.top_step_share = top_step_share
         self.action_dim = action_dim
         self.steps = steps
         self.model = DENOISERS[denoiser](obs_dim, action_dim, cond_dim, hidden_dim, layers, time_dim)
@@ -181,8 +185,7 @@ class DiffusionActor(nn.Module):
         with `prediction="sample"`), clipped to the action box, is EDP's one-step action approximation:
         differentiable, and K times cheaper than the reverse chain.
         """
-        n = action.shape[0]
-        step = torch.randint(0, self.steps, (n,), device=action.device)
+        step = self.training_steps(action.shape[0], action.device)
         noise = torch.randn_like(action, dtype=self.sqrt_abar.dtype)
         noisy = self.sqrt_abar[step, None] * action + self.sqrt_one_minus_abar[step, None] * noise
         out = self.model(noisy, step, obs, cond).float()
@@ -191,6 +194,16 @@ class DiffusionActor(nn.Module):
         per_sample = (out - noise.float()).pow(2).mean(-1, keepdim=True)
         predicted = (noisy - self.sqrt_one_minus_abar[step, None] * out) / self.sqrt_abar[step, None]
         return per_sample, predicted.clamp(-1.0, 1.0)
+
+    def training_steps(self, n: int, device: torch.device) -> Tensor:
+        """The denoising step of each of `n` BC samples: uniform over the K steps, except that a share
+        `top_step_share` of the samples is moved to the noisiest step, where the clean-action loss is the
+        regression to E[a | s, c] that one-call acting reads (uniform draws give it only 1/K of the batch)."""
+        step = torch.randint(0, self.steps, (n,), device=device)
+        if self.top_step_share > 0:  # no extra draw at 0, so the default's random stream is unchanged
+            top = torch.rand(n, device=device) < self.top_step_share
+            step = torch.where(top, torch.full_like(step, self.steps - 1), step)
+        return step
 
     def _predict(
         self, x: Tensor, step: Tensor, obs: Tensor, cond: Tensor, null_cond: Optional[Tensor], guidance_weight: float

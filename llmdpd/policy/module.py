@@ -149,6 +149,7 @@ class PolicyDiffusionModule(LightningModule):
                 schedule=policy.beta_schedule,
                 prediction=policy.prediction,
                 denoiser=policy.denoiser,
+                top_step_share=policy.top_step_share,
             )
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         else:
