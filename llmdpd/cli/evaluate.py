@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
         check_split(cfg.eval.split, cfg.data)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if cfg.eval.split == "validation" and not cfg.eval.seen:
-        raise ConfigError("eval.split=validation evaluates the training tasks, but eval.seen is false")
+    if cfg.eval.split == "validation" and not cfg.eval.seen and not cfg.data.validation_tasks:
+        raise ConfigError("eval.split=validation evaluates the training tasks, but eval.seen is false "
+                          "(and data.validation_tasks is empty)")
     ckpt = checkpoint_for_evaluation(cfg)
     summary = evaluate_checkpoint(cfg, ckpt)
     out = args.out or default_out_path(ckpt, cfg.eval.split)

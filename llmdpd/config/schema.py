@@ -78,6 +78,10 @@ class DataConfig:
     split: str = "ml10"
     train_tasks: list[str] = field(default_factory=list)
     unseen_tasks: list[str] = field(default_factory=list)
+    # Validation tasks: training tasks of the split held out of training (no data, no prompts in batches) and
+    # evaluated as unseen tasks are, under `eval.split=validation` only, on their validation goals (split label
+    # "validation_unseen"). Settings meant for unseen tasks are chosen on them, never on the test's unseen tasks.
+    validation_tasks: list[str] = field(default_factory=list)
     # Minari dataset names are `<benchmark>/<task>/<kind>-<version>`, e.g. metaworld/push-v3/mixed-v0.
     dataset_version: str = "v1"
     # Seed of data generation; separate from the training seed so that runs over seeds share one dataset.

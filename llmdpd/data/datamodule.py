@@ -57,6 +57,7 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.text_embedder = text_embedder
         self.train_tasks, self.unseen_tasks = task_registry.split_tasks(cfg.data)
+        self.validation_tasks = task_registry.validation_tasks(cfg.data)
         self.root = Path(cfg.paths.data_dir)
         self.prompt_length = int(cfg.data.prompt_length)
         self.batch_size_per_task = int(cfg.data.batch_size_per_task)

@@ -56,7 +56,8 @@ def behaviour_mixture(cfg: ExperimentConfig, task: str) -> tuple[tuple[tuple[str
     if "wrong_goal" in kinds and int(data.train_goals) < 2:
         raise ConfigError("Behaviour 'wrong_goal' needs data.train_goals >= 2 (another data goal to follow)")
     _, unseen = task_registry.split_tasks(data)
-    other_tasks = tuple(t for t in OTHER_TASKS if t != task and t not in unseen)
+    held_out = set(unseen) | set(task_registry.validation_tasks(data))  # no held-out expert drives training data
+    other_tasks = tuple(t for t in OTHER_TASKS if t != task and t not in held_out)
     if "other_task" in kinds and not other_tasks:
         raise ConfigError(f"Behaviour 'other_task' has no other task for '{task}' (all are unseen tasks)")
     return behaviours, other_tasks
@@ -172,6 +173,7 @@ def generate(cfg: ExperimentConfig, force: bool | None = None, progress: bool = 
     {dataset id: "written" | "skipped" | "present" | "downloaded"}."""
     force = bool(cfg.data.force if force is None else force)
     train, unseen = task_registry.split_tasks(cfg.data)
+    train += task_registry.validation_tasks(cfg.data)  # their prompts are evaluated; their data kept as in the split
     root = Path(cfg.paths.data_dir)
     results: dict[str, str] = {}
     jobs = []

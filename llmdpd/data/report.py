@@ -106,7 +106,9 @@ def report(cfg: ExperimentConfig) -> str:
         f"return = undiscounted sum of rewards, success = at any step)"
     )
     parts = [header]
-    for task, role in [(t, "training") for t in train] + [(t, "unseen") for t in unseen]:
+    held_out = task_registry.validation_tasks(cfg.data)
+    roles = [(t, "training") for t in train] + [(t, "validation") for t in held_out] + [(t, "unseen") for t in unseen]
+    for task, role in roles:
         if task in cfg.data.minari_ids:
             parts.append(f"### {task}: external dataset {cfg.data.minari_ids[task]} (not reported)")
             continue

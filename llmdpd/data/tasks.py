@@ -32,12 +32,25 @@ def descriptions(task: str, overrides: dict[str, list[str]] | None = None) -> li
 
 
 def split_tasks(data: DataConfig) -> tuple[list[str], list[str]]:
-    """(training tasks, unseen tasks) of an experiment: explicit lists, else the named split."""
+    """(training tasks, unseen tasks) of an experiment: explicit lists, else the named split; the validation
+    tasks (`validation_tasks`) are left out of the training tasks."""
+    train, unseen, held_out = _three_way(data)
+    return [task for task in train if task not in held_out], unseen
+
+
+def validation_tasks(data: DataConfig) -> list[str]:
+    """The experiment's validation tasks: training tasks of its split held out of training, evaluated as
+    unseen tasks under `eval.split=validation`."""
+    return _three_way(data)[2]
+
+
+def _three_way(data: DataConfig) -> tuple[list[str], list[str], list[str]]:
     splits = registry()["splits"]
     if data.split not in splits:
         raise KeyError(f"Unknown split '{data.split}'; known: {sorted(splits)}")
     train = list(data.train_tasks) or list(splits[data.split]["train"])
     unseen = list(data.unseen_tasks) if data.unseen_tasks or data.train_tasks else list(splits[data.split]["test"])
+    held_out = list(data.validation_tasks)
     known = set(all_tasks()) | set(data.minari_ids)
     for task in train + unseen:
         if task not in known:
@@ -45,4 +58,9 @@ def split_tasks(data: DataConfig) -> tuple[list[str], list[str]]:
     overlap = set(train) & set(unseen)
     if overlap:
         raise ValueError(f"Tasks both trained on and held out as unseen: {sorted(overlap)}")
-    return train, unseen
+    strangers = [task for task in held_out if task not in train]
+    if strangers:
+        raise ValueError(f"data.validation_tasks must be training tasks of the experiment; not: {strangers}")
+    if held_out and len(set(held_out)) == len(set(train)):
+        raise ValueError("data.validation_tasks holds out every training task; nothing would be trained on")
+    return train, unseen, held_out

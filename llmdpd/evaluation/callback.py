@@ -69,22 +69,24 @@ class EvaluationCallback(L.Callback):
         max_envs: int | None = None,
         data_dir: str | Path = "data",
         video_dir: str | Path | None = None,
+        held_out_tasks: Sequence[str] = (),
     ) -> None:
         self.make_agent = make_agent
         self.cfg = cfg
         self.goals = _goal_layout(train_goals, validation_goals, data_cfg)
         self.split = getattr(cfg, "split", "test")
         minari_ids = dict(data_cfg.minari_ids) if data_cfg is not None else {}
-        self.episodes = plan_evaluation(cfg, seen_tasks, unseen_tasks, self.goals, seeded_tasks=set(minari_ids))
+        self.episodes = plan_evaluation(cfg, seen_tasks, unseen_tasks, self.goals, seeded_tasks=set(minari_ids),
+                                        held_out_tasks=held_out_tasks)
         # Tasks per split label, in plan order (the TensorBoard layout).
         self.split_tasks: dict[str, list[str]] = {}
         for episode in self.episodes:
             tasks = self.split_tasks.setdefault(episode.split, [])
             if episode.task not in tasks:
                 tasks.append(episode.task)
-        # The training tasks evaluated (split "seen" or "validation") and the unseen tasks evaluated.
+        # The training tasks evaluated (split "seen" or "validation") and the unseen or validation tasks evaluated.
         self.seen_tasks = self.split_tasks.get("seen", []) + self.split_tasks.get("validation", [])
-        self.unseen_tasks = self.split_tasks.get("unseen", [])
+        self.unseen_tasks = self.split_tasks.get("unseen", []) + self.split_tasks.get("validation_unseen", [])
         self.out_path = Path(out_path) if out_path is not None else None
         self.env_seed = env_seed
         self.run_seed = run_seed

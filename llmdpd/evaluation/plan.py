@@ -9,7 +9,9 @@ Each Meta-World task has 50 goal variations, laid out by `data.train_goals` (T) 
 An evaluation is of one of two kinds (`eval.split`):
 
 - "validation": the training tasks on the validation goals; episodes are labelled split "validation". Unseen
-  tasks are never part of it: they are test tasks.
+  tasks are never part of it: they are test tasks. An experiment's validation tasks (`data.validation_tasks`:
+  training tasks held out of training) are evaluated here too, on their validation goals, labelled
+  "validation_unseen": what settings meant for unseen tasks are chosen on.
 - "test": the training tasks on the seen-test goals (split "seen") and the unseen tasks on any of the 50
   goals (split "unseen").
 
@@ -34,7 +36,7 @@ from llmdpd.envs.metaworld import NUM_GOALS
 
 # The kinds of evaluation (`eval.split`), and the split labels of their episodes.
 EVAL_SPLITS = ("validation", "test")
-EPISODE_SPLITS = {"validation": ("validation",), "test": ("seen", "unseen")}
+EPISODE_SPLITS = {"validation": ("validation", "validation_unseen"), "test": ("seen", "unseen")}
 
 
 @dataclass(frozen=True)
@@ -149,20 +151,21 @@ def plan_episodes(
     validation_goals: int = 0,
     split: str = "test",
     seeded_tasks: Collection[str] = (),
+    held_out_tasks: Sequence[str] = (),
 ) -> list[EvalEpisode]:
     """The episodes of one evaluation, training tasks first (`seen_tasks` are the training tasks).
 
     split "test": training tasks on the seen-test goals [train_goals + validation_goals, 50), labelled "seen",
     then unseen tasks on any of the 50 goals, labelled "unseen". split "validation": training tasks on the
-    validation goals [train_goals, train_goals + validation_goals), labelled "validation"; `unseen_tasks` are
-    ignored. `seeded_tasks` (Minari datasets' tasks) get reset seeds instead of goal variations. Raises
+    validation goals [train_goals, train_goals + validation_goals), labelled "validation", then `held_out_tasks`
+    (validation tasks) on the same goals, labelled "validation_unseen"; `unseen_tasks` are ignored. `seeded_tasks` (Minari datasets' tasks) get reset seeds instead of goal variations. Raises
     ValueError for a goal layout that leaves no seen-test goals, and for a validation plan with no validation
     goals.
     """
-    # A validation plan without training tasks is empty, and needs no validation goals.
-    layout = (check_split if seen_tasks else _check_name)(split, (train_goals, validation_goals))
+    # A validation plan without training or validation tasks is empty, and needs no validation goals.
+    layout = (check_split if seen_tasks or held_out_tasks else _check_name)(split, (train_goals, validation_goals))
     if split == "validation":
-        groups = [("validation", seen_tasks, layout.validation)]
+        groups = [("validation", seen_tasks, layout.validation), ("validation_unseen", held_out_tasks, layout.validation)]
     else:
         groups = [("seen", seen_tasks, layout.seen_test), ("unseen", unseen_tasks, layout.unseen)]
     plan = []
@@ -179,13 +182,13 @@ def plan_episodes(
 
 def plan_evaluation(
     cfg: Any, seen_tasks: Sequence[str], unseen_tasks: Sequence[str], goals: Any,
-    seeded_tasks: Collection[str] | None = None,
+    seeded_tasks: Collection[str] | None = None, held_out_tasks: Sequence[str] = (),
 ) -> list[EvalEpisode]:
     """`plan_episodes` for an experiment's `eval` section: its split, seen/unseen switches, episode count, seed.
 
     `goals` is the experiment's DataConfig (`cfg.data`: train_goals and validation_goals; its `minari_ids`
     tasks get reset seeds unless `seeded_tasks` says which do), a pair (train_goals, validation_goals), or an
-    int train_goals (no validation goals).
+    int train_goals (no validation goals). `held_out_tasks` (the validation tasks) join a validation plan.
     """
     layout = goal_layout(goals)
     if seeded_tasks is None:
@@ -193,11 +196,13 @@ def plan_evaluation(
     split = getattr(cfg, "split", "test")
     seen = list(seen_tasks) if cfg.seen else []
     unseen = list(unseen_tasks) if cfg.unseen and split == "test" else []
-    if split == "validation" and not seen:
-        raise ValueError("eval.split=validation evaluates the training tasks, but eval.seen is false")
+    if split == "validation" and not seen and not held_out_tasks:
+        raise ValueError("eval.split=validation evaluates the training tasks, but eval.seen is false "
+                         "(and there are no validation tasks)")
     return plan_episodes(
         seen, unseen, cfg.episodes_per_task, layout.train_goals, cfg.seed,
         validation_goals=layout.validation_goals, split=split, seeded_tasks=seeded_tasks,
+        held_out_tasks=list(held_out_tasks) if split == "validation" else [],
     )
 
 

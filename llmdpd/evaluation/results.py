@@ -5,10 +5,12 @@ eval.json:
      "seen":       {"success_mean", "final_success_mean", "return_mean", "tasks", "episodes"},
      "unseen":     {... as "seen"},
      "validation": {... as "seen"},
+     "validation_unseen": {... as "seen"},
      "eval_split": "test" or "validation", "seed": the run's seed, "episodes_per_task": ...}
 
 A test evaluation (`eval.split=test`) fills "seen" (training tasks on seen-test goals) and "unseen"; a
-validation evaluation fills "validation" (training tasks on validation goals). A split's means are over its
+validation evaluation fills "validation" (training tasks on validation goals) and "validation_unseen" (the
+validation tasks, training tasks held out of training, on their validation goals). A split's means are over its
 tasks (each task weighs the same); a split with no tasks has null means. "goals" lists each task's goal
 variations in episode order, so that two evaluations can be checked to have run the same episode plan.
 Older eval.json files may lack "validation", "eval_split" and "goals"; readers treat them as absent.
@@ -31,8 +33,9 @@ import numpy as np
 
 from llmdpd.evaluation.rollout import EpisodeResult
 
-# Split labels of episodes and tasks: "seen" and "unseen" in a test evaluation, "validation" in a validation one.
-SPLITS = ("seen", "unseen", "validation")
+# Split labels of episodes and tasks: "seen" and "unseen" in a test evaluation, "validation" and
+# "validation_unseen" (held-out validation tasks) in a validation one.
+SPLITS = ("seen", "unseen", "validation", "validation_unseen")
 
 
 def summarise(
@@ -72,7 +75,7 @@ def summarise(
             "episodes": sum(entry["episodes"] for entry in members),
         }
     if eval_split is None:
-        eval_split = "validation" if any(entry["split"] == "validation" for entry in tasks.values()) else "test"
+        eval_split = "validation" if any(entry["split"].startswith("validation") for entry in tasks.values()) else "test"
     summary["eval_split"] = eval_split
     summary["seed"] = seed
     summary["episodes_per_task"] = (

@@ -41,7 +41,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
-    episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data)
+    episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data, held_out_tasks=dm.validation_tasks)
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting)
     environments = EpisodeEnvironments(
         metaworld_seed=cfg.data.seed, minari_ids=dict(cfg.data.minari_ids), data_dir=str(cfg.paths.data_dir),

@@ -222,6 +222,7 @@ def train(cfg: ExperimentConfig) -> Path:
         cfg=cfg.eval,
         seen_tasks=dm.train_tasks,
         unseen_tasks=dm.unseen_tasks,
+        held_out_tasks=dm.validation_tasks,
         data_cfg=cfg.data,
         out_path=directory / "eval.json",
         env_seed=cfg.data.seed,
