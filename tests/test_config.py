@@ -120,3 +120,25 @@ def test_a_diffusion_actor_without_a_critic_refuses_what_reads_q():
             load_config("smoke", ["policy.critic=none", *overrides])
     # The MLP baseline never has a critic: the setting does not concern it.
     assert load_config("mlp_bc", ["policy.critic=none", "policy.eta=0.1"]).policy.kind == "mlp_bc"
+
+
+def test_validation_tasks_leave_training_and_no_expert_of_theirs_drives_training_data():
+    from llmdpd.data.generate import behaviour_mixture
+    from llmdpd.data.tasks import validation_tasks
+
+    cfg = load_config("ml45/llmdpd_x0_rwr_t15_long_heldout")
+    train, unseen = split_tasks(cfg.data)
+    held_out = validation_tasks(cfg.data)
+    assert len(train) == 40 and len(held_out) == 5 and not set(held_out) & (set(train) | set(unseen))
+    assert set(train) | set(held_out) == set(registry()["splits"]["ml45"]["train"])
+    assert cfg.eval.split == "validation"
+    # A validation task that other behaviours borrow an expert from is dropped from the borrowed experts.
+    ml10 = load_config("metaworld", ["data.validation_tasks=[sweep-v3]"])
+    _, others = behaviour_mixture(ml10, "push-v3")
+    assert "sweep-v3" not in others and "reach-v3" in others
+    assert "sweep-v3" in behaviour_mixture(load_config("metaworld"), "push-v3")[1]
+    for bad, message in ((["bin-picking-v3"], "must be training tasks"), (["reach-v3", "push-v3"], "every training")):
+        smoke = load_config("smoke", [f"data.validation_tasks=[{','.join(bad)}]"])
+        smoke.data.train_tasks = ["reach-v3", "push-v3"] if len(bad) == 2 else smoke.data.train_tasks
+        with pytest.raises(ValueError, match=message):
+            split_tasks(smoke.data)

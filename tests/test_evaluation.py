@@ -304,6 +304,30 @@ def test_default_data_config_layout_and_validation_plans_have_no_unseen_tasks():
     assert test == plan_evaluation(EvalConfig(episodes_per_task=10), SEEN, ["drawer-open-v3"], 40)
 
 
+def test_validation_tasks_join_validation_plans_only_on_their_validation_goals():
+    data = DataConfig()
+    held_out = ["drawer-open-v3", "door-close-v3"]
+    cfg = EvalConfig(split="validation", episodes_per_task=10)
+    plan = plan_evaluation(cfg, SEEN, ["bin-picking-v3"], data, held_out_tasks=held_out)
+    assert [e.split for e in plan] == ["validation"] * 30 + ["validation_unseen"] * 20
+    assert [e.task for e in plan[30::10]] == held_out and all(32 <= e.goal < 40 for e in plan)
+    assert plan[:30] == plan_evaluation(cfg, SEEN, [], data)  # the training tasks' episodes are unchanged
+    # Without the training tasks (eval.seen false) the validation tasks alone; a test plan never has them.
+    alone = plan_evaluation(EvalConfig(split="validation", episodes_per_task=10, seen=False), SEEN, [], data,
+                            held_out_tasks=held_out)
+    assert alone == plan[30:]
+    test = plan_evaluation(EvalConfig(episodes_per_task=10), SEEN, ["bin-picking-v3"], data, held_out_tasks=held_out)
+    assert {e.task for e in test} == set(SEEN) | {"bin-picking-v3"}
+    with pytest.raises(ValueError, match="eval.seen is false"):
+        plan_evaluation(EvalConfig(split="validation", seen=False), SEEN, [], data)
+    results = [EpisodeResult(e.task, e.split, e.goal, e.episode, e.task == "door-close-v3", True, 1.0, 5)
+               for e in plan]
+    summary = summarise(results, seed=0)
+    assert summary["eval_split"] == "validation" and summary["validation"]["tasks"] == 3
+    assert summary["validation_unseen"]["tasks"] == 2 and summary["validation_unseen"]["success_mean"] == 0.5
+    assert scalar_metrics(summary)["eval/validation_unseen/success_mean"] == 0.5
+
+
 def test_bad_goal_settings_are_clear_errors():
     for train_goals, validation_goals in ((40, 10), (42, 8), (32, 30), (50, 0)):
         with pytest.raises(ValueError, match="leaves no seen-test goal variations"):
@@ -509,6 +533,11 @@ def test_callback_plans_validation_and_takes_the_goal_layout():
     assert callback.unseen_tasks == [] and callback.out_path is None and callback.max_envs == 256
     same = EvaluationCallback(make_agent, cfg, ["reach-v3", "push-v3"], [], train_goals=32, validation_goals=8)
     assert same.episodes == callback.episodes
+    held = EvaluationCallback(make_agent, cfg, ["reach-v3"], ["drawer-open-v3"], data_cfg=DataConfig(),
+                              held_out_tasks=["push-v3"])
+    assert [(e.task, e.split) for e in held.episodes] == [("reach-v3", "validation")] * 2 + [
+        ("push-v3", "validation_unseen")] * 2
+    assert list(held.layout()) == ["eval/validation", "eval/validation_unseen"] and held.unseen_tasks == ["push-v3"]
     # train_goals alone: the layout before validation goals, with a warning.
     with pytest.warns(UserWarning, match="pass data_cfg"):
         legacy = EvaluationCallback(make_agent, EvalConfig(), ["reach-v3"], [], 40, "eval.json")
