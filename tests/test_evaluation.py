@@ -407,7 +407,8 @@ def test_summary_means_and_eval_json(tmp_path):
     }
     assert summary["validation"]["success_mean"] is None and summary["validation"]["tasks"] == 0
     assert summary["seed"] == 3 and summary["episodes_per_task"] == 4 and summary["eval_split"] == "test"
-    assert set(summary) == {"tasks", "seen", "unseen", "validation", "eval_split", "seed", "episodes_per_task"}
+    assert set(summary) == {"tasks", "seen", "unseen", "validation", "validation_unseen", "eval_split", "seed",
+                            "episodes_per_task"}
 
     path = tmp_path / "run" / "eval.json"
     write_eval_json(path, summary)
