@@ -47,6 +47,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "llmdpd_x0_rwr_t0_long": "llmdpd_x0_rwr_t0_long",
         "mlp_bc_long": "mlp_bc_long",
         "llmdpd_x0_bc_t15_long": "llmdpd_x0_bc_t15_long",
+        "llmdpd_x0_rwr_t15_top08_long": "llmdpd_x0_rwr_t15_top08_long",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -66,6 +67,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "llmdpd_x0_rwr_t0_long": "ml45/llmdpd_x0_rwr_t0_long",
         "mlp_bc_long": "ml45/mlp_bc_long",
         "llmdpd_x0_bc_t15_long": "ml45/llmdpd_x0_bc_t15_long",
+        "llmdpd_x0_rwr_t15_top08_long": "ml45/llmdpd_x0_rwr_t15_top08_long",
     },
 }
 
