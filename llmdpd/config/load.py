@@ -256,8 +256,8 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 
 def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
-    `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], and a diffusion actor without a critic must not be asked
-    for anything that reads Q (`check_critic_use`)."""
+    `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], and a diffusion actor
+    without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

@@ -31,7 +31,8 @@ class EvaluationCallback(L.Callback):
     training ends.
 
     Every evaluation runs the same plan of episodes (`plan_evaluation`, seeded by `cfg.seed`, of the kind
-    `cfg.split`: "test" plans seen and unseen tasks, "validation" the training tasks on validation goals).
+    `cfg.split`: "test" plans seen and unseen tasks, "validation" the training tasks and the `held_out_tasks`
+    (the experiment's validation tasks) on validation goals).
     Under DDP rank r runs episodes r, r + world, ... and the results are gathered on every rank. Rank 0 logs
     `eval/<split>/<task>/{success,final_success,return}` and `eval/<split>/{success,final_success,return}_mean`
     to every logger at the trainer's global step, adds a TensorBoard custom-scalars layout grouping the

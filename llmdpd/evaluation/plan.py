@@ -158,14 +158,15 @@ def plan_episodes(
     split "test": training tasks on the seen-test goals [train_goals + validation_goals, 50), labelled "seen",
     then unseen tasks on any of the 50 goals, labelled "unseen". split "validation": training tasks on the
     validation goals [train_goals, train_goals + validation_goals), labelled "validation", then `held_out_tasks`
-    (validation tasks) on the same goals, labelled "validation_unseen"; `unseen_tasks` are ignored. `seeded_tasks` (Minari datasets' tasks) get reset seeds instead of goal variations. Raises
-    ValueError for a goal layout that leaves no seen-test goals, and for a validation plan with no validation
-    goals.
+    (validation tasks) on the same goals, labelled "validation_unseen"; `unseen_tasks` are ignored.
+    `seeded_tasks` (Minari datasets' tasks) get reset seeds instead of goal variations. Raises ValueError for a
+    goal layout that leaves no seen-test goals, and for a validation plan with no validation goals.
     """
     # A validation plan without training or validation tasks is empty, and needs no validation goals.
     layout = (check_split if seen_tasks or held_out_tasks else _check_name)(split, (train_goals, validation_goals))
     if split == "validation":
-        groups = [("validation", seen_tasks, layout.validation), ("validation_unseen", held_out_tasks, layout.validation)]
+        groups = [("validation", seen_tasks, layout.validation),
+                  ("validation_unseen", held_out_tasks, layout.validation)]
     else:
         groups = [("seen", seen_tasks, layout.seen_test), ("unseen", unseen_tasks, layout.unseen)]
     plan = []
