@@ -140,5 +140,5 @@ def test_validation_tasks_leave_training_and_no_expert_of_theirs_drives_training
     for bad, message in ((["bin-picking-v3"], "must be training tasks"), (["reach-v3", "push-v3"], "every training")):
         smoke = load_config("smoke", [f"data.validation_tasks=[{','.join(bad)}]"])
         smoke.data.train_tasks = ["reach-v3", "push-v3"] if len(bad) == 2 else smoke.data.train_tasks
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ConfigError, match=message):  # the command line's one-line error
             split_tasks(smoke.data)

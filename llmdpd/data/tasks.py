@@ -7,6 +7,7 @@ from importlib import resources
 
 import yaml
 
+from llmdpd.config.load import ConfigError
 from llmdpd.config.schema import DataConfig
 
 
@@ -60,7 +61,7 @@ def _three_way(data: DataConfig) -> tuple[list[str], list[str], list[str]]:
         raise ValueError(f"Tasks both trained on and held out as unseen: {sorted(overlap)}")
     strangers = [task for task in held_out if task not in train]
     if strangers:
-        raise ValueError(f"data.validation_tasks must be training tasks of the experiment; not: {strangers}")
+        raise ConfigError(f"data.validation_tasks must be training tasks of the experiment; not: {strangers}")
     if held_out and len(set(held_out)) == len(set(train)):
-        raise ValueError("data.validation_tasks holds out every training task; nothing would be trained on")
+        raise ConfigError("data.validation_tasks holds out every training task; nothing would be trained on")
     return train, unseen, held_out
