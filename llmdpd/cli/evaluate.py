@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from llmdpd.config.load import ConfigError, load_config
-    from llmdpd.evaluation.plan import check_split
+    from llmdpd.evaluation.plan import check_has_tasks, check_split
     from llmdpd.evaluation.runner import evaluate_checkpoint
     from llmdpd.runs import checkpoint_for_evaluation
 
@@ -48,11 +48,9 @@ def run(args: argparse.Namespace) -> int:
         cfg.eval.descriptions = OmegaConf.merge(cfg.eval.descriptions, texts)
     try:
         check_split(cfg.eval.split, cfg.data)
+        check_has_tasks(cfg.eval.split, bool(cfg.eval.seen), cfg.data.validation_tasks)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    if cfg.eval.split == "validation" and not cfg.eval.seen and not cfg.data.validation_tasks:
-        raise ConfigError("eval.split=validation evaluates the training tasks, but eval.seen is false "
-                          "(and data.validation_tasks is empty)")
     ckpt = checkpoint_for_evaluation(cfg)
     summary = evaluate_checkpoint(cfg, ckpt)
     out = args.out or default_out_path(ckpt, cfg.eval.split)

@@ -181,6 +181,14 @@ def plan_episodes(
     return plan
 
 
+def check_has_tasks(split: str, seen: bool, held_out_tasks: Sequence[str]) -> None:
+    """Raise ValueError for a validation evaluation with nothing to run: the training tasks switched off
+    (`eval.seen` false) and no validation tasks."""
+    if split == "validation" and not seen and not held_out_tasks:
+        raise ValueError("eval.split=validation evaluates the training tasks, but eval.seen is false "
+                         "(and there are no validation tasks)")
+
+
 def plan_evaluation(
     cfg: Any, seen_tasks: Sequence[str], unseen_tasks: Sequence[str], goals: Any,
     seeded_tasks: Collection[str] | None = None, held_out_tasks: Sequence[str] = (),
@@ -197,9 +205,7 @@ def plan_evaluation(
     split = getattr(cfg, "split", "test")
     seen = list(seen_tasks) if cfg.seen else []
     unseen = list(unseen_tasks) if cfg.unseen and split == "test" else []
-    if split == "validation" and not seen and not held_out_tasks:
-        raise ValueError("eval.split=validation evaluates the training tasks, but eval.seen is false "
-                         "(and there are no validation tasks)")
+    check_has_tasks(split, bool(seen), held_out_tasks)
     return plan_episodes(
         seen, unseen, cfg.episodes_per_task, layout.train_goals, cfg.seed,
         validation_goals=layout.validation_goals, split=split, seeded_tasks=seeded_tasks,
@@ -212,6 +218,7 @@ __all__ = [
     "EVAL_SPLITS",
     "EvalEpisode",
     "GoalLayout",
+    "check_has_tasks",
     "check_split",
     "goal_layout",
     "plan_episodes",
