@@ -53,6 +53,38 @@ def test_batches_keep_the_contract_in_keys(dm, smoke_cfg):
         check_batch(bad, sizes)
 
 
+def test_action_chunks_stay_within_their_episode():
+    from llmdpd.data.episode_store import EpisodeStore, action_chunks
+
+    def episode(actions):
+        steps = len(actions)
+        return {"observations": np.zeros((steps + 1, 2), np.float32), "actions": np.asarray(actions, np.float32),
+                "rewards": np.zeros(steps, np.float32), "terminations": np.zeros(steps, bool)}
+
+    store = EpisodeStore([[episode([[1, 10], [2, 20], [3, 30]])], [episode([[4, 40], [5, 50]])]])
+    chunks = action_chunks(store, 3)
+    expected = [[1, 10, 2, 20, 3, 30], [2, 20, 3, 30, 3, 30], [3, 30, 3, 30, 3, 30],
+                [4, 40, 5, 50, 5, 50], [5, 50, 5, 50, 5, 50]]
+    assert chunks.tolist() == expected
+    assert torch.equal(action_chunks(store, 1), store.transitions["action"])
+
+
+def test_batches_hold_action_chunks(smoke_cfg):
+    smoke_cfg.policy.action_horizon = 3
+    chunked = MetaWorldDataModule(smoke_cfg)
+    chunked.setup("fit")
+    batch = chunked.sample_batch(0)
+    n, b = len(chunked.train_tasks), smoke_cfg.data.batch_size_per_task
+    assert chunked.action_dim == 4 and batch["action"].shape == (n, b, 12) and batch["prompt_action"].shape[-1] == 4
+    # Each chunk starts with its transition's own action, and the next step's action follows it inside an episode.
+    store = chunked.transitions
+    first = store.transitions["action"][:, :4]
+    start = int(store.episode_start[0])
+    torch.testing.assert_close(store.transitions["action"][start, 4:8], first[start + 1])
+    end = start + int(store.episode_length[0]) - 1
+    torch.testing.assert_close(store.transitions["action"][end, 4:8], first[end])
+
+
 def test_transitions_are_grouped_by_task(dm):
     store = dm.transitions.transitions
     batch = dm.sample_batch(3)

@@ -13,9 +13,11 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from tensordict import TensorDict
 
-from llmdpd.config.schema import DataConfig, EvalConfig
+from llmdpd.config.load import ConfigError
+from llmdpd.config.schema import DataConfig, EvalConfig, ExperimentConfig
 from llmdpd.evaluation.agent import ExpertAgent, PolicyAgent
 from llmdpd.evaluation.callback import EvaluationCallback
 from llmdpd.evaluation.plan import EvalEpisode, GoalLayout, plan_episodes, plan_evaluation
@@ -84,6 +86,7 @@ class _PromptedPolicy:
     samples around +0.5 * (c_a - c_b), i.e. it reads its one-hot prompt, or around 0 when it ignores it."""
 
     obs_mean = torch.zeros(3)
+    action_dim = 2
 
     def __init__(self, reads_prompt: bool) -> None:
         self.reads_prompt = reads_prompt
@@ -113,6 +116,7 @@ class _TextReadingPolicy:
     """c = [text (2) | trajectory (2)]; the policy's action is the text half, exactly; the null condition is 0."""
 
     obs_mean = torch.zeros(3)
+    action_dim = 2
 
     class conditioning:
         null_text = torch.zeros(2)
@@ -448,18 +452,23 @@ class _FakeSource:
 class _FakePolicy(torch.nn.Module):
     """condition = [text_emb, mean prompt obs]; action = the condition's first entries plus obs[:, :1] * 0."""
 
-    def __init__(self):
+    def __init__(self, horizon: int = 1, execute: int = 1):
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(()))
         self.act_calls = 0
+        self.horizon = horizon
+        self.cfg = OmegaConf.structured(ExperimentConfig)
+        self.cfg.policy.action_horizon, self.cfg.policy.action_execute = horizon, execute
 
     def prompt_condition(self, text_emb, prompt):
         return torch.cat([text_emb, prompt["prompt_obs"].mean(dim=(1, 2))[:, None], torch.zeros(len(text_emb), 1)], 1)
 
-    def act(self, obs_raw, cond):
+    def plan(self, obs_raw, cond, acting=None):
+        """Chunks whose action k is the first action plus k (so the executed position is visible)."""
         self.act_calls += 1
         assert obs_raw.dtype == torch.float32 and obs_raw.shape == (len(cond), 39)
-        return cond * 0.01 * self.scale
+        first = cond * 0.01 * self.scale
+        return first[:, None] + torch.arange(self.horizon, dtype=first.dtype)[None, :, None]
 
 
 def test_policy_agent_conditions_each_episode_once():
@@ -475,6 +484,31 @@ def test_policy_agent_conditions_each_episode_once():
     np.testing.assert_allclose(actions, 0.01 * expected[[1, 4]].numpy(), rtol=1e-6)
     results = evaluate_episodes(episodes, agent, max_episode_steps=5)
     assert module.act_calls == 1 + 5 and len(results) == 6
+
+
+def test_policy_agent_executes_chunks_before_planning_again():
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 2, **GOALS, seed=0)
+    module = _FakePolicy(horizon=4, execute=3)
+    agent = PolicyAgent(module, _FakeSource(), episodes, prompt_episode=2)
+    first = 0.01 * agent.condition.numpy()
+    obs = np.zeros((4, 39), np.float32)
+    offsets = []
+    for step in range(7):
+        actions = agent(obs, [0, 1, 2, 3])
+        offsets.append(np.round(actions - first, 4)[:, 0].tolist())
+    # Actions 0, 1, 2 of a plan, then a new plan (action 3 is never executed); one call per plan for all episodes.
+    assert [row[0] for row in offsets] == [0, 1, 2, 0, 1, 2, 0] and module.act_calls == 3
+    # An episode that joins later (or whose queue runs out alone) is planned for on its own.
+    agent.queue.clear()
+    agent(obs[:1], [2])
+    actions = agent(obs[:2], [2, 3])
+    np.testing.assert_allclose(actions - first[[2, 3]], [[1] * 4, [0] * 4], atol=1e-6)
+    assert module.act_calls == 5
+    # `acting` overrides the trained config's execution length.
+    agent = PolicyAgent(_FakePolicy(horizon=4, execute=3), _FakeSource(), episodes, 2, acting={"action_execute": 1})
+    assert [float(agent(obs, [0, 1, 2, 3])[0, 0] - first[0, 0]) for _ in range(3)] == pytest.approx([0, 0, 0], abs=1e-6)
+    with pytest.raises(ConfigError, match=r"action_execute=5 does not fit the policy's action horizon \(4\)"):
+        PolicyAgent(_FakePolicy(horizon=4), _FakeSource(), episodes, 2, acting={"action_execute": 5})
 
 
 def test_callback_logs_curves_and_writes_eval_json(tmp_path):

@@ -442,6 +442,21 @@ def test_top_step_share_moves_that_share_of_the_bc_samples_to_the_noisiest_step(
         load_config("smoke", ["policy.top_step_share=1.5"])
 
 
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["policy.action_horizon=0"], "'policy.action_horizon': 0; expected at least 1"),
+        (["policy.action_horizon=4", "policy.action_execute=5"], r"'policy.action_execute': 5; expected 1 to policy.action_horizon \(4\)"),
+        (["policy.action_execute=0"], "'policy.action_execute': 0"),
+    ],
+)
+def test_action_chunk_settings_are_checked(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("smoke", overrides)
+    assert load_config("smoke", ["policy.action_horizon=4", "policy.action_execute=4"]).policy.action_execute == 4
+
+
 def test_action_noise_perturbs_the_chosen_action_within_the_box():
     module = make_module(small_cfg(kind="mlp_bc"))
     obs, cond = torch.randn(1, OBS).expand(4000, -1), module.prompt_condition(None, None)

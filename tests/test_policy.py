@@ -280,6 +280,31 @@ def test_text_disabled_and_mlp_bc(cpu_trainer):
     assert torch.allclose(action, bc.ema_actor(bc.normalize_obs(obs), cond.expand(4, -1)))
 
 
+@pytest.mark.parametrize("kind", ["diffusion", "mlp_bc"])
+def test_action_chunks_train_and_plan(cpu_trainer, kind):
+    horizon = 3
+    module = make_module(small_cfg(kind=kind, action_horizon=horizon, critic="none", eta=0.0, awr_beta=0.0))
+    assert module.actor.action_dim == ACT * horizon and module.trajectory_encoder.token.in_features == OBS + ACT + 1
+    g = torch.Generator().manual_seed(0)
+    data = [random_batch(N, B, H, OBS, ACT, TEXT, generator=g, action_horizon=horizon) for _ in range(2)]
+    t = cpu_trainer(2)
+    t.fit(module, loader(data))
+    assert t.global_step == 2 and math.isfinite(float(t.callback_metrics["train/loss_bc"]))
+    obs, cond = torch.randn(5, OBS), module.prompt_condition(None, data[0][:1])
+    torch.manual_seed(1)
+    plan = module.plan(obs, cond)
+    assert plan.shape == (5, horizon, ACT) and plan.abs().max() <= 1
+    torch.manual_seed(1)
+    torch.testing.assert_close(module.act(obs, cond), plan[:, 0])  # act executes the plan's first action
+    if kind == "mlp_bc":  # the chunk is the actor's output, split into steps in order
+        flat = module.ema_actor(module.normalize_obs(obs), cond.expand(5, -1))
+        torch.testing.assert_close(plan, flat.reshape(5, horizon, ACT))
+    with pytest.raises(ValueError, match="has shape"):  # one action per state where the module expects chunks
+        from llmdpd.data.keys import check_batch
+
+        check_batch(random_batch(N, B, H, OBS, ACT, TEXT), {"A": ACT, "T": horizon})
+
+
 # ----------------------------------------------------------------------------------------------- acting
 def test_argmax_acting_picks_the_best_candidate_by_target_min_q():
     module = make_module(small_cfg(num_candidates=5, acting="argmax"))

@@ -53,6 +53,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llmdpd.config.load import ConfigError, load_config
+    from llmdpd.config.schema import OUTCOME_ADVANTAGES
     from llmdpd.data.datamodule import MetaWorldDataModule
     from llmdpd.evaluation.diagnostics import (action_errors, condition_spread, prompt_identification, task_conditions,
                                                validation_state_sets)
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--samples must be at least 1, got {args.samples}")
     if args.awr is not None and not args.awr > 0:
         raise ConfigError(f"--awr must be a positive temperature, got {args.awr}")
+    if args.awr is not None and cfg.policy.action_horizon > 1 and cfg.policy.awr_advantage not in OUTCOME_ADVANTAGES:
+        raise ConfigError("--awr with a critic's advantage scores one action per state; policy.action_horizon is "
+                          f"{cfg.policy.action_horizon}")
     if args.rollouts < 0:
         raise ConfigError(f"--rollouts must be at least 0, got {args.rollouts}")
     goals = goal_layout(cfg.data).validation

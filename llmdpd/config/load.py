@@ -256,8 +256,8 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 
 def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
-    `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], and a diffusion actor
-    without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
+    `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
+    within the action horizon, and a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -269,6 +269,12 @@ def check_choices(cfg: DictConfig) -> None:
     if not 0.0 <= cfg.policy.top_step_share <= 1.0:
         raise ConfigError(f"Invalid value for 'policy.top_step_share': {cfg.policy.top_step_share}; expected a share "
                           "in [0, 1]")
+    horizon, execute = cfg.policy.action_horizon, cfg.policy.action_execute
+    if horizon < 1:
+        raise ConfigError(f"Invalid value for 'policy.action_horizon': {horizon}; expected at least 1")
+    if not 1 <= execute <= horizon:
+        raise ConfigError(f"Invalid value for 'policy.action_execute': {execute}; expected 1 to policy.action_horizon "
+                          f"({horizon})")
     check_critic_use(cfg)
 
 

@@ -245,6 +245,13 @@ class PolicyConfig:
     # Standard deviation of Gaussian noise added to the chosen action before clipping to the action box (0: none);
     # what a deterministic policy (`mlp_bc`) has in place of the diffusion sampler's temperature.
     action_noise: float = 0.0
+    # Action chunks (Diffusion Policy's prediction horizon): the actor predicts the actions of this many steps
+    # from each state (its output is their concatenation; the training target repeats an episode's last action
+    # past its end). 1: one action per state.
+    action_horizon: int = 1
+    # How many of a predicted chunk's actions are executed before the policy is asked again (1 to
+    # `action_horizon`; 1: re-plan at every step and execute the chunk's first action).
+    action_execute: int = 1
     # Compile the training update (prompt encoders, losses and, through AOTAutograd, their backward) with
     # torch.compile; on CUDA in "reduce-overhead" mode (CUDA graphs). The first steps pay the compilation.
     compile: bool = False

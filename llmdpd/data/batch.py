@@ -18,14 +18,16 @@ def random_batch(
     action_dim: int = 4,
     text_dim: int | None = 32,
     generator: torch.Generator | None = None,
+    action_horizon: int = 1,
 ) -> TensorDict:
-    """A batch of the right layout with random values (for shape tests and benchmarks)."""
+    """A batch of the right layout with random values (for shape tests and benchmarks); `action` holds chunks of
+    `action_horizon` actions."""
     g = generator
     n, b, h = n_tasks, batch_per_task, prompt_length
     data = {
         K.TASK: torch.arange(n),
         K.OBS: torch.randn(n, b, obs_dim, generator=g),
-        K.ACTION: torch.rand(n, b, action_dim, generator=g) * 2 - 1,
+        K.ACTION: torch.rand(n, b, action_dim * action_horizon, generator=g) * 2 - 1,
         K.REWARD: torch.rand(n, b, 1, generator=g),
         K.NEXT_OBS: torch.randn(n, b, obs_dim, generator=g),
         K.DONE: torch.zeros(n, b, 1),

@@ -22,7 +22,7 @@ from llmdpd.data import tasks as task_registry
 from llmdpd.data.generate import dataset_id
 from llmdpd.data import keys as K
 from llmdpd.data.keys import PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
-from llmdpd.data.episode_store import EpisodeStore, episode_returns, n_step_returns, returns_to_go, prompt_indices, stack_prompt_stores
+from llmdpd.data.episode_store import EpisodeStore, action_chunks, episode_returns, n_step_returns, returns_to_go, prompt_indices, stack_prompt_stores
 from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
 from llmdpd.data.normalizer import Normalizer
 
@@ -113,6 +113,9 @@ class MetaWorldDataModule(L.LightningDataModule):
         store.transitions[K.RETURN_TO_GO] = returns_to_go(store, float(self.cfg.policy.gamma))
         # The critic's targets: n-step returns within each episode (reward, discount, next_obs replaced).
         store.transitions.update(n_step_returns(store, int(self.cfg.policy.n_step), float(self.cfg.policy.gamma)))
+        # The actor's target: with an action horizon above 1, the chunk of actions from each step on.
+        self._action_dim = int(store.transitions[K.ACTION].shape[-1])
+        store.transitions[K.ACTION] = action_chunks(store, int(self.cfg.policy.action_horizon))
         self._device = self.device
         self.transitions = store.to(self._device)
         self.normalizer = self.normalizer.to(self._device)
@@ -149,7 +152,8 @@ class MetaWorldDataModule(L.LightningDataModule):
 
     @property
     def action_dim(self) -> int:
-        return int(self.transitions.transitions[K.ACTION].shape[-1])
+        """The environment's action size (a batch's `action` holds `policy.action_horizon` of them)."""
+        return self._action_dim
 
     @property
     def text_dim(self) -> int:

@@ -150,3 +150,17 @@ def n_step_returns(store: EpisodeStore, n: int, gamma: float) -> dict[str, torch
     steps = (last - index + 1).to(td[K.REWARD].dtype)[:, None]
     discount = gamma**steps * (1.0 - td[K.DONE][last])
     return {K.REWARD: reward, K.DISCOUNT: discount, K.NEXT_OBS: td[K.NEXT_OBS][last]}
+
+
+def action_chunks(store: EpisodeStore, horizon: int) -> torch.Tensor:
+    """Per stored transition, the actions of its step and the `horizon` - 1 steps after it within its episode,
+    concatenated [T, horizon * A]; steps past the episode's end repeat its last action (Diffusion Policy's
+    padding), so a chunk never crosses into the next episode."""
+    action = store.transitions[K.ACTION]
+    if horizon == 1:
+        return action
+    device = action.device
+    episode_of = episode_index(store, device)
+    last = (store.episode_start + store.episode_length - 1).to(device)[episode_of]
+    index = torch.arange(action.shape[0], device=device)[:, None] + torch.arange(horizon, device=device)
+    return action[torch.minimum(index, last[:, None])].flatten(1)

@@ -45,7 +45,8 @@ PROMPT_SOURCE = {PROMPT_OBS: OBS, PROMPT_ACTION: ACTION, PROMPT_REWARD: REWARD, 
 
 @dataclass(frozen=True)
 class Key:
-    """One key of a policy batch: its trailing shape after [N] (symbols N, B, H, S, A, E), dtype and meaning."""
+    """One key of a policy batch: its trailing shape after [N] (symbols N, B, H, S, A, E; AT is A times the action
+    horizon T), dtype and meaning."""
 
     name: str
     shape: tuple[str, ...]
@@ -58,7 +59,8 @@ POLICY_BATCH = (
     Key(TASK, ("N",), torch.long, "index into the DataModule's `train_tasks`"),
     Key(TEXT_EMB, ("N", "E"), torch.float32, "one randomly chosen paraphrase's LM embedding (text prompts on)", True),
     Key(OBS, ("N", "B", "S"), torch.float32, "normalised observation"),
-    Key(ACTION, ("N", "B", "A"), torch.float32, "action in [-1, 1]"),
+    Key(ACTION, ("N", "B", "AT"), torch.float32, "the actions in [-1, 1] of T = policy.action_horizon steps from this one "
+        "(T = 1: the step's action), concatenated; steps past the episode's end repeat its last action"),
     Key(REWARD, ("N", "B", "1"), torch.float32, "n-step discounted return, scaled (n = policy.n_step; 1: the reward)"),
     Key(NEXT_OBS, ("N", "B", "S"), torch.float32, "normalised observation m steps on (m = n, fewer at an episode's end)"),
     Key(DONE, ("N", "B", "1"), torch.float32, "1.0 where the episode terminated (not truncated)"),
@@ -92,9 +94,13 @@ def _check(batch: Mapping[str, Any], keys: tuple[Key, ...], sizes: Mapping[str, 
 
 
 def check_batch(batch: Mapping[str, Any], sizes: Optional[Mapping[str, int]] = None) -> None:
-    """Raise when a policy batch breaks the contract; `sizes` may pin symbols (B, H, S, A, E)."""
+    """Raise when a policy batch breaks the contract; `sizes` may pin symbols (B, H, S, A, E, and T, the action
+    horizon, 1 unless given)."""
     n = int(batch[TASK].shape[0])
-    _check(batch, POLICY_BATCH, dict(sizes or {}), (n,))
+    sizes = dict(sizes or {})
+    if "A" in sizes:
+        sizes.setdefault("AT", sizes["A"] * sizes.get("T", 1))
+    _check(batch, POLICY_BATCH, sizes, (n,))
 
 
 def check_alignment_batch(batch: Mapping[str, Any], sizes: Optional[Mapping[str, int]] = None) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
+from llmdpd.config.load import ConfigError
 from llmdpd.envs.metaworld import scripted_expert
 from llmdpd.evaluation.plan import EvalEpisode
 
@@ -29,7 +30,10 @@ class PolicyAgent:
     The condition of every episode is computed once, up front: episode e of a task is described by the
     task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
     which is all an unseen task gives the agent. Observations are raw; the module normalises them. `acting`
-    overrides acting-time `policy.*` settings, passed to every `module.act` call.
+    overrides acting-time `policy.*` settings, passed to every `module.plan` call.
+
+    With action chunks the agent executes the first `policy.action_execute` actions of each plan before it asks
+    again, per episode: an episode is planned for when its queue is empty, all such episodes in one call.
     """
 
     def __init__(
@@ -44,6 +48,13 @@ class PolicyAgent:
         # Acting-time settings (`policy.acting`, `num_candidates`, ...) that replace the trained config's.
         self.acting = dict(acting) if acting else None
         self.device = _module_device(module)
+        execute = (self.acting or {}).get("action_execute", module.cfg.policy.action_execute)
+        self.execute = int(execute)
+        horizon = int(module.cfg.policy.action_horizon)
+        if not 1 <= self.execute <= horizon:
+            raise ConfigError(f"policy.action_execute={self.execute} does not fit the policy's action horizon ({horizon})")
+        # Per episode (index into `episodes`), the planned actions not yet executed [k, A].
+        self.queue: dict[int, np.ndarray] = {}
         with torch.no_grad():
             self.condition = self._conditions(source, list(episodes), prompt_episode)
 
@@ -62,12 +73,19 @@ class PolicyAgent:
         return self.module.prompt_condition(text_emb, prompt)
 
     def __call__(self, obs: np.ndarray, live: list[int]) -> np.ndarray:
-        with torch.no_grad():
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            index = torch.as_tensor(live, dtype=torch.long, device=self.device)
-            cond = self.condition[index]
-            action = self.module.act(obs_t, cond) if self.acting is None else self.module.act(obs_t, cond, acting=self.acting)
-        return action.float().cpu().numpy()
+        due = [row for row, episode in enumerate(live) if len(self.queue.get(episode, ())) == 0]
+        if due:
+            with torch.no_grad():
+                obs_t = torch.as_tensor(obs[due], dtype=torch.float32, device=self.device)
+                index = torch.as_tensor([live[row] for row in due], dtype=torch.long, device=self.device)
+                plans = self.module.plan(obs_t, self.condition[index], acting=self.acting)
+            plans = plans[:, : self.execute].float().cpu().numpy()
+            for row, plan in zip(due, plans):
+                self.queue[live[row]] = plan
+        actions = np.stack([self.queue[episode][0] for episode in live])
+        for episode in live:
+            self.queue[episode] = self.queue[episode][1:]
+        return actions
 
 
 class ExpertAgent:

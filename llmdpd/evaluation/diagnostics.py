@@ -164,7 +164,7 @@ def action_errors(
         expert = expert.to(module.obs_mean)
         cond = conditions[task]
         draws, _ = module.candidates(obs, cond, count=samples, score=False, acting=DDPM_SAMPLER)
-        draws = draws.clamp(-1.0, 1.0)
+        draws = draws[..., : module.action_dim].clamp(-1.0, 1.0)  # a chunk's first action
         mode = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 0})
         one_call = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 1})
         mean = draws.mean(1)
@@ -181,9 +181,10 @@ def action_errors(
 
 @torch.no_grad()
 def mean_action(module, obs: Tensor, cond: Tensor, samples: int) -> Tensor:
-    """The mean of `samples` actions per state [n, A] (sampler temperature 1, clipped to the action box)."""
+    """The mean of `samples` actions per state [n, A] (sampler temperature 1, clipped to the action box; with action
+    chunks, of their first actions)."""
     draws, _ = module.candidates(obs, cond, count=samples, score=False, acting=DDPM_SAMPLER)
-    return draws.clamp(-1.0, 1.0).mean(1)
+    return draws[..., : module.action_dim].clamp(-1.0, 1.0).mean(1)  # a chunk's first action
 
 
 def squared_error(actions: Tensor, reference: Tensor) -> float:
@@ -277,10 +278,14 @@ class CriticDiagnosticsCallback(L.Callback):
         module.eval()
         try:
             conditions = task_conditions(module, self.source, self.tasks)
-            metrics = critic_diagnostics(module, self.states, conditions, seed=self.seed) if self.states else {}
+            # The expert and the stored episodes give one action per state; a critic of action chunks scores
+            # chunks, so its ranking and calibration are not measured.
+            one_action = int(module.cfg.policy.action_horizon) == 1
+            metrics = critic_diagnostics(module, self.states, conditions, seed=self.seed) if self.states and one_action else {}
             metrics.update({f"diag/condition_spread/{k}": v for k, v in condition_spread(module, conditions).items()})
-            episodes = {task: self.source.prompt_episodes(task) for task in self.tasks}
-            metrics.update(critic_calibration(module, episodes, conditions))
+            if one_action:
+                episodes = {task: self.source.prompt_episodes(task) for task in self.tasks}
+                metrics.update(critic_calibration(module, episodes, conditions))
         finally:
             module.train(was_training)
         for logger in trainer.loggers:

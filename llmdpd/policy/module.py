@@ -133,6 +133,9 @@ class PolicyDiffusionModule(LightningModule):
             self.cfg.text.out_dim, self.cfg.trajectory.width, text_on, trajectory_on, policy.prompt_dropout
         )
         cond_dim = self.conditioning.cond_dim
+        # The actor (and the critic) see a chunk of `action_horizon` actions, concatenated.
+        self.action_dim = action_dim
+        chunk_dim = action_dim * int(policy.action_horizon)
         outcome_value = None
         if uses_outcome_value(policy.awr_beta, policy.awr_advantage):
             outcome_value = ValueNetwork(obs_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
@@ -140,7 +143,7 @@ class PolicyDiffusionModule(LightningModule):
         if self.kind == "diffusion":
             self.actor: nn.Module = DiffusionActor(
                 obs_dim,
-                action_dim,
+                chunk_dim,
                 cond_dim,
                 hidden_dim=policy.hidden_dim,
                 layers=policy.layers,
@@ -153,11 +156,11 @@ class PolicyDiffusionModule(LightningModule):
             )
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         else:
-            self.actor = MLPActor(obs_dim, action_dim, cond_dim, policy.hidden_dim, policy.layers)
+            self.actor = MLPActor(obs_dim, chunk_dim, cond_dim, policy.hidden_dim, policy.layers)
             self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.target_updater: Optional[SoftUpdate] = None
         if self.kind == "diffusion" and policy.critic != "none":
-            critic = TwinCritic(obs_dim, action_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
+            critic = TwinCritic(obs_dim, chunk_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
             value = None
             if policy.critic == "expectile":
                 value = ValueNetwork(obs_dim, cond_dim, policy.critic_hidden_dim, policy.critic_layers)
@@ -261,8 +264,9 @@ class PolicyDiffusionModule(LightningModule):
         score: bool = True,
         acting: Optional[Mapping[str, Any]] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
-        """M candidate actions [n, M, A] per raw observation from the EMA actor, in one batched call, and the
-        target critics' min_j Q'_j of each [n, M] (None without a critic or with `score=False`).
+        """M candidates [n, M, A·T] per raw observation from the EMA actor (chunks of T = `policy.action_horizon`
+        actions), in one batched call, and the target critics' min_j Q'_j of each [n, M] (None without a critic or
+        with `score=False`).
 
         Classifier-free guidance applies when `policy.guidance_weight != 1`. `acting` overrides acting-time
         `policy.*` settings for this call (see `act`).
@@ -287,7 +291,14 @@ class PolicyDiffusionModule(LightningModule):
 
     @torch.no_grad()
     def act(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
-        """Actions [n, A] in [-1, 1] for raw observations [n, S] under conditions [n, C] (or [1, C]).
+        """Actions [n, A] in [-1, 1] for raw observations [n, S] under conditions [n, C] (or [1, C]): the first
+        action of each state's plan (`plan`), what re-planning at every step executes."""
+        return self.plan(obs, cond, acting)[:, 0]
+
+    @torch.no_grad()
+    def plan(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
+        """Action chunks [n, T, A] in [-1, 1] (T = `policy.action_horizon`, 1 without chunks) for raw observations
+        [n, S] under conditions [n, C] (or [1, C]).
 
         `policy.acting`: "sample" draws one action from the EMA actor; "mean" averages `policy.num_candidates`
         draws (the policy's expected action; no critic involved); "softmax" and "argmax" draw
@@ -309,7 +320,7 @@ class PolicyDiffusionModule(LightningModule):
             action = actions[torch.arange(actions.shape[0], device=chosen.device), chosen]
         if policy.action_noise > 0:
             action = action + float(policy.action_noise) * torch.randn_like(action)
-        return action.clamp(-1.0, 1.0)
+        return action.clamp(-1.0, 1.0).reshape(action.shape[0], -1, self.action_dim)
 
     # ----------------------------------------------------------------------------------------- training
     def eta_at(self, step: int) -> float:
