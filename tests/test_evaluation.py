@@ -511,6 +511,37 @@ def test_policy_agent_executes_chunks_before_planning_again():
         PolicyAgent(_FakePolicy(horizon=4), _FakeSource(), episodes, 2, acting={"action_execute": 5})
 
 
+class _DriftingPolicy(_FakePolicy):
+    """Plan number c (from 0) holds c * 10 + k at its action k, for every episode."""
+
+    def plan(self, obs_raw, cond, acting=None):
+        self.act_calls += 1
+        base = 10.0 * (self.act_calls - 1) + torch.arange(self.horizon, dtype=torch.float32)
+        return base[None, :, None].expand(len(cond), self.horizon, 4).clone()
+
+
+def test_policy_agent_averages_overlapping_chunks_with_the_ensemble():
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 1, **GOALS, seed=0)
+    obs = np.zeros((2, 39), np.float32)
+    decay = 0.5
+    agent = PolicyAgent(_DriftingPolicy(horizon=3), _FakeSource(), episodes, 0,
+                        acting={"action_ensemble": True, "action_ensemble_decay": decay})
+    got = [float(agent(obs, [0, 1])[1, 0]) for _ in range(5)]
+    # At step t the plans made at steps t-2..t cover it (plan c gives 10 c + (t - c) there), the oldest weighted 1,
+    # the next exp(-decay), the newest exp(-2 decay); a plan older than the horizon no longer counts.
+    w = np.exp(-decay * np.arange(3))
+    expected = [0.0, (w[0] * 1 + w[1] * 10) / w[:2].sum()]
+    expected += [(w[0] * (10 * (t - 2) + 2) + w[1] * (10 * (t - 1) + 1) + w[2] * 10 * t) / w.sum() for t in (2, 3, 4)]
+    assert got == pytest.approx(expected, rel=1e-6)
+    # Decay 0: the plain mean of the covering plans.
+    agent = PolicyAgent(_DriftingPolicy(horizon=3), _FakeSource(), episodes, 0,
+                        acting={"action_ensemble": True, "action_ensemble_decay": 0.0})
+    assert [float(agent(obs[:1], [0])[0, 0]) for _ in range(3)] == pytest.approx([0.0, 5.5, (2 + 11 + 20) / 3])
+    with pytest.raises(ConfigError, match="action_ensemble plans at every step; policy.action_execute is 2"):
+        PolicyAgent(_DriftingPolicy(horizon=3), _FakeSource(), episodes, 0,
+                    acting={"action_ensemble": True, "action_execute": 2})
+
+
 def test_callback_logs_curves_and_writes_eval_json(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -449,6 +449,8 @@ def test_top_step_share_moves_that_share_of_the_bc_samples_to_the_noisiest_step(
         (["policy.action_horizon=0"], "'policy.action_horizon': 0; expected at least 1"),
         (["policy.action_horizon=4", "policy.action_execute=5"], r"'policy.action_execute': 5; expected 1 to policy.action_horizon \(4\)"),
         (["policy.action_execute=0"], "'policy.action_execute': 0"),
+        (["policy.action_horizon=4", "policy.action_execute=2", "policy.action_ensemble=true"],
+         "'policy.action_ensemble' plans at every step; 'policy.action_execute' is 2, expected 1"),
     ],
 )
 def test_action_chunk_settings_are_checked(overrides, message):

@@ -257,7 +257,7 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
-    within the action horizon, and a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
+    within the action horizon (1 with `policy.action_ensemble`), and a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -275,6 +275,8 @@ def check_choices(cfg: DictConfig) -> None:
     if not 1 <= execute <= horizon:
         raise ConfigError(f"Invalid value for 'policy.action_execute': {execute}; expected 1 to policy.action_horizon "
                           f"({horizon})")
+    if cfg.policy.action_ensemble and execute != 1:
+        raise ConfigError(f"'policy.action_ensemble' plans at every step; 'policy.action_execute' is {execute}, expected 1")
     check_critic_use(cfg)
 
 

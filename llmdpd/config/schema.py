@@ -252,6 +252,11 @@ class PolicyConfig:
     # How many of a predicted chunk's actions are executed before the policy is asked again (1 to
     # `action_horizon`; 1: re-plan at every step and execute the chunk's first action).
     action_execute: int = 1
+    # Temporal ensembling of chunks (ACT): plan at every step and execute the average of every live plan's action
+    # for this step, the plan made i steps before the oldest weighted exp(-decay * i) (older plans weigh more for
+    # decay > 0). Needs `action_execute: 1`; keeps closed-loop correction while smoothing across plans.
+    action_ensemble: bool = False
+    action_ensemble_decay: float = 0.01
     # Compile the training update (prompt encoders, losses and, through AOTAutograd, their backward) with
     # torch.compile; on CUDA in "reduce-overhead" mode (CUDA graphs). The first steps pay the compilation.
     compile: bool = False

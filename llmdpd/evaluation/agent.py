@@ -33,7 +33,9 @@ class PolicyAgent:
     overrides acting-time `policy.*` settings, passed to every `module.plan` call.
 
     With action chunks the agent executes the first `policy.action_execute` actions of each plan before it asks
-    again, per episode: an episode is planned for when its queue is empty, all such episodes in one call.
+    again, per episode: an episode is planned for when its queue is empty, all such episodes in one call. With
+    `policy.action_ensemble` it plans for every episode at every step and executes the weighted average of the
+    current step's action over the plans still covering it (ACT's temporal ensembling).
     """
 
     def __init__(
@@ -48,13 +50,19 @@ class PolicyAgent:
         # Acting-time settings (`policy.acting`, `num_candidates`, ...) that replace the trained config's.
         self.acting = dict(acting) if acting else None
         self.device = _module_device(module)
-        execute = (self.acting or {}).get("action_execute", module.cfg.policy.action_execute)
-        self.execute = int(execute)
+        setting = {**module.cfg.policy, **(self.acting or {})}
+        self.execute = int(setting["action_execute"])
         horizon = int(module.cfg.policy.action_horizon)
         if not 1 <= self.execute <= horizon:
             raise ConfigError(f"policy.action_execute={self.execute} does not fit the policy's action horizon ({horizon})")
-        # Per episode (index into `episodes`), the planned actions not yet executed [k, A].
+        self.ensemble = bool(setting["action_ensemble"])
+        self.ensemble_decay = float(setting["action_ensemble_decay"])
+        if self.ensemble and self.execute != 1:
+            raise ConfigError(f"policy.action_ensemble plans at every step; policy.action_execute is {self.execute}, expected 1")
+        # Per episode (index into `episodes`), the planned actions not yet executed [k, A]; with the ensemble, the
+        # rest of every plan still covering the next step, oldest first.
         self.queue: dict[int, np.ndarray] = {}
+        self.plans: dict[int, list[np.ndarray]] = {}
         with torch.no_grad():
             self.condition = self._conditions(source, list(episodes), prompt_episode)
 
@@ -73,19 +81,33 @@ class PolicyAgent:
         return self.module.prompt_condition(text_emb, prompt)
 
     def __call__(self, obs: np.ndarray, live: list[int]) -> np.ndarray:
+        if self.ensemble:
+            return self._ensemble_step(obs, live)
         due = [row for row, episode in enumerate(live) if len(self.queue.get(episode, ())) == 0]
         if due:
-            with torch.no_grad():
-                obs_t = torch.as_tensor(obs[due], dtype=torch.float32, device=self.device)
-                index = torch.as_tensor([live[row] for row in due], dtype=torch.long, device=self.device)
-                plans = self.module.plan(obs_t, self.condition[index], acting=self.acting)
-            plans = plans[:, : self.execute].float().cpu().numpy()
+            plans = self._plan(obs[due], [live[row] for row in due])[:, : self.execute]
             for row, plan in zip(due, plans):
                 self.queue[live[row]] = plan
         actions = np.stack([self.queue[episode][0] for episode in live])
         for episode in live:
             self.queue[episode] = self.queue[episode][1:]
         return actions
+
+    def _plan(self, obs: np.ndarray, episodes: list[int]) -> np.ndarray:
+        """Plans [n, T, A] for the given episodes' raw observations, in one module call."""
+        with torch.no_grad():
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            index = torch.as_tensor(episodes, dtype=torch.long, device=self.device)
+            return self.module.plan(obs_t, self.condition[index], acting=self.acting).float().cpu().numpy()
+
+    def _ensemble_step(self, obs: np.ndarray, live: list[int]) -> np.ndarray:
+        actions = []
+        for episode, plan in zip(live, self._plan(obs, live)):
+            plans = [rest for rest in self.plans.get(episode, []) if len(rest)] + [plan]
+            weights = np.exp(-self.ensemble_decay * np.arange(len(plans)))
+            actions.append(np.einsum("k,ka->a", weights / weights.sum(), np.stack([rest[0] for rest in plans])))
+            self.plans[episode] = [rest[1:] for rest in plans]
+        return np.stack(actions)
 
 
 class ExpertAgent:
