@@ -68,8 +68,14 @@ def test_compiled_update_matches_eager_and_compiles_once_per_q_switch():
     assert trainer.callback_metrics["train/eta"].item() == pytest.approx(0.5)
     # aot_eager runs the eager kernels on the traced graph: the same draws and, AdamW's fused kernel aside, the
     # same arithmetic.
+    # Attention's key bias is left out: softmax is invariant to it, so its gradient is rounding noise, which AdamW
+    # scales up to full-size steps that differ with the CPU's kernels (2e-5 on an AMD EPYC).
     for name, value in eager.state_dict().items():
-        assert torch.allclose(value.float(), compiled.state_dict()[name].float(), atol=1e-5), name
+        other = compiled.state_dict()[name]
+        if name.endswith("self_attn.in_proj_bias"):
+            width = value.shape[0] // 3
+            value, other = torch.cat([value[:width], value[2 * width:]]), torch.cat([other[:width], other[2 * width:]])
+        assert torch.allclose(value.float(), other.float(), atol=1e-5), name
 
 
 @pytest.mark.slow  # three compiling pipeline runs: about 2 minutes on 2 shared cores
