@@ -22,6 +22,9 @@ for optional in ("bench_training", "bench_evaluation"):
 
 if __name__ == "__main__":
     names = sys.argv[1:] or list(SUITES)
+    unknown = [name for name in names if name not in SUITES]
+    if unknown:
+        sys.exit(f"benchmarks: unknown suite(s) {', '.join(unknown)}; choose from {', '.join(SUITES)}")
     for name in names:
         print(f"\n== {name} ==", flush=True)
         SUITES[name]()

@@ -62,3 +62,14 @@ def test_every_experiment_trains_one_step_on_the_smoke_data(exp, smoke_data_dir,
     cfg.data.batch_size_per_task = 8
     run = pipeline.train(cfg)
     assert read_checkpoint(Path(run) / "checkpoints" / "last.ckpt")["global_step"] == 1
+
+
+def test_benchmarks_refuse_an_unknown_suite_in_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-m", "benchmarks", "trainig"], cwd=Path(__file__).parents[1],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "benchmarks: unknown suite(s) trainig; choose from data, datamodule, training, evaluation"
