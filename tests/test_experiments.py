@@ -67,7 +67,6 @@ def test_every_experiment_trains_one_step_on_the_smoke_data(exp, smoke_data_dir,
 def test_benchmarks_refuse_an_unknown_suite_in_one_line():
     import subprocess
     import sys
-    from pathlib import Path
 
     result = subprocess.run([sys.executable, "-m", "benchmarks", "trainig"], cwd=Path(__file__).parents[1],
                             capture_output=True, text=True, timeout=120)
