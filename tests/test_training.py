@@ -326,9 +326,10 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, *aligned, "trainer.max_steps=10"],
                 timeout=300)
     result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths,
-                          "--rollouts", "1", "--unseen", "--awr", "1", "eval.max_episode_steps=40"], timeout=300)
+                          "--rollouts", "1", "--unseen", "--awr", "1", "--modes", "8", "eval.max_episode_steps=40"],
+                         timeout=300)
     out = runs / "smoke" / "seed0" / "version_0" / "diagnose_last.json"
-    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 5
+    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 6
     summary = json.loads(out.read_text())
     assert summary["validation_goals"] == list(range(32, 40)) and summary["samples"] == 16
     assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3"}  # training tasks, never unseen ones
@@ -359,6 +360,11 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
         assert sum(v for k, v in entry.items() if k.startswith("weight_share/")) == pytest.approx(1.0)
         assert sum(v for k, v in entry.items() if k.startswith("data_share/")) == pytest.approx(1.0)
         assert 0 < entry["ess"] <= 1 and entry["transitions"] > 0
+    modes = summary["action_modes"]
+    assert modes["draws"] == 8 and set(modes["tasks"]) == set(summary["tasks"])
+    for entry in modes["tasks"].values():  # a diffusion policy's draws spread, so every measure is defined
+        assert 0 < entry["bimodality_coefficient"] < 1 and 0 <= entry["bimodal"] <= 1
+        assert entry["separation"] > 0 and 0 < entry["principal_share"] <= 1
     rollouts = summary["rollouts"]
     assert rollouts["episodes_per_goal"] == 1 and set(rollouts["tasks"]) == set(summary["tasks"])
     for entry in rollouts["tasks"].values():
@@ -367,3 +373,6 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     bad = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--samples", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--samples must be at least 1" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--modes", "3"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--modes needs at least 4 draws per state, got 3" in bad.stderr

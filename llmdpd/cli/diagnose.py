@@ -14,7 +14,9 @@ training task's behaviour each unseen task's prompt calls up, on the unseen task
 (`prompt_transfer`). With `--awr BETA`, what advantage weights exp(A / BETA), with the checkpoint's
 `policy.awr_advantage` (the critic's Q - V, raw or standardised per task; the episode's return; or the return to go
 minus the outcome value), do to each task's data: each behaviour's share of the weight against its share of the
-transitions, the effective sample size and the tilt of the mean action (`advantage_weights`).
+transitions, the effective sample size and the tilt of the mean action (`advantage_weights`). With `--modes N`,
+whether the policy's N draws per validation state form one mode or two (`action_modes`: Sarle's bimodality
+coefficient and Ashman's separation along the draws' first principal direction).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -29,6 +31,7 @@ ERRORS = ("sample", "temperature0", "one_call", "sample_mean", "spread")
 IDENTIFICATION = ("own_error", "other_error", "identified")
 TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
 TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")
+MODES = ("bimodality_coefficient", "bimodal", "separation", "principal_share")
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -46,6 +49,8 @@ def register(sub) -> None:
                         "behaviour each one's prompt calls up (states from the same goal indices)")
     parser.add_argument("--awr", type=float, metavar="BETA", help="also the advantage weights exp(A / BETA) by "
                         "data behaviour (expectile critic; policy.awr_advantage=task standardises A per task)")
+    parser.add_argument("--modes", type=int, default=0, metavar="N", help="also whether the policy's N draws per "
+                        "state form one mode or two (default 0: not measured; at least 4)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)
@@ -70,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if args.awr is not None and cfg.policy.action_horizon > 1 and cfg.policy.awr_advantage not in OUTCOME_ADVANTAGES:
         raise ConfigError("--awr with a critic's advantage scores one action per state; policy.action_horizon is "
                           f"{cfg.policy.action_horizon}")
+    if args.modes and args.modes < 4:
+        raise ConfigError(f"--modes needs at least 4 draws per state, got {args.modes}")
     if args.rollouts < 0:
         raise ConfigError(f"--rollouts must be at least 0, got {args.rollouts}")
     goals = goal_layout(cfg.data).validation
@@ -104,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
             summary["prompt_transfer"] = {"tasks": transfer, "mean": _mean(transfer, TRANSFER)}
     if args.awr is not None:
         summary["advantage_weights"] = weights_by_behaviour(module, dm, conditions, args.awr, cfg)
+    if args.modes:
+        from llmdpd.evaluation.action_modes import policy_action_modes
+
+        modes = policy_action_modes(module, states, conditions, draws=args.modes, seed=cfg.seed)
+        summary["action_modes"] = {"draws": args.modes, "tasks": modes, "mean": _mean(modes, MODES)}
     if args.rollouts:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
@@ -126,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         tasks = summary["advantage_weights"]["tasks"]
         columns = ("ess", "tilt_norm", *sorted({k for e in tasks.values() for k in e if "_share/" in k}))
         print(format_table(tasks, summary["advantage_weights"]["mean"], columns))
+    if "action_modes" in summary:
+        print(format_table(summary["action_modes"]["tasks"], summary["action_modes"]["mean"], MODES))
     if "rollouts" in summary:
         print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
     print(f"written: {out}")
