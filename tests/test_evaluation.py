@@ -507,7 +507,7 @@ def test_policy_agent_executes_chunks_before_planning_again():
     # `acting` overrides the trained config's execution length.
     agent = PolicyAgent(_FakePolicy(horizon=4, execute=3), _FakeSource(), episodes, 2, acting={"action_execute": 1})
     assert [float(agent(obs, [0, 1, 2, 3])[0, 0] - first[0, 0]) for _ in range(3)] == pytest.approx([0, 0, 0], abs=1e-6)
-    with pytest.raises(ConfigError, match=r"action_execute=5 does not fit the policy's action horizon \(4\)"):
+    with pytest.raises(ConfigError, match=r"'policy.action_execute': 5; expected 1 to policy.action_horizon \(4\)"):
         PolicyAgent(_FakePolicy(horizon=4), _FakeSource(), episodes, 2, acting={"action_execute": 5})
 
 
@@ -537,7 +537,7 @@ def test_policy_agent_averages_overlapping_chunks_with_the_ensemble():
     agent = PolicyAgent(_DriftingPolicy(horizon=3), _FakeSource(), episodes, 0,
                         acting={"action_ensemble": True, "action_ensemble_decay": 0.0})
     assert [float(agent(obs[:1], [0])[0, 0]) for _ in range(3)] == pytest.approx([0.0, 5.5, (2 + 11 + 20) / 3])
-    with pytest.raises(ConfigError, match="action_ensemble plans at every step; policy.action_execute is 2"):
+    with pytest.raises(ConfigError, match="'policy.action_ensemble' plans at every step; 'policy.action_execute' is 2, expected 1"):
         PolicyAgent(_DriftingPolicy(horizon=3), _FakeSource(), episodes, 0,
                     acting={"action_ensemble": True, "action_execute": 2})
 

@@ -272,12 +272,18 @@ def check_choices(cfg: DictConfig) -> None:
     horizon, execute = cfg.policy.action_horizon, cfg.policy.action_execute
     if horizon < 1:
         raise ConfigError(f"Invalid value for 'policy.action_horizon': {horizon}; expected at least 1")
+    check_chunk_acting(horizon, execute, cfg.policy.action_ensemble)
+    check_critic_use(cfg)
+
+
+def check_chunk_acting(horizon: int, execute: int, ensemble: bool) -> None:
+    """`policy.action_execute` within the action horizon, and 1 under `policy.action_ensemble`. Also checked by the
+    evaluation agent, where the horizon comes from the checkpoint and the acting keys from the command line."""
     if not 1 <= execute <= horizon:
         raise ConfigError(f"Invalid value for 'policy.action_execute': {execute}; expected 1 to policy.action_horizon "
                           f"({horizon})")
-    if cfg.policy.action_ensemble and execute != 1:
+    if ensemble and execute != 1:
         raise ConfigError(f"'policy.action_ensemble' plans at every step; 'policy.action_execute' is {execute}, expected 1")
-    check_critic_use(cfg)
 
 
 def check_critic_use(cfg: DictConfig) -> None:

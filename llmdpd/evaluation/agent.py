@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tensordict import TensorDict
 
-from llmdpd.config.load import ConfigError
+from llmdpd.config.load import check_chunk_acting
 from llmdpd.envs.metaworld import scripted_expert
 from llmdpd.evaluation.plan import EvalEpisode
 
@@ -52,13 +52,9 @@ class PolicyAgent:
         self.device = _module_device(module)
         setting = {**module.cfg.policy, **(self.acting or {})}
         self.execute = int(setting["action_execute"])
-        horizon = int(module.cfg.policy.action_horizon)
-        if not 1 <= self.execute <= horizon:
-            raise ConfigError(f"policy.action_execute={self.execute} does not fit the policy's action horizon ({horizon})")
         self.ensemble = bool(setting["action_ensemble"])
         self.ensemble_decay = float(setting["action_ensemble_decay"])
-        if self.ensemble and self.execute != 1:
-            raise ConfigError(f"policy.action_ensemble plans at every step; policy.action_execute is {self.execute}, expected 1")
+        check_chunk_acting(int(module.cfg.policy.action_horizon), self.execute, self.ensemble)
         # Per episode (index into `episodes`), the planned actions not yet executed [k, A]; with the ensemble, the
         # rest of every plan still covering the next step, oldest first.
         self.queue: dict[int, np.ndarray] = {}
