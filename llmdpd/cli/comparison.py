@@ -48,6 +48,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_long": "mlp_bc_long",
         "llmdpd_x0_bc_t15_long": "llmdpd_x0_bc_t15_long",
         "llmdpd_x0_rwr_t15_top08_long": "llmdpd_x0_rwr_t15_top08_long",
+        "llmdpd_x0_rwr_t0_top08_wide_long": "llmdpd_x0_rwr_t0_top08_wide_long",
+        "mlp_bc_prompts_rwr_wide_long": "mlp_bc_prompts_rwr_wide_long",
     },
     "ml45": {
         "llmdpd": "ml45/llmdpd",
@@ -68,6 +70,8 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_long": "ml45/mlp_bc_long",
         "llmdpd_x0_bc_t15_long": "ml45/llmdpd_x0_bc_t15_long",
         "llmdpd_x0_rwr_t15_top08_long": "ml45/llmdpd_x0_rwr_t15_top08_long",
+        "llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long",
+        "mlp_bc_prompts_rwr_wide_long": "ml45/mlp_bc_prompts_rwr_wide_long",
     },
 }
 
