@@ -27,7 +27,7 @@ import math
 import torch
 from torch import Tensor
 
-from llmdpd.evaluation.diagnostics import DDPM_SAMPLER
+from llmdpd.evaluation.diagnostics import sampler_draws
 
 MIN_GROUP_SHARE = 0.1
 SARLE_THRESHOLD = 5.0 / 9.0
@@ -65,7 +65,7 @@ def bimodality_coefficient(x: Tensor) -> Tensor:
 def two_group_split(x: Tensor) -> tuple[Tensor, Tensor]:
     """The split of each row of x [n, m] into a low and a high group with the least within-group sum of squares
     (optimal 1-D two-means): Ashman's D of the two groups [n] and the smaller group's share of the row [n]."""
-    n, m = x.shape
+    m = x.shape[1]
     xs = x.sort(1).values
     s1, s2 = xs.cumsum(1)[:, :-1], xs.pow(2).cumsum(1)[:, :-1]  # sums over the low group of sizes 1..m-1
     total1, total2 = xs.sum(1, keepdim=True), xs.pow(2).sum(1, keepdim=True)
@@ -75,7 +75,7 @@ def two_group_split(x: Tensor) -> tuple[Tensor, Tensor]:
     best = (ss_low + ss_high).argmin(1, keepdim=True)
     pick = lambda t: t.gather(1, best).squeeze(1)  # noqa: E731
     n_low, n_high = low[best.squeeze(1)], high[best.squeeze(1)]
-    mean_low, mean_high = pick(s1) / n_low, (pick(total1 - s1)) / n_high
+    mean_low, mean_high = pick(s1) / n_low, pick(total1 - s1) / n_high
     var = pick(ss_low).clamp_min(0) / n_low + pick(ss_high).clamp_min(0) / n_high
     separation = math.sqrt(2.0) * (mean_high - mean_low).abs() / var.clamp_min(_DEGENERATE).sqrt()
     flat = (total2.squeeze(1) / m - (total1.squeeze(1) / m).pow(2)) <= _DEGENERATE
@@ -102,15 +102,11 @@ def action_modes(draws: Tensor) -> dict[str, float]:
 @torch.no_grad()
 def policy_action_modes(module, states: dict[str, tuple[Tensor, Tensor]], conditions: dict[str, Tensor],
                         draws: int = 64, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Per task in `states` (task -> (obs, expert actions)), `action_modes` of `draws` actions per state from the
-    policy's plain DDPM sampler (a chunk's first action), clipped to the action box as the policy acts."""
+    """Per task in `states` (task -> (obs, expert actions)), `action_modes` of `draws` actions per state
+    (`sampler_draws`: the plain DDPM sampler, clipped to the action box)."""
     torch.manual_seed(seed)
-    out: dict[str, dict[str, float]] = {}
-    for task, (obs, _) in states.items():
-        samples, _ = module.candidates(obs.to(module.obs_mean), conditions[task], count=draws, score=False,
-                                       acting=DDPM_SAMPLER)
-        out[task] = action_modes(samples[..., : module.action_dim].clamp(-1.0, 1.0).cpu())
-    return out
+    return {task: action_modes(sampler_draws(module, obs.to(module.obs_mean), conditions[task], draws).cpu())
+            for task, (obs, _) in states.items()}
 
 
 __all__ = ["MIN_GROUP_SHARE", "SARLE_THRESHOLD", "action_modes", "bimodality_coefficient", "policy_action_modes",

@@ -163,8 +163,7 @@ def action_errors(
     for task, (obs, expert) in states.items():
         expert = expert.to(module.obs_mean)
         cond = conditions[task]
-        draws, _ = module.candidates(obs, cond, count=samples, score=False, acting=DDPM_SAMPLER)
-        draws = draws[..., : module.action_dim].clamp(-1.0, 1.0)  # a chunk's first action
+        draws = sampler_draws(module, obs, cond, samples)
         mode = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 0})
         one_call = module.act(obs, cond, acting={"acting": "sample", "sample_temperature": 0.0, "sample_steps": 1})
         mean = draws.mean(1)
@@ -180,11 +179,17 @@ def action_errors(
 
 
 @torch.no_grad()
-def mean_action(module, obs: Tensor, cond: Tensor, samples: int) -> Tensor:
-    """The mean of `samples` actions per state [n, A] (sampler temperature 1, clipped to the action box; with action
-    chunks, of their first actions)."""
+def sampler_draws(module, obs: Tensor, cond: Tensor, samples: int) -> Tensor:
+    """`samples` actions per state [n, samples, A] from the plain DDPM sampler (`DDPM_SAMPLER`), clipped to the
+    action box as the policy acts; with action chunks, their first actions."""
     draws, _ = module.candidates(obs, cond, count=samples, score=False, acting=DDPM_SAMPLER)
-    return draws[..., : module.action_dim].clamp(-1.0, 1.0).mean(1)  # a chunk's first action
+    return draws[..., : module.action_dim].clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def mean_action(module, obs: Tensor, cond: Tensor, samples: int) -> Tensor:
+    """The mean of `samples` actions per state [n, A] (`sampler_draws`)."""
+    return sampler_draws(module, obs, cond, samples).mean(1)
 
 
 def squared_error(actions: Tensor, reference: Tensor) -> float:
