@@ -257,7 +257,7 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
-    within the action horizon (1 with `policy.action_ensemble`), and a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`)."""
+    within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`), and per-state reading of the demonstration comes without a critic."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -274,6 +274,9 @@ def check_choices(cfg: DictConfig) -> None:
         raise ConfigError(f"Invalid value for 'policy.action_horizon': {horizon}; expected at least 1")
     check_chunk_acting(horizon, execute, cfg.policy.action_ensemble)
     check_critic_use(cfg)
+    if cfg.trajectory.read == "per_state" and cfg.policy.kind == "diffusion" and cfg.policy.critic != "none":
+        raise ConfigError(f"'trajectory.read: per_state' reads the demonstration at the current state, but policy.critic "
+                          f"'{cfg.policy.critic}' bootstraps at the next one; set policy.critic to none")
 
 
 def check_chunk_acting(horizon: int, execute: int, ensemble: bool) -> None:

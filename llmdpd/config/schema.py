@@ -33,6 +33,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "policy.prediction": ("epsilon", "sample"),
     "policy.denoiser": ("mlp", "film"),
     "text.pooling": ("mean", "last", "cls"),
+    "trajectory.read": ("pooled", "per_state"),
     "eval.split": ("test", "validation"),
 }
 
@@ -148,6 +149,10 @@ class TrajectoryPromptConfig:
     dropout: float = 0.0
     # Largest episode position that gets its own learned embedding.
     max_position: int = 512
+    # How the policy reads the demonstration: "pooled" (the [CLS] output, one vector per task) or "per_state"
+    # (also the current state's attention over the H step tokens, one vector per state: one-shot imitation's
+    # reading; needs the diffusion actor without a critic, whose target would read the demonstration at s').
+    read: str = "pooled"
 
 
 @dataclass

@@ -69,7 +69,7 @@ def advantage_weights(
         labels = np.concatenate([[b] * len(e["actions"]) for b, e in zip(behaviours, task_episodes)])
         quarter = np.concatenate([np.arange(len(e["actions"])) * 4 // len(e["actions"]) for e in task_episodes])
         obs, action = module.normalizer.obs(obs.to(module.obs_mean)), action.to(module.obs_mean)
-        cond = conditions[task].expand(len(obs), -1)
+        cond = module.condition_at(obs, conditions[task].expand(len(obs), -1))
         weight = awr_weights(advantage_of(module, advantage, task_episodes, obs, action, cond), beta)
         tilt = ((weight * action).sum(0) / weight.sum() - action.mean(0)).cpu()
         w = weight[:, 0].cpu().numpy().astype(np.float64)

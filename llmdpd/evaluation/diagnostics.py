@@ -84,8 +84,8 @@ def task_conditions(module, source: Any, tasks: Sequence[str]) -> dict[str, Tens
 def condition_spread(module, conditions: dict[str, Tensor]) -> dict[str, float]:
     """Per half of c (text, trajectory): the std across tasks of each dimension, averaged over dimensions."""
     c = torch.cat(list(conditions.values())).float()
-    text_dim = module.conditioning.null_text.numel()
-    halves = {"text": c[:, :text_dim], "trajectory": c[:, text_dim:]}
+    text_dim, pooled_dim = module.conditioning.null_text.numel(), module.conditioning.pooled_dim
+    halves = {"text": c[:, :text_dim], "trajectory": c[:, text_dim:pooled_dim]}
     return {name: half.std(0).mean().item() if len(c) > 1 else 0.0 for name, half in halves.items()}
 
 

@@ -60,6 +60,6 @@ def prompt_transfer(
             "behaviour_gap": to_own[like],
             "behaves_like": like,
             "nearest_text": nearest(slice(0, text_dim)),
-            "nearest_trajectory": nearest(slice(text_dim, None)),
+            "nearest_trajectory": nearest(slice(text_dim, module.conditioning.pooled_dim)),
         }
     return out

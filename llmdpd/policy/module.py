@@ -24,6 +24,7 @@ from llmdpd.policy.averaging import copy_parameters_, soft_update_
 from llmdpd.policy.acting import select_candidates
 from llmdpd.policy.conditioning import PromptConditioning
 from llmdpd.policy.critic import TwinCritic, ValueNetwork
+from llmdpd.policy.demonstration_reader import DemonstrationReader
 from llmdpd.policy.diffusion import DiffusionActor
 from llmdpd.policy.loss import BehaviourCloningLoss, DiffusionQLLoss, loss_total, uses_outcome_value
 from llmdpd.policy.mlp_bc import MLPActor
@@ -129,10 +130,28 @@ class PolicyDiffusionModule(LightningModule):
         self.trajectory_encoder = (
             TrajectoryPromptEncoder(obs_dim, action_dim, self.cfg.trajectory) if trajectory_on else None
         )
+        per_state = trajectory_on and self.cfg.trajectory.read == "per_state"
         self.conditioning = PromptConditioning(
-            self.cfg.text.out_dim, self.cfg.trajectory.width, text_on, trajectory_on, policy.prompt_dropout
+            self.cfg.text.out_dim,
+            self.cfg.trajectory.width,
+            text_on,
+            trajectory_on,
+            policy.prompt_dropout,
+            step_tokens=int(self.cfg.data.prompt_length) if per_state else 0,
         )
-        cond_dim = self.conditioning.cond_dim
+        self.reader = (
+            DemonstrationReader(
+                obs_dim,
+                self.conditioning.pooled_dim,
+                self.cfg.trajectory.width,
+                int(self.cfg.data.prompt_length),
+                self.cfg.trajectory.heads,
+            )
+            if per_state
+            else None
+        )
+        # The width of c as the networks see it (after the per-state read, if any).
+        cond_dim = self.reader.out_dim if self.reader is not None else self.conditioning.cond_dim
         # The actor (and the critic) see a chunk of `action_horizon` actions, concatenated.
         self.action_dim = action_dim
         chunk_dim = action_dim * int(policy.action_horizon)
@@ -212,9 +231,21 @@ class PolicyDiffusionModule(LightningModule):
         z_text = z_trajectory = None
         if self.text_encoder is not None and text_emb is not None:
             z_text = self.text_encoder(text_emb)
+        z_trajectory, steps = None, None
         if self.trajectory_encoder is not None and prompt is not None and "prompt_obs" in prompt.keys():
-            z_trajectory = self.trajectory_encoder.encode(prompt)
-        return self.conditioning(z_text, z_trajectory, n, drop=drop)
+            z_trajectory, steps = self._encode_trajectory(prompt)
+        return self.conditioning(z_text, z_trajectory, n, drop=drop, trajectory_steps=steps)
+
+    def _encode_trajectory(self, prompt: Any) -> tuple[Tensor, Optional[Tensor]]:
+        """z_traj, and the step tokens when the policy reads the demonstration per state."""
+        if self.reader is None:
+            return self.trajectory_encoder.encode(prompt), None
+        return self.trajectory_encoder.encode_steps(prompt)
+
+    def condition_at(self, state: Tensor, cond: Tensor) -> Tensor:
+        """The condition the networks see at normalised states [n, S]: the task-level c [n, C] itself, or with
+        `trajectory.read: per_state` its step tokens replaced by the state's read of them (`DemonstrationReader`)."""
+        return cond if self.reader is None else self.reader(state, cond)
 
     @property
     def normalizer(self) -> Normalizer:
@@ -247,12 +278,13 @@ class PolicyDiffusionModule(LightningModule):
         n = max(sizes, default=1)
         with _eval_mode(self.text_encoder, self.trajectory_encoder):
             z_text = self.text_encoder(text_emb) if self.text_encoder is not None and text_emb is not None else None
-            z_trajectory = None
+            z_trajectory, steps = None, None
             if self.trajectory_encoder is not None and prompt is not None:
-                z_trajectory = self.trajectory_encoder.encode(prompt)
+                z_trajectory, steps = self._encode_trajectory(prompt)
         z_text = None if z_text is None else z_text.expand(n, -1)
         z_trajectory = None if z_trajectory is None else z_trajectory.expand(n, -1)
-        return self.conditioning(z_text, z_trajectory, n)
+        steps = None if steps is None else steps.expand(n, -1, -1)
+        return self.conditioning(z_text, z_trajectory, n, trajectory_steps=steps)
 
     # ------------------------------------------------------------------------------------------- acting
     @torch.no_grad()
@@ -277,9 +309,12 @@ class PolicyDiffusionModule(LightningModule):
         state = self.normalize_obs(obs)
         cond = cond.to(state.device, self.conditioning.null_text.dtype).expand(n, -1)
         m = max(int(policy.num_candidates if count is None else count), 1)
-        state_rep, cond_rep = state.repeat_interleave(m, 0), cond.repeat_interleave(m, 0)
+        state_rep = state.repeat_interleave(m, 0)
+        cond_rep = self.condition_at(state_rep, cond.repeat_interleave(m, 0))
         guidance = float(policy.guidance_weight)
-        null = self.conditioning.null(1) if guidance != 1.0 else None
+        null = None
+        if guidance != 1.0:
+            null = self.condition_at(state_rep, self.conditioning.null(1).expand(n * m, -1))
         actions = self.ema_actor.sample(
             state_rep, cond_rep, guidance_weight=guidance, null_cond=null, temperature=float(policy.sample_temperature),
             calls=int(policy.sample_steps),
@@ -340,6 +375,7 @@ class PolicyDiffusionModule(LightningModule):
         data = {k: batch[k].reshape(n * b, *batch[k].shape[2:]) for k in TRANSITION_KEYS if k in batch.keys()}
         if "discount" not in data:
             data["discount"] = self.cfg.policy.gamma * (1.0 - data["done"])
+        cond = self.condition_at(data["obs"], cond)
         task = torch.arange(n, device=cond.device).repeat_interleave(b)
         return TensorDict({**data, "cond": cond, "task": task}, batch_size=[n * b])
 
@@ -437,7 +473,8 @@ class PolicyDiffusionModule(LightningModule):
             if p.requires_grad
         ]
         # Actor and critic use Adam as in Diffusion-QL; the prompt encoders keep the alignment weight decay.
-        actor_params = list(self.actor.parameters())
+        # The per-state reader is new at the policy stage (nothing aligned it), so it learns at the actor's rate.
+        actor_params = list(self.actor.parameters()) + ([] if self.reader is None else list(self.reader.parameters()))
         groups = [{"name": "actor", "params": actor_params, "lr": policy.actor_lr, "weight_decay": 0.0}]
         critic_params = list(self.loss.parameters())  # online critics, V and the outcome value; targets are buffers
         if critic_params:

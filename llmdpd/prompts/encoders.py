@@ -71,18 +71,32 @@ class TrajectoryPromptEncoder(nn.Module):
         self, prompt_obs: Tensor, prompt_action: Tensor, prompt_reward: Tensor, prompt_position: Tensor
     ) -> Tensor:
         """[..., H, S], [..., H, A], [..., H, 1], [..., H] (long) -> [..., width]."""
+        return self.hidden(prompt_obs, prompt_action, prompt_reward, prompt_position)[..., 0, :]
+
+    def hidden(
+        self, prompt_obs: Tensor, prompt_action: Tensor, prompt_reward: Tensor, prompt_position: Tensor
+    ) -> Tensor:
+        """The normalised outputs of the [CLS] token and of the H steps, [..., 1 + H, width]."""
         lead = prompt_obs.shape[:-2]
         steps = torch.cat([prompt_obs, prompt_action.to(prompt_obs.dtype), prompt_reward.to(prompt_obs.dtype)], -1)
         steps = steps.reshape(-1, *steps.shape[-2:])
         positions = prompt_position.reshape(-1, prompt_position.shape[-1]).long().clamp(0, self.max_position - 1)
         tokens = self.token(steps) + self.position(positions)
         cls = self.cls.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
-        hidden = self.encoder(torch.cat([cls, tokens], 1))
-        return self.out_norm(hidden[:, 0]).reshape(*lead, self.width)
+        hidden = self.out_norm(self.encoder(torch.cat([cls, tokens], 1)))
+        return hidden.reshape(*lead, *hidden.shape[-2:])
+
+    def _inputs(self, prompt: Any) -> list[Tensor]:
+        weight = self.token.weight
+        floats = [prompt[k].to(weight.device, weight.dtype) for k in PROMPT_STEP_KEYS]
+        return [*floats, prompt[PROMPT_POSITION].to(weight.device)]
 
     def encode(self, prompt: Any) -> Tensor:
         """Encode a TensorDict or dict holding the four prompt keys of `llmdpd.data.keys` (moved to this module's
         device)."""
-        weight = self.token.weight
-        floats = [prompt[k].to(weight.device, weight.dtype) for k in PROMPT_STEP_KEYS]
-        return self(*floats, prompt[PROMPT_POSITION].to(weight.device))
+        return self(*self._inputs(prompt))
+
+    def encode_steps(self, prompt: Any) -> tuple[Tensor, Tensor]:
+        """As `encode`, and the H step tokens: ([..., width], [..., H, width])."""
+        hidden = self.hidden(*self._inputs(prompt))
+        return hidden[..., 0, :], hidden[..., 1:, :]
