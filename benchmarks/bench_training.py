@@ -302,19 +302,25 @@ def measure(
 # The best validated configuration's objective (`experiments/llmdpd_x0_rwr_t15.yaml`): no Q term, BC weighted by
 # episode returns; with the expectile critic it still trains a critic that nothing reads.
 OUTCOME_WEIGHTED = ["policy.prediction=sample", "policy.eta=0", "policy.awr_beta=1", "policy.awr_advantage=episode"]
-CRITIC_FREE = ("expectile", "none")
+# Variants of the outcome-weighted objective: its critic, and (without one) the per-state read of the demonstration.
+CRITIC_FREE = {
+    "expectile": ["policy.critic=expectile"],
+    "none": ["policy.critic=none"],
+    "none, per-state read": ["policy.critic=none", "trajectory.read=per_state"],
+}
 
 
 def critic_free_rounds(dm: MetaWorldDataModule, cfg: ExperimentConfig, rounds: int, logs: Path) -> dict[str, float]:
-    """Median seconds per TIMED Lightning steps of the outcome-weighted objective with each `policy.critic` of
-    `CRITIC_FREE`, rounds alternating between the two."""
-    variants = {c: OmegaConf.merge(cfg, OmegaConf.from_dotlist([*OUTCOME_WEIGHTED, f"policy.critic={c}"])) for c in CRITIC_FREE}
-    modules = {critic: make_module(dm, variant) for critic, variant in variants.items()}
-    seconds: dict[str, list[float]] = {critic: [] for critic in variants}
+    """Median seconds per TIMED Lightning steps of the outcome-weighted objective in each variant of
+    `CRITIC_FREE`, rounds alternating between them."""
+    variants = {name: OmegaConf.merge(cfg, OmegaConf.from_dotlist([*OUTCOME_WEIGHTED, *more]))
+                for name, more in CRITIC_FREE.items()}
+    modules = {name: make_module(dm, variant) for name, variant in variants.items()}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        for critic, variant in variants.items():
-            seconds[critic].append(framework_round(modules[critic], dm, variant, logs))
-    return {critic: statistics.median(values) for critic, values in seconds.items()}
+        for name, variant in variants.items():
+            seconds[name].append(framework_round(modules[name], dm, variant, logs))
+    return {name: statistics.median(values) for name, values in seconds.items()}
 
 
 class _TotalOnly:
@@ -461,10 +467,12 @@ def main() -> None:
                 report(f"{name}: ratio {label} / bare", bare / result[variant], "x", target)
         if "compiled" in result:
             report(f"{name}: ratio compiled / eager Lightning", result["eager"] / result["compiled"], "x")
-    for critic, seconds in critic_free.items():
-        report(f"eta 0, episode-weighted BC, policy.critic={critic}: Lightning", TIMED / seconds, "steps/s")
+    for variant, seconds in critic_free.items():
+        report(f"eta 0, episode-weighted BC, critic {variant}: Lightning", TIMED / seconds, "steps/s")
     report("policy.critic=none / expectile, eta 0 (speed-up from not training an unread critic)",
            critic_free["expectile"] / critic_free["none"], "x")  # fmt: skip
+    report("trajectory.read=per_state / pooled, no critic (cost of reading the demonstration at every state)",
+           critic_free["none, per-state read"] / critic_free["none"], "x")  # fmt: skip
     bare_ms, ours_ms = (1e3 * small[k] / TIMED for k in ("bare", "eager"))
     print(f"tiny networks (critic=td, q_action=chain): median of {TINY_ROUNDS} rounds", flush=True)
     report("tiny networks: bare PyTorch loop", bare_ms, "ms/step")
