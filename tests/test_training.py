@@ -370,6 +370,14 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     for entry in rollouts["tasks"].values():
         assert entry["episodes"] == 8 and all(0 <= entry[k] <= 1 for k in ("reached_object", "moved_object", "success"))
         assert entry["on_policy_error"] > 0  # ten steps of training do not make the expert
+    # Under eval.split=validation the held-out validation tasks take the unseen tasks' place.
+    held_out = tmp_path / "held_out.json"
+    run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--unseen", "--samples", "2",
+                 "eval.split=validation", "data.validation_tasks=[button-press-topdown-v3]", "--out", str(held_out)],
+                timeout=300)
+    summary = json.loads(held_out.read_text())
+    assert set(summary["tasks"]) == {"reach-v3"} and set(summary["prompt_transfer"]["tasks"]) == {"button-press-topdown-v3"}
+    assert summary["prompt_transfer"]["tasks"]["button-press-topdown-v3"]["best_training_task"] == "reach-v3"
     bad = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--samples", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--samples must be at least 1" in bad.stderr

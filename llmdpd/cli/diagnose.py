@@ -11,7 +11,8 @@ each task's states under every training task's condition, `prompt_identification
 far apart the tasks' conditions lie, `condition_spread`) of the checkpoint and, where the run kept it, of the
 prompt encoders its alignment stage ended with (`checkpoints/align/final.ckpt`). With `--unseen`, also which
 training task's behaviour each unseen task's prompt calls up, on the unseen task's own expert states
-(`prompt_transfer`). With `--awr BETA`, what advantage weights exp(A / BETA), with the checkpoint's
+(`prompt_transfer`); under `eval.split=validation` the held-out validation tasks (`data.validation_tasks`) take
+the unseen tasks' place, so that settings for unseen tasks are diagnosed without touching the test's. With `--awr BETA`, what advantage weights exp(A / BETA), with the checkpoint's
 `policy.awr_advantage` (the critic's Q - V, raw or standardised per task; the episode's return; or the return to go
 minus the outcome value), do to each task's data: each behaviour's share of the weight against its share of the
 transitions, the effective sample size and the tilt of the mean action (`advantage_weights`). With `--modes N`,
@@ -104,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.unseen:
         from llmdpd.evaluation.prompt_transfer import prompt_transfer
 
-        unseen_states = validation_state_sets(dm.unseen_tasks, goals, seed=cfg.data.seed)
+        held_out = dm.validation_tasks if cfg.eval.split == "validation" else dm.unseen_tasks
+        unseen_states = validation_state_sets(held_out, goals, seed=cfg.data.seed)
         transfer = prompt_transfer(module, unseen_states, task_conditions(module, dm, list(unseen_states)), conditions,
                                    seed=cfg.seed)
         if transfer:
