@@ -120,6 +120,7 @@ class _TextReadingPolicy:
 
     class conditioning:
         null_text = torch.zeros(2)
+        pooled_dim = 4
 
         @staticmethod
         def null(n: int = 1) -> torch.Tensor:
@@ -152,6 +153,10 @@ class _ScoredBehaviours:
         @staticmethod
         def obs(obs):
             return obs
+
+    @staticmethod
+    def condition_at(state, cond):
+        return cond
 
     class loss:
         @staticmethod
