@@ -228,10 +228,9 @@ class PolicyDiffusionModule(LightningModule):
                 mine.load_state_dict(theirs.state_dict())
 
     def _encode(self, text_emb: Optional[Tensor], prompt: Any, n: int, drop: bool) -> Tensor:
-        z_text = z_trajectory = None
+        z_text = z_trajectory = steps = None
         if self.text_encoder is not None and text_emb is not None:
             z_text = self.text_encoder(text_emb)
-        z_trajectory, steps = None, None
         if self.trajectory_encoder is not None and prompt is not None and "prompt_obs" in prompt.keys():
             z_trajectory, steps = self._encode_trajectory(prompt)
         return self.conditioning(z_text, z_trajectory, n, drop=drop, trajectory_steps=steps)

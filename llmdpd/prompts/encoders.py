@@ -71,19 +71,20 @@ class TrajectoryPromptEncoder(nn.Module):
         self, prompt_obs: Tensor, prompt_action: Tensor, prompt_reward: Tensor, prompt_position: Tensor
     ) -> Tensor:
         """[..., H, S], [..., H, A], [..., H, 1], [..., H] (long) -> [..., width]."""
-        return self.hidden(prompt_obs, prompt_action, prompt_reward, prompt_position)[..., 0, :]
+        return self.out_norm(self.hidden(prompt_obs, prompt_action, prompt_reward, prompt_position)[..., 0, :])
 
     def hidden(
         self, prompt_obs: Tensor, prompt_action: Tensor, prompt_reward: Tensor, prompt_position: Tensor
     ) -> Tensor:
-        """The normalised outputs of the [CLS] token and of the H steps, [..., 1 + H, width]."""
+        """The transformer's outputs at the [CLS] token and the H steps, [..., 1 + H, width], before `out_norm`
+        (applied only to the outputs a caller uses: the pooled read needs the [CLS] token alone)."""
         lead = prompt_obs.shape[:-2]
         steps = torch.cat([prompt_obs, prompt_action.to(prompt_obs.dtype), prompt_reward.to(prompt_obs.dtype)], -1)
         steps = steps.reshape(-1, *steps.shape[-2:])
         positions = prompt_position.reshape(-1, prompt_position.shape[-1]).long().clamp(0, self.max_position - 1)
         tokens = self.token(steps) + self.position(positions)
         cls = self.cls.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
-        hidden = self.out_norm(self.encoder(torch.cat([cls, tokens], 1)))
+        hidden = self.encoder(torch.cat([cls, tokens], 1))
         return hidden.reshape(*lead, *hidden.shape[-2:])
 
     def _inputs(self, prompt: Any) -> list[Tensor]:
@@ -98,5 +99,5 @@ class TrajectoryPromptEncoder(nn.Module):
 
     def encode_steps(self, prompt: Any) -> tuple[Tensor, Tensor]:
         """As `encode`, and the H step tokens: ([..., width], [..., H, width])."""
-        hidden = self.hidden(*self._inputs(prompt))
+        hidden = self.out_norm(self.hidden(*self._inputs(prompt)))
         return hidden[..., 0, :], hidden[..., 1:, :]
