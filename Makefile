@@ -15,7 +15,7 @@ RUNS ?= runs/*
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test test-slow train data eval compare bench tensorboard clean
+.PHONY: install test test-slow train data eval compare tables bench tensorboard clean
 
 install: $(STAMP)
 
@@ -50,6 +50,10 @@ eval: install
 
 compare: install
 	$(VENV)/bin/llmdpd compare $(RUNS) $(ARGS)
+
+# Rewrite the README's and docs/results.md's tables from results/ (each block names its `llmdpd compare` command).
+tables: install
+	$(VENV)/bin/llmdpd tables README.md docs/results.md
 
 bench: install
 	$(PY) -m benchmarks $(ARGS)

@@ -3,7 +3,9 @@
 Every (method, seed) run is `llmdpd train <experiment> seed=<seed> ckpt=last` in its own process (so an
 interrupted run resumes where it stopped, in its own run directory: the newest `version_<n>` of that
 experiment and seed, which `ckpt=last` continues or creates), followed by a copy of its `config.yaml` and `eval.json` into
-`results/<benchmark>/<method>/seed<seed>/` (with `--commit`, a git commit of that folder at once). A run whose
+`results/<benchmark>/<method>/seed<seed>/` (with `--commit`, a git commit of that folder at once, together with the
+tables of the repository's README.md and docs/results.md regenerated from its results, so that a committed
+document never disagrees with the committed results; see `llmdpd tables`). A run whose
 results are already there is skipped, so the command can be started again after any interruption and only
 does what is missing. Several invocations may share the queue: each run is claimed with a file lock.
 `--results` may lie in another checkout: a comparison can run from a frozen copy of the code (a git
@@ -14,6 +16,7 @@ Runs go seed-major (every method's seed 0 first), so a partial comparison is bal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -88,18 +91,55 @@ def register(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def _commit(folder: Path, message: str) -> None:
-    """Commit `folder` in the repository that holds it (which need not be the one running the code)."""
+# The documents whose `llmdpd compare` tables (see llmdpd.cli.tables) a results commit regenerates.
+DOCUMENTS = ("README.md", "docs/results.md")
+
+
+def _refresh_documents(root: Path) -> list[str]:
+    """Regenerate the tables of `root`'s documents from its results; the documents that changed."""
+    from llmdpd.cli.tables import refresh
+
+    changed = []
+    with contextlib.chdir(root):  # table commands name paths relative to the repository root
+        for name in DOCUMENTS:
+            path = Path(name)
+            if not path.is_file():
+                continue
+            try:
+                text, stale = refresh(path.read_text())
+            except ValueError as err:
+                print(f"comparison: {name}: tables not regenerated ({err}); run `llmdpd tables {name}`", file=sys.stderr)
+                continue
+            if stale:
+                tmp = path.with_name(path.name + ".tmp")
+                tmp.write_text(text)
+                tmp.replace(path)
+                changed.append(name)
+    return changed
+
+
+def _commit(folder: Path, message: str, locks: Path) -> None:
+    """Commit `folder`, and the documents' tables regenerated, in the repository that holds it (which need not
+    be the one running the code)."""
+    from filelock import FileLock
+
     folder = folder.resolve()
     git = ["git", "-C", str(folder)]
-    for attempt in range(10):  # another process may hold git's index lock for a moment
-        added = subprocess.run([*git, "add", "."], capture_output=True, text=True)
-        done = added.returncode == 0 and subprocess.run(
-            [*git, "commit", "-q", "-m", message, "--", "."], capture_output=True, text=True
-        ).returncode == 0
-        if done:
-            return
-        time.sleep(2 + attempt)
+    top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode != 0:
+        print(f"comparison: {folder} is not in a git repository; nothing committed", file=sys.stderr)
+        return
+    root = Path(top.stdout.strip())
+    with FileLock(str(locks / "documents.lock")):  # one invocation at a time rewrites the documents
+        paths = [str(folder), *(str(root / name) for name in _refresh_documents(root))]
+        for attempt in range(10):  # another process may hold git's index lock for a moment
+            added = subprocess.run([*git, "add", *paths], capture_output=True, text=True)
+            done = added.returncode == 0 and subprocess.run(
+                [*git, "commit", "-q", "-m", message, "--", *paths], capture_output=True, text=True
+            ).returncode == 0
+            if done:
+                return
+            time.sleep(2 + attempt)
     print(f"comparison: could not commit {folder}; commit it by hand", file=sys.stderr)
 
 
@@ -149,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             (target / "wall_time.txt").write_text(f"{minutes:.1f} min (this invocation)\n")
             print(f"comparison: {method} seed {seed} done in {minutes:.1f} min -> {target}", flush=True)
             if args.commit:
-                _commit(target, f"results: {args.benchmark} {method} seed {seed}")
+                _commit(target, f"results: {args.benchmark} {method} seed {seed}", locks)
         finally:
             lock.release()
     return 0

@@ -1,4 +1,4 @@
-"""`llmdpd` command line: `data`, `train`, `eval`, `diagnose`, `compare`, `comparison`, `launch` (also `python -m llmdpd`)."""
+"""`llmdpd` command line: `data`, `train`, `eval`, `diagnose`, `compare`, `comparison`, `tables`, `launch` (also `python -m llmdpd`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ COMMANDS = {
     "diagnose": "llmdpd.cli.diagnose",
     "compare": "llmdpd.cli.compare",
     "comparison": "llmdpd.cli.comparison",
+    "tables": "llmdpd.cli.tables",
     "launch": "llmdpd.cli.launch",
 }
 

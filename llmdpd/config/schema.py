@@ -193,7 +193,7 @@ class PolicyConfig:
     critic_layers: int = 3
     gamma: float = 0.99
     tau: float = 0.005
-    # Chosen on ML10 validation goals (README, Results): eta 0.1 over 1.0, n_step 10 and awr_beta 1 over
+    # Chosen on ML10 validation goals (docs/results.md): eta 0.1 over 1.0, n_step 10 and awr_beta 1 over
     # n_step 1 without AWR, `sample` acting over softmax and sample temperature 0. These defaults are the first
     # frozen configuration (`llmdpd`); the best validated one since, `experiments/llmdpd_x0_rwr_t15.yaml`, sets
     # prediction "sample", eta 0, awr_beta 1, awr_advantage "episode" and sample_temperature 1.5.
