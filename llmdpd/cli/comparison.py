@@ -97,23 +97,19 @@ DOCUMENTS = ("README.md", "docs/results.md")
 
 def _refresh_documents(root: Path) -> list[str]:
     """Regenerate the tables of `root`'s documents from its results; the documents that changed."""
-    from llmdpd.cli.tables import refresh
+    from llmdpd.cli.tables import refresh_file
 
     changed = []
     with contextlib.chdir(root):  # table commands name paths relative to the repository root
         for name in DOCUMENTS:
-            path = Path(name)
-            if not path.is_file():
+            if not Path(name).is_file():
                 continue
             try:
-                text, stale = refresh(path.read_text())
+                _, stale = refresh_file(Path(name))
             except ValueError as err:
                 print(f"comparison: {name}: tables not regenerated ({err}); run `llmdpd tables {name}`", file=sys.stderr)
                 continue
             if stale:
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text(text)
-                tmp.replace(path)
                 changed.append(name)
     return changed
 

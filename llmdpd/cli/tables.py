@@ -81,6 +81,18 @@ def refresh(text: str) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), stale
 
 
+def refresh_file(path: Path, write: bool = True) -> tuple[int, list[str]]:
+    """Regenerate `path`'s tables (rewritten in one atomic replace when `write` and one changed); the number of
+    blocks and the commands of the stale ones. A ValueError names a block whose command fails."""
+    text = path.read_text()
+    new, stale = refresh(text)
+    if write and stale:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(path)  # never a half-written document
+    return len(BLOCK.findall(text)), stale
+
+
 def run(args: argparse.Namespace) -> int:
     failed = False
     for name in args.files:
@@ -88,20 +100,14 @@ def run(args: argparse.Namespace) -> int:
         if not path.is_file():
             print(f"tables: no such file: {name}", file=sys.stderr)
             return 2
-        text = path.read_text()
         try:
-            new, stale = refresh(text)
+            blocks, stale = refresh_file(path, write=not args.check)
         except ValueError as err:
             print(f"tables: {name}: {err}", file=sys.stderr)
             return 2
-        blocks = len(BLOCK.findall(text))
         if args.check:
             for command in stale:
                 print(f"tables: {name}: stale table: {command}", file=sys.stderr)
             failed |= bool(stale)
-        elif stale:
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(new)
-            tmp.replace(path)  # never a half-written document
         print(f"{name}: {blocks} tables, {len(stale)} {'stale' if args.check else 'rewritten'}")
     return 1 if failed else 0
