@@ -22,6 +22,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from llmdpd.files import write_text_atomic
+
 BLOCK = re.compile(r"(<!-- table: (llmdpd compare [^\n]*?) -->\n)(.*?)(<!-- end table -->)", re.DOTALL)
 BRACES = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
@@ -87,9 +89,7 @@ def refresh_file(path: Path, write: bool = True) -> tuple[int, list[str]]:
     text = path.read_text()
     new, stale = refresh(text)
     if write and stale:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(path)  # never a half-written document
+        write_text_atomic(path, new)
     return len(BLOCK.findall(text)), stale
 
 

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from llmdpd.evaluation.rollout import EpisodeResult
+from llmdpd.files import write_text_atomic
 
 # Split labels of episodes and tasks: "seen" and "unseen" in a test evaluation, "validation" and
 # "validation_unseen" (held-out validation tasks) in a validation one.
@@ -109,17 +108,7 @@ def scalar_metrics(summary: dict[str, Any], prefix: str = "eval") -> dict[str, f
 
 def write_eval_json(path: str | os.PathLike, summary: dict[str, Any]) -> None:
     """Write `summary` atomically: readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(summary, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
 
 
 def read_eval_json(path: str | os.PathLike) -> dict[str, Any]:

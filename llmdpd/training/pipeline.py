@@ -27,6 +27,7 @@ from llmdpd.config.load import ConfigError, to_yaml
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
+from llmdpd.files import write_text_atomic
 from llmdpd.prompts.alignment import uses_alignment
 from llmdpd.prompts.text_embeddings import make_text_embedder
 from llmdpd.runs import RUN_DIR_ENV, RunPlan, global_rank, latest_checkpoint, plan_run
@@ -114,9 +115,7 @@ def write_config(directory: Path, cfg: ExperimentConfig, continuing: bool) -> No
         os.replace(path, directory / f"config.resume{k}.yaml")
         shown = "; ".join(changes[:5]) + (" ..." if len(changes) > 5 else "")
         print(f"Continuing {directory} with a changed config ({shown}); the previous one is config.resume{k}.yaml")
-    tmp = path.with_name(".config.yaml.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def _check_alignment_config(path: Path, stored: dict[str, Any], cfg_dict: dict[str, Any]) -> None:
