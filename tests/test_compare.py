@@ -4,7 +4,9 @@ evaluations, and paired bootstrap differences to a baseline."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,7 +33,7 @@ def _eval_json(seed, seen, unseen):
             tasks[name] = {"split": split, "success": value, "final_success": value, "return": 1.0, "episodes": 10}
 
     def split_entry(values):
-        mean = sum(values) / len(values)
+        mean = sum(values) / len(values) if values else None
         return {"success_mean": mean, "final_success_mean": mean, "return_mean": 1.0, "tasks": len(values),
                 "episodes": 10 * len(values)}
 
@@ -278,6 +280,39 @@ def test_comparison_copies_from_the_run_that_ckpt_last_continued(tmp_path, monke
     target = results / "ml10" / "mlp_bc" / "seed0"
     assert (target / "config.yaml").read_text() == "name: mlp_bc\nnote: new\n"
     assert "ckpt=last" in calls[0]
+
+
+def test_an_evaluation_benchmark_scores_finished_runs_without_touching_their_results(tmp_path, monkeypatch, capsys):
+    from llmdpd.cli import comparison
+    from llmdpd.cli.main import main
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    monkeypatch.chdir(tmp_path)
+    finished = runs / "mlp_bc" / "seed0" / "version_0"
+    finished.mkdir(parents=True)
+    (finished / "config.yaml").write_text("name: mlp_bc\ndata:\n  split: ml10\neval:\n  seen: true\n")
+    own = _eval_json(0, [0.5, 0.5], [0.5])
+    write_eval_json(finished / "eval.json", own)
+    calls = []
+
+    def fake_llmdpd(command, env):  # `llmdpd eval ... --out FILE` writes FILE; a finished run is never retrained
+        calls.append(command[3:])
+        write_eval_json(Path(command[command.index("--out") + 1]), _eval_json(0, [], [0.2, 0.4]))
+        return 0
+
+    monkeypatch.setattr(comparison.subprocess, "call", fake_llmdpd)
+    monkeypatch.setitem(comparison.COMPARISONS, "wide", {"mlp_bc": "mlp_bc"})
+    monkeypatch.setitem(comparison.EVALUATIONS, "wide", ("ml10", ["data.split=ml10_unseen37", "eval.seen=false"]))
+    with pytest.raises(SystemExit) as exit_:
+        main(["comparison", "wide", "mlp_bc", "--seeds", "0", "--results", str(results)])
+    assert exit_.value.code == 0, capsys.readouterr().err
+    assert [c[0] for c in calls] == ["eval"] and "data.split=ml10_unseen37" in calls[0]
+    target = results / "wide" / "mlp_bc" / "seed0"
+    assert json.loads((target / "eval.json").read_text())["unseen"]["success_mean"] == pytest.approx(0.3)
+    config = yaml.safe_load((target / "config.yaml").read_text())
+    assert config["data"]["split"] == "ml10_unseen37" and config["eval"]["seen"] is False
+    assert json.loads((finished / "eval.json").read_text()) == json.loads(json.dumps(own))  # its own results kept
+    assert (finished / "eval_wide.json").is_file()
 
 
 MUJOCO = ["mujoco/halfcheetah/medium-v0", "mujoco/hopper/medium-v0"]

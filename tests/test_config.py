@@ -101,6 +101,18 @@ def test_registry_matches_metaworld_benchmarks():
     assert sorted(reg["tasks"]) == sorted(env_dict.MT50_V3)
 
 
+def test_the_wider_unseen_split_holds_every_task_ml10_never_trained_or_tuned_on():
+    from llmdpd.config.load import load_config as load
+
+    splits = registry()["splits"]
+    wide = splits["ml10_unseen37"]
+    tuned_on = set(load("ml45/llmdpd_x0_rwr_t15_long_heldout").data.validation_tasks)
+    assert wide["train"] == splits["ml10"]["train"]
+    expected = set(registry()["tasks"]) - set(splits["ml10"]["train"]) - (tuned_on - set(splits["ml10"]["test"]))
+    assert set(wide["test"]) == expected and len(wide["test"]) == len(expected) == 37
+    assert set(splits["ml10"]["test"]) | set(splits["ml45"]["test"]) <= set(wide["test"])
+
+
 @pytest.mark.parametrize("override", ["policy.acting=best", "policy.critic=mc", "eval.split=train", "policy.kind=gpt"])
 def test_a_value_outside_its_choices_is_one_line(override):
     key = override.split("=")[0]

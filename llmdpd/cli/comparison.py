@@ -77,6 +77,14 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "mlp_bc_prompts_rwr_wide_long": "ml45/mlp_bc_prompts_rwr_wide_long",
     },
 }
+# Benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): the same policies
+# scored on another task set, without training them again. ML10's policies on the 37 Meta-World tasks they
+# never saw (llmdpd/tasks/metaworld.yaml), where ML10's five unseen tasks are too few to rank methods.
+EVALUATIONS: dict[str, tuple[str, list[str]]] = {
+    # 128 environments at a time (about 2.5 GB) instead of 256: results do not depend on it (evaluation/rollout.py).
+    "ml10_unseen37": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128"]),
+}
+COMPARISONS.update({name: COMPARISONS[trained] for name, (trained, _) in EVALUATIONS.items()})
 
 
 def register(sub) -> None:
@@ -139,6 +147,30 @@ def _commit(folder: Path, message: str, locks: Path) -> None:
     print(f"comparison: could not commit {folder}; commit it by hand", file=sys.stderr)
 
 
+def _llmdpd(*argv: str) -> int:
+    """Run one `llmdpd` command in its own process (its exit code)."""
+    return subprocess.call([sys.executable, "-m", "llmdpd", *argv], env=os.environ.copy())
+
+
+def _evaluate(benchmark: str, experiment: str, overrides: list[str], run: Path, target: Path) -> bool:
+    """Score `run`'s final policy under `benchmark`'s evaluation overrides: eval_<benchmark>.json in the run
+    directory (never over its own eval.json), copied to `target` beside the run's configuration with those
+    overrides applied, so that `target` says what was evaluated how."""
+    from omegaconf import OmegaConf
+
+    from llmdpd.files import write_text_atomic
+
+    evaluation = EVALUATIONS[benchmark][1]
+    out = run / f"eval_{benchmark}.json"
+    if not out.is_file() and _llmdpd("eval", experiment, *overrides, *evaluation, "--out", str(out)) != 0:
+        return False
+    config = OmegaConf.merge(OmegaConf.load(run / "config.yaml"), OmegaConf.from_dotlist(evaluation))
+    target.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target / "config.yaml", OmegaConf.to_yaml(config))
+    shutil.copy2(out, target / "eval.json")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from filelock import FileLock, Timeout
 
@@ -172,15 +204,25 @@ def run(args: argparse.Namespace) -> int:
             base = run_base(load_config(experiment, overrides))
             start = time.perf_counter()
             print(f"comparison: {method} seed {seed} -> {base}", flush=True)
-            code = subprocess.call([sys.executable, "-m", "llmdpd", "train", experiment, *overrides], env=os.environ.copy())
-            # `ckpt=last` continued the newest run under `base` or created it; the lock keeps others out.
             directory = newest_run(base)
+            code = 0
+            if args.benchmark not in EVALUATIONS or directory is None or not (directory / "eval.json").is_file():
+                code = _llmdpd("train", experiment, *overrides)
+                # `ckpt=last` continued the newest run under `base` or created it; the lock keeps others out.
+                directory = newest_run(base)
             if code != 0 or directory is None or not (directory / "eval.json").is_file():
                 print(f"comparison: {method} seed {seed} failed (exit {code}); rerun to resume it", file=sys.stderr)
                 continue
-            target.mkdir(parents=True, exist_ok=True)
-            for name in ("config.yaml", "eval.json"):
-                shutil.copy2(directory / name, target / name)
+            if args.benchmark in EVALUATIONS:
+                done = _evaluate(args.benchmark, experiment, overrides, directory, target)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                for name in ("config.yaml", "eval.json"):
+                    shutil.copy2(directory / name, target / name)
+                done = True
+            if not done:
+                print(f"comparison: {method} seed {seed}: evaluation failed; rerun to resume it", file=sys.stderr)
+                continue
             minutes = (time.perf_counter() - start) / 60
             (target / "wall_time.txt").write_text(f"{minutes:.1f} min (this invocation)\n")
             print(f"comparison: {method} seed {seed} done in {minutes:.1f} min -> {target}", flush=True)
