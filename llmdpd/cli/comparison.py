@@ -11,6 +11,11 @@ does what is missing. Several invocations may share the queue: each run is claim
 `--results` may lie in another checkout: a comparison can run from a frozen copy of the code (a git
 worktree of the commit whose configuration was chosen) while its results land in the working repository.
 Runs go seed-major (every method's seed 0 first), so a partial comparison is balanced across methods.
+
+An evaluation benchmark (`EVALUATIONS`, e.g. `ml10_unseen37`) scores the runs of another benchmark's methods on
+another task set: a finished run is evaluated as it is (`llmdpd eval` with the benchmark's overrides, written to
+eval_<benchmark>.json in the run directory, never over its eval.json), a missing or unfinished one is trained
+(or resumed) first; the results folder holds that eval and the run's configuration with the overrides applied.
 """
 
 from __future__ import annotations
