@@ -491,6 +491,35 @@ def test_policy_agent_conditions_each_episode_once():
     assert module.act_calls == 1 + 5 and len(results) == 6
 
 
+def test_policy_agent_with_a_prompt_task_conditions_every_episode_on_that_task():
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, **GOALS, seed=0)
+    source = _FakeSource()
+    agent = PolicyAgent(_FakePolicy(), source, episodes, prompt_episode=2, prompt_task="reach-v3")
+    assert {task for task, _, _ in source.prompt_calls} == {"reach-v3"}
+    own = PolicyAgent(_FakePolicy(), _FakeSource(), episodes, prompt_episode=2).condition
+    torch.testing.assert_close(agent.condition, torch.cat([own[:3], own[:3]]))  # drawer-open's episodes as reach's
+
+
+def test_the_retrieval_oracle_chooses_on_one_plan_and_scores_on_the_other():
+    from llmdpd.evaluation.retrieval_oracle import retrieval_oracle
+
+    # (prompt, seed) -> success on the one unseen task U: prompt A looks best on plan 0, B on plan 1.
+    table = {("", 0): 0.1, ("A", 0): 0.8, ("B", 0): 0.2, ("", 1): 0.3, ("A", 1): 0.4, ("B", 1): 0.6}
+    calls = []
+
+    def evaluate(prompt, seed):
+        calls.append((prompt, seed))
+        return {"U": table[(prompt, seed - 100)]}
+
+    result = retrieval_oracle(evaluate, ["A", "B"], seed=100)
+    assert sorted(calls) == sorted((p, s + 100) for p, s in table)
+    u = result["tasks"]["U"]
+    assert u["own"] == pytest.approx(0.2) and u["best_task"] == "A" and u["best"] == pytest.approx(0.6)
+    assert u["oracle"] == pytest.approx((0.4 + 0.2) / 2)  # A chosen on plan 0 scores 0.4 on plan 1, B 0.2 on plan 0
+    assert u["by_prompt"] == pytest.approx({"A": 0.6, "B": 0.4})
+    assert result["mean"] == pytest.approx({"own": 0.2, "best": 0.6, "oracle": 0.3}) and result["plans"] == [100, 101]
+
+
 def test_policy_agent_executes_chunks_before_planning_again():
     episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 2, **GOALS, seed=0)
     module = _FakePolicy(horizon=4, execute=3)

@@ -17,7 +17,9 @@ the unseen tasks' place, so that settings for unseen tasks are diagnosed without
 minus the outcome value), do to each task's data: each behaviour's share of the weight against its share of the
 transitions, the effective sample size and the tilt of the mean action (`advantage_weights`). With `--modes N`,
 whether the policy's N draws per validation state form one mode or two (`action_modes`: Sarle's bimodality
-coefficient and Ashman's separation along the draws' first principal direction).
+coefficient and Ashman's separation along the draws' first principal direction). With `--retrieval N`, each
+unseen task's success under its own prompt and under every training task's prompt (`retrieval_oracle`: the best a
+policy that only calls up training behaviours could score there, chosen on one episode plan and scored on another).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -33,6 +35,7 @@ IDENTIFICATION = ("own_error", "other_error", "identified")
 TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
 TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")
 MODES = ("bimodality_coefficient", "bimodal", "separation", "principal_share")
+RETRIEVAL = ("own", "best", "oracle", "best_task")
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -52,6 +55,9 @@ def register(sub) -> None:
                         "data behaviour (expectile critic; policy.awr_advantage=task standardises A per task)")
     parser.add_argument("--modes", type=int, default=0, metavar="N", help="also whether the policy's N draws per "
                         "state form one mode or two (default 0: not measured; at least 4)")
+    parser.add_argument("--retrieval", type=int, default=0, metavar="N", help="also each unseen task's success "
+                        "under its own prompt and under every training task's prompt, N episodes on each of two "
+                        "episode plans (default 0: not measured)")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)
@@ -78,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
                           f"{cfg.policy.action_horizon}")
     if args.modes and args.modes < 4:
         raise ConfigError(f"--modes needs at least 4 draws per state, got {args.modes}")
+    if args.retrieval < 0:
+        raise ConfigError(f"--retrieval must be at least 0, got {args.retrieval}")
     if args.rollouts < 0:
         raise ConfigError(f"--rollouts must be at least 0, got {args.rollouts}")
     goals = goal_layout(cfg.data).validation
@@ -122,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
                                "mean": _mean(rollouts, ROLLOUT_COLUMNS)}
+    if args.retrieval:
+        from llmdpd.evaluation.retrieval_oracle import checkpoint_evaluator, retrieval_oracle
+
+        oracle = retrieval_oracle(checkpoint_evaluator(cfg, ckpt, args.retrieval), dm.train_tasks, cfg.eval.seed)
+        summary["retrieval"] = {"episodes_per_task": args.retrieval, **oracle}
     out = args.out or results_directory(ckpt) / f"diagnose_{Path(ckpt).stem}.json"
     from llmdpd.evaluation.results import write_eval_json
 
@@ -144,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(summary["action_modes"]["tasks"], summary["action_modes"]["mean"], MODES))
     if "rollouts" in summary:
         print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
+    if "retrieval" in summary:
+        print(format_table(summary["retrieval"]["tasks"], summary["retrieval"]["mean"], RETRIEVAL))
     print(f"written: {out}")
     return 0
 

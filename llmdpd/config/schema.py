@@ -287,6 +287,9 @@ class EvalConfig:
     max_envs: int = 256
     # Which prompt episode of an unseen task's prompt dataset conditions the agent.
     prompt_episode: int = 0
+    # Condition every episode on this training task's descriptions and demonstration instead of its own task's
+    # ("": its own). What one training behaviour scores on other tasks: `llmdpd diagnose --retrieval`.
+    prompt_task: str = ""
     # Override the descriptions of a task at evaluation time: task -> list of texts.
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1000

@@ -29,7 +29,8 @@ class PolicyAgent:
 
     The condition of every episode is computed once, up front: episode e of a task is described by the
     task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
-    which is all an unseen task gives the agent. Observations are raw; the module normalises them. `acting`
+    which is all an unseen task gives the agent; with `prompt_task`, that task's description and demonstration
+    instead, whatever the episode's task. Observations are raw; the module normalises them. `acting`
     overrides acting-time `policy.*` settings, passed to every `module.plan` call.
 
     With action chunks the agent executes the first `policy.action_execute` actions of each plan before it asks
@@ -45,6 +46,7 @@ class PolicyAgent:
         episodes: Sequence[EvalEpisode],
         prompt_episode: int = 0,
         acting: Mapping[str, Any] | None = None,
+        prompt_task: str | None = None,
     ) -> None:
         self.module = module
         # Acting-time settings (`policy.acting`, `num_candidates`, ...) that replace the trained config's.
@@ -60,12 +62,13 @@ class PolicyAgent:
         self.queue: dict[int, np.ndarray] = {}
         self.plans: dict[int, list[np.ndarray]] = {}
         with torch.no_grad():
-            self.condition = self._conditions(source, list(episodes), prompt_episode)
+            self.condition = self._conditions(source, list(episodes), prompt_episode, prompt_task)
 
-    def _conditions(self, source: PromptSource, episodes: list[EvalEpisode], prompt_episode: int) -> torch.Tensor:
+    def _conditions(self, source: PromptSource, episodes: list[EvalEpisode], prompt_episode: int,
+                    prompt_task: str | None) -> torch.Tensor:
         tasks = list(dict.fromkeys(ep.task for ep in episodes))
-        texts = {task: source.text_embeddings(task) for task in tasks}
-        prompts = {task: source.prompt(task, prompt_episode, 0) for task in tasks}
+        texts = {task: source.text_embeddings(prompt_task or task) for task in tasks}
+        prompts = {task: source.prompt(prompt_task or task, prompt_episode, 0) for task in tasks}
         text_emb = None
         if all(texts[ep.task] is not None for ep in episodes):
             text_emb = torch.stack(

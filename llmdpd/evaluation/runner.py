@@ -42,7 +42,13 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
     episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data, held_out_tasks=dm.validation_tasks)
-    agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting)
+    if cfg.eval.prompt_task and cfg.eval.prompt_task not in dm.train_tasks:
+        from llmdpd.config.load import ConfigError
+
+        raise ConfigError(f"eval.prompt_task: '{cfg.eval.prompt_task}' is not a training task of this experiment "
+                         f"({', '.join(dm.train_tasks)})")
+    agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting,
+                        prompt_task=cfg.eval.prompt_task or None)
     environments = EpisodeEnvironments(
         metaworld_seed=cfg.data.seed, minari_ids=dict(cfg.data.minari_ids), data_dir=str(cfg.paths.data_dir),
         video_size=cfg.eval.video_size,
