@@ -88,6 +88,9 @@ COMPARISONS: dict[str, dict[str, str]] = {
 EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # 128 environments at a time (about 2.5 GB) instead of 256: results do not depend on it (evaluation/rollout.py).
     "ml10_unseen37": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128"]),
+    # The same, each unseen task shown the training task whose behaviour best imitates its demonstration.
+    "ml10_unseen37_retrieval": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
+                                         "eval.prompt_retrieval=demonstration"]),
 }
 COMPARISONS.update({name: COMPARISONS[trained] for name, (trained, _) in EVALUATIONS.items()})
 

@@ -35,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "text.pooling": ("mean", "last", "cls"),
     "trajectory.read": ("pooled", "per_state"),
     "eval.split": ("test", "validation"),
+    "eval.prompt_retrieval": ("none", "demonstration"),
 }
 
 
@@ -290,6 +291,9 @@ class EvalConfig:
     # Condition every episode on this training task's descriptions and demonstration instead of its own task's
     # ("": its own). What one training behaviour scores on other tasks: `llmdpd diagnose --retrieval`.
     prompt_task: str = ""
+    # "demonstration": condition each unseen task on the training task whose behaviour best imitates its
+    # demonstration (llmdpd/evaluation/behaviour_retrieval.py); "none": on its own prompt.
+    prompt_retrieval: str = "none"
     # Override the descriptions of a task at evaluation time: task -> list of texts.
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1000

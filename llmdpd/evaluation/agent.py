@@ -30,7 +30,7 @@ class PolicyAgent:
     The condition of every episode is computed once, up front: episode e of a task is described by the
     task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
     which is all an unseen task gives the agent; with `prompt_task`, that task's description and demonstration
-    instead, whatever the episode's task. Observations are raw; the module normalises them. `acting`
+    instead, whatever the episode's task (a mapping: per task, the task whose prompt it is shown). Observations are raw; the module normalises them. `acting`
     overrides acting-time `policy.*` settings, passed to every `module.plan` call.
 
     With action chunks the agent executes the first `policy.action_execute` actions of each plan before it asks
@@ -46,7 +46,7 @@ class PolicyAgent:
         episodes: Sequence[EvalEpisode],
         prompt_episode: int = 0,
         acting: Mapping[str, Any] | None = None,
-        prompt_task: str | None = None,
+        prompt_task: str | Mapping[str, str] | None = None,
     ) -> None:
         self.module = module
         # Acting-time settings (`policy.acting`, `num_candidates`, ...) that replace the trained config's.
@@ -65,10 +65,12 @@ class PolicyAgent:
             self.condition = self._conditions(source, list(episodes), prompt_episode, prompt_task)
 
     def _conditions(self, source: PromptSource, episodes: list[EvalEpisode], prompt_episode: int,
-                    prompt_task: str | None) -> torch.Tensor:
+                    prompt_task: str | Mapping[str, str] | None) -> torch.Tensor:
         tasks = list(dict.fromkeys(ep.task for ep in episodes))
-        texts = {task: source.text_embeddings(prompt_task or task) for task in tasks}
-        prompts = {task: source.prompt(prompt_task or task, prompt_episode, 0) for task in tasks}
+        shown = {task: prompt_task.get(task, task) if isinstance(prompt_task, Mapping) else prompt_task or task
+                 for task in tasks}
+        texts = {task: source.text_embeddings(shown[task]) for task in tasks}
+        prompts = {task: source.prompt(shown[task], prompt_episode, 0) for task in tasks}
         text_emb = None
         if all(texts[ep.task] is not None for ep in episodes):
             text_emb = torch.stack(

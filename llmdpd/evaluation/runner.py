@@ -42,13 +42,24 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
     episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data, held_out_tasks=dm.validation_tasks)
-    if cfg.eval.prompt_task and cfg.eval.prompt_task not in dm.train_tasks:
-        from llmdpd.config.load import ConfigError
+    from llmdpd.config.load import ConfigError
 
+    if cfg.eval.prompt_task and cfg.eval.prompt_retrieval != "none":
+        raise ConfigError("eval.prompt_task and eval.prompt_retrieval both choose the prompt; set one of them")
+    if cfg.eval.prompt_task and cfg.eval.prompt_task not in dm.train_tasks:
         raise ConfigError(f"eval.prompt_task: '{cfg.eval.prompt_task}' is not a training task of this experiment "
                          f"({', '.join(dm.train_tasks)})")
+    prompt_task: str | dict[str, str] | None = cfg.eval.prompt_task or None
+    retrieved = {}
+    if cfg.eval.prompt_retrieval == "demonstration":
+        from llmdpd.evaluation.behaviour_retrieval import nearest_behaviour
+
+        held_out = sorted({ep.task for ep in episodes if ep.split in ("unseen", "validation_unseen")})
+        retrieved = {task: nearest_behaviour(module, dm, task, dm.train_tasks, cfg.eval.prompt_episode, acting)
+                     for task in held_out}
+        prompt_task = {task: chosen for task, (chosen, _) in retrieved.items()}
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting,
-                        prompt_task=cfg.eval.prompt_task or None)
+                        prompt_task=prompt_task)
     environments = EpisodeEnvironments(
         metaworld_seed=cfg.data.seed, minari_ids=dict(cfg.data.minari_ids), data_dir=str(cfg.paths.data_dir),
         video_size=cfg.eval.video_size,
@@ -65,9 +76,13 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
 
         with SummaryWriter(str(run_dir / "tb" / "eval")) as writer:
             log_videos(writer, videos, step=0)
-    return summarise(
+    summary = summarise(
         results, seed=cfg.seed, episodes_per_task=cfg.eval.episodes_per_task, eval_split=cfg.eval.split
     )
+    if retrieved:  # which training behaviour each held-out task was shown, and why
+        summary["prompt_retrieval"] = {task: {"chosen": chosen, "action_errors": errors}
+                                       for task, (chosen, errors) in retrieved.items()}
+    return summary
 
 
 def load_policy(cfg: ExperimentConfig, ckpt: str):
