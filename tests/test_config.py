@@ -113,7 +113,8 @@ def test_the_wider_unseen_split_holds_every_task_ml10_never_trained_or_tuned_on(
     assert set(splits["ml10"]["test"]) | set(splits["ml45"]["test"]) <= set(wide["test"])
 
 
-@pytest.mark.parametrize("override", ["policy.acting=best", "policy.critic=mc", "eval.split=train", "policy.kind=gpt"])
+@pytest.mark.parametrize("override", ["policy.acting=best", "policy.critic=mc", "eval.split=train", "policy.kind=gpt",
+                                      "eval.prompt_retrieval=text"])
 def test_a_value_outside_its_choices_is_one_line(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"Invalid value for '{re.escape(key)}': .*expected one of"):

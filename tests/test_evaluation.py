@@ -500,6 +500,29 @@ def test_policy_agent_with_a_prompt_task_conditions_every_episode_on_that_task()
     torch.testing.assert_close(agent.condition, torch.cat([own[:3], own[:3]]))  # drawer-open's episodes as reach's
 
 
+def test_behaviour_retrieval_shows_the_training_task_whose_actions_imitate_the_demonstration():
+    from llmdpd.evaluation.behaviour_retrieval import nearest_behaviour
+
+    class Source(_FakeSource):
+        tasks = {"reach-v3": 0.0, "push-v3": 0.5, "drawer-open-v3": 1.0}
+
+        def prompt_episodes(self, task):  # the demonstration: 6 states, every action 0.4 in each dimension
+            return [{"observations": np.zeros((7, 39), np.float32), "actions": np.full((6, 4), 0.4, np.float32)}]
+
+    class Policy(torch.nn.Module):  # acts with its condition's text entry in every action dimension
+        obs_mean = torch.zeros(39)
+
+        def prompt_condition(self, text_emb, prompt):
+            return text_emb
+
+        def act(self, obs, cond, acting=None):
+            return cond[:, :1].expand(len(obs), 4)
+
+    chosen, errors = nearest_behaviour(Policy(), Source(), "drawer-open-v3", ["reach-v3", "push-v3"], 0)
+    assert chosen == "push-v3"
+    assert errors == pytest.approx({"reach-v3": 4 * 0.4**2, "push-v3": 4 * 0.1**2})
+
+
 def test_the_retrieval_oracle_chooses_on_one_plan_and_scores_on_the_other():
     from llmdpd.evaluation.retrieval_oracle import retrieval_oracle
 
