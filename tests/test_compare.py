@@ -131,6 +131,20 @@ def _write_run(root, method, seed, summary, name="eval.json"):
     write_eval_json(run / name, summary)
 
 
+def test_compare_by_benchmark_keeps_one_method_scored_two_ways_apart(tmp_path, capsys):
+    from llmdpd.evaluation.compare import find_runs
+
+    for benchmark, unseen in (("plain", [0.1]), ("retrieval", [0.3])):
+        for seed in (0, 1):
+            _write_run(tmp_path / benchmark, "llmdpd", seed, _eval_json(seed, [], unseen))
+    runs = find_runs([tmp_path / "plain", tmp_path / "retrieval"], group_by="benchmark")
+    assert sorted({r.method for r in runs}) == ["plain/llmdpd", "retrieval/llmdpd"]
+    assert {r.method for r in find_runs([tmp_path], group_by="parent")} == {"llmdpd"}
+    assert _run_cli([str(tmp_path / "plain"), str(tmp_path / "retrieval"), "--group-by", "benchmark",
+                     "--baseline", "plain/llmdpd", "--bootstrap", "100"]) == 0
+    assert "| retrieval/llmdpd | unseen | 2 | 1 | +20.0 | [+20.0, +20.0] |" in capsys.readouterr().out
+
+
 def test_compare_validation_evaluations_show_a_validation_column(tmp_path, capsys):
     for seed, values in ((0, [0.2, 0.4]), (1, [0.4, 0.4])):
         _write_run(tmp_path, "llmdpd", seed, _validation_json(seed, values), "eval_last_validation.json")

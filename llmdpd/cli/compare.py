@@ -30,8 +30,9 @@ def register(subparsers) -> argparse.ArgumentParser:
         "(D4RL-style, 0-100) when runs have it, else return",
     )
     parser.add_argument(
-        "--group-by", choices=("name", "parent"), default="name",
-        help="method = the config's name (default) or the run directory's parent folder",
+        "--group-by", choices=("name", "parent", "benchmark"), default="name",
+        help="method = the config's name (default), the run directory's parent folder, or its two folders "
+        "<benchmark>/<method> (results/<benchmark>/<method>/seed<k>)",
     )
     parser.add_argument(
         "--eval-file", default="eval.json", metavar="NAME",

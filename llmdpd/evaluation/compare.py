@@ -11,7 +11,8 @@ A run is a directory holding `config.yaml` and `eval.json` (or another evaluatio
 `eval_last_validation.json` from `llmdpd eval ... eval.split=validation`); directories given on the command
 line are searched for runs below them, so `runs/*` or `runs/llmdpd` both work. Runs are grouped into methods
 by the config's `name` (the experiment name; `group_by="parent"` groups by the run directory's parent folder
-instead, for ablations launched from one experiment with overrides). eval.json is the source of truth for
+instead, for ablations launched from one experiment with overrides; `group_by="benchmark"` by the two folders
+above the seed, `<benchmark>/<method>`, for one method's runs scored on two evaluation benchmarks). eval.json is the source of truth for
 every number; the TensorBoard event files only add how many training steps each run logged. The std is the
 sample standard deviation over seeds (ddof 1), left out with a single seed.
 
@@ -144,7 +145,12 @@ def find_runs(paths: Iterable[str | Path], group_by: str = "name", eval_file: st
         config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
         # The folder naming the run: a version's parent (`seed<s>`), or an unversioned run directory itself.
         named = run_dir.parent if version_number(run_dir) is not None else run_dir
-        method = named.parent.name if group_by == "parent" else str(config.get("name", named.parent.name))
+        if group_by == "parent":
+            method = named.parent.name
+        elif group_by == "benchmark":  # results/<benchmark>/<method>/seed<k>: one method scored two ways differs
+            method = f"{named.parent.parent.name}/{named.parent.name}"
+        else:
+            method = str(config.get("name", named.parent.name))
         runs.append(Run(run_dir, method, config.get("seed"), read_eval_json(run_dir / eval_file), last_step(run_dir)))
     return runs
 
