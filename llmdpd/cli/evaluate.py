@@ -7,7 +7,9 @@ every tuning choice, written to eval_<ckpt name>_validation.json (never over a t
 
 Other wordings of a task: `--descriptions FILE` (YAML: task -> list of texts) or
 `eval.descriptions='{drawer-open-v3: ["Pull the drawer open."]}'`. Another demonstration as the
-trajectory prompt: `eval.prompt_episode=2`. Acting-time settings apply too: `policy.acting=softmax`,
+trajectory prompt: `eval.prompt_episode=2`. Another task's prompt for every episode: `eval.prompt_task=push-v3`;
+for each unseen task, the training task whose behaviour best imitates its demonstration:
+`eval.prompt_retrieval=demonstration`. Acting-time settings apply too: `policy.acting=softmax`,
 `policy.acting_temperature=0.5`, `policy.num_candidates=32`, `policy.guidance_weight=2` (classifier-free
 guidance), `policy.sample_temperature=1.5`, `policy.sample_steps=1`, `policy.action_noise=0.6`.
 """
