@@ -121,6 +121,11 @@ def test_a_value_outside_its_choices_is_one_line(override):
         load_config("smoke", [override])
 
 
+def test_one_prompt_chooser_at_a_time():
+    with pytest.raises(ConfigError, match="eval.prompt_task and eval.prompt_retrieval both choose the prompt"):
+        load_config("smoke", ["eval.prompt_task=reach-v3", "eval.prompt_retrieval=demonstration"])
+
+
 def test_a_diffusion_actor_without_a_critic_refuses_what_reads_q():
     ok = load_config("smoke", ["policy.critic=none", "policy.eta=0", "policy.awr_advantage=episode"])
     assert ok.policy.critic == "none"

@@ -257,7 +257,8 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
-    within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`), and per-state reading of the demonstration comes without a critic."""
+    within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a critic, and one of `eval.prompt_task` and
+    `eval.prompt_retrieval` chooses the prompt."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -277,6 +278,8 @@ def check_choices(cfg: DictConfig) -> None:
     if cfg.trajectory.read == "per_state" and cfg.policy.kind == "diffusion" and cfg.policy.critic != "none":
         raise ConfigError(f"'trajectory.read: per_state' reads the demonstration at the current state, but policy.critic "
                           f"'{cfg.policy.critic}' bootstraps at the next one; set policy.critic to none")
+    if cfg.eval.prompt_task and cfg.eval.prompt_retrieval != "none":
+        raise ConfigError("eval.prompt_task and eval.prompt_retrieval both choose the prompt; set one of them")
 
 
 def check_chunk_acting(horizon: int, execute: int, ensemble: bool) -> None:

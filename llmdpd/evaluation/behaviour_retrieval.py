@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from llmdpd.evaluation.diagnostics import task_conditions
+
 
 @torch.no_grad()
 def nearest_behaviour(module, source: Any, task: str, training_tasks: Sequence[str], prompt_episode: int,
@@ -26,10 +28,7 @@ def nearest_behaviour(module, source: Any, task: str, training_tasks: Sequence[s
     obs = torch.as_tensor(np.asarray(episode["observations"][:-1], np.float32), device=device)
     demonstrated = torch.as_tensor(np.asarray(episode["actions"], np.float32), device=device)
     errors = {}
-    for other in training_tasks:
-        text = source.text_embeddings(other)
-        text = None if text is None else text[:1].to(device)
-        cond = module.prompt_condition(text, source.prompt(other, prompt_episode, 0))
+    for other, cond in task_conditions(module, source, training_tasks, prompt_episode).items():
         actions = module.act(obs, cond, acting=dict(acting) if acting else None)
         errors[other] = (actions - demonstrated).pow(2).sum(-1).mean().item()
     return min(errors, key=errors.__getitem__), errors

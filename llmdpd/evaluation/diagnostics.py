@@ -71,13 +71,14 @@ def validation_state_sets(tasks: Sequence[str], goals: Sequence[int], seed: int 
 
 
 @torch.no_grad()
-def task_conditions(module, source: Any, tasks: Sequence[str]) -> dict[str, Tensor]:
-    """Each task's condition [1, C]: its first description and demonstration episode 0 (from offset 0)."""
+def task_conditions(module, source: Any, tasks: Sequence[str], prompt_episode: int = 0) -> dict[str, Tensor]:
+    """Each task's condition [1, C]: its first description and demonstration episode `prompt_episode` (from
+    offset 0)."""
     out = {}
     for task in tasks:
         text = source.text_embeddings(task)
         text = None if text is None else text[:1].to(module.obs_mean.device)
-        out[task] = module.prompt_condition(text, source.prompt(task, 0, 0))
+        out[task] = module.prompt_condition(text, source.prompt(task, prompt_episode, 0))
     return out
 
 

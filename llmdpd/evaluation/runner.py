@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from llmdpd.config.load import ConfigError
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.evaluation.agent import PolicyAgent
@@ -42,10 +43,6 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
     episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data, held_out_tasks=dm.validation_tasks)
-    from llmdpd.config.load import ConfigError
-
-    if cfg.eval.prompt_task and cfg.eval.prompt_retrieval != "none":
-        raise ConfigError("eval.prompt_task and eval.prompt_retrieval both choose the prompt; set one of them")
     if cfg.eval.prompt_task and cfg.eval.prompt_task not in dm.train_tasks:
         raise ConfigError(f"eval.prompt_task: '{cfg.eval.prompt_task}' is not a training task of this experiment "
                          f"({', '.join(dm.train_tasks)})")
