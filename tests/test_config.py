@@ -114,7 +114,7 @@ def test_the_wider_unseen_split_holds_every_task_ml10_never_trained_or_tuned_on(
 
 
 @pytest.mark.parametrize("override", ["policy.acting=best", "policy.critic=mc", "eval.split=train", "policy.kind=gpt",
-                                      "eval.prompt_retrieval=text"])
+                                      "eval.prompt_retrieval=nearest"])
 def test_a_value_outside_its_choices_is_one_line(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"Invalid value for '{re.escape(key)}': .*expected one of"):
@@ -124,6 +124,15 @@ def test_a_value_outside_its_choices_is_one_line(override):
 def test_one_prompt_chooser_at_a_time():
     with pytest.raises(ConfigError, match="eval.prompt_task and eval.prompt_retrieval both choose the prompt"):
         load_config("smoke", ["eval.prompt_task=reach-v3", "eval.prompt_retrieval=demonstration"])
+
+
+def test_retrieval_for_training_tasks_needs_a_rule_and_text_retrieval_needs_text():
+    with pytest.raises(ConfigError, match="eval.prompt_retrieval_leave_one_out needs a retrieval rule"):
+        load_config("smoke", ["eval.prompt_retrieval_leave_one_out=true"])
+    with pytest.raises(ConfigError, match="eval.prompt_retrieval=text needs the text prompt"):
+        load_config("smoke", ["eval.prompt_retrieval=text", "text.enabled=false"])
+    assert load_config("smoke", ["eval.prompt_retrieval=motion", "eval.prompt_retrieval_leave_one_out=true",
+                                 "text.enabled=false"]).eval.prompt_retrieval == "motion"
 
 
 def test_a_diffusion_actor_without_a_critic_refuses_what_reads_q():

@@ -501,7 +501,7 @@ def test_policy_agent_with_a_prompt_task_conditions_every_episode_on_that_task()
 
 
 def test_behaviour_retrieval_shows_the_training_task_whose_actions_imitate_the_demonstration():
-    from llmdpd.evaluation.behaviour_retrieval import nearest_behaviour
+    from llmdpd.evaluation.behaviour_retrieval import retrieve_behaviours
 
     class Source(_FakeSource):
         tasks = {"reach-v3": 0.0, "push-v3": 0.5, "drawer-open-v3": 1.0}
@@ -518,9 +518,71 @@ def test_behaviour_retrieval_shows_the_training_task_whose_actions_imitate_the_d
         def act(self, obs, cond, acting=None):
             return cond[:, :1].expand(len(obs), 4)
 
-    chosen, errors = nearest_behaviour(Policy(), Source(), "drawer-open-v3", ["reach-v3", "push-v3"], 0)
+    chosen = retrieve_behaviours("demonstration", Policy(), Source(), ["drawer-open-v3", "push-v3"],
+                                 ["reach-v3", "push-v3"], 0)
+    assert chosen["drawer-open-v3"][0] == "push-v3"
+    assert chosen["drawer-open-v3"][1] == pytest.approx({"reach-v3": 4 * 0.4**2, "push-v3": 4 * 0.1**2})
+    assert chosen["push-v3"] == ("reach-v3", pytest.approx({"reach-v3": 4 * 0.4**2}))  # never itself
+
+
+def _moving_demonstration(hand_step, object_step, gripper=1.0, steps=250):
+    """Observations of a demonstration whose hand and object move by a constant step per time step."""
+    obs = np.zeros((steps + 1, 39), np.float32)
+    t = np.arange(steps + 1, dtype=np.float32)[:, None]
+    obs[:, 0:3] = np.array([0.0, 0.6, 0.2]) + t * np.asarray(hand_step, np.float32)
+    obs[:, 3] = gripper
+    obs[:, 4:7] = np.array([0.0, 0.7, 0.02]) + t * np.asarray(object_step, np.float32)
+    return obs
+
+
+def test_motion_descriptor_samples_the_first_steps_of_hand_object_and_gripper():
+    from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS, MOTION_STEPS, motion_descriptor
+
+    hand, obj, grip, hand_from_object = motion_descriptor(_moving_demonstration([0, 1e-3, 0], [0, 0, 2e-3], 0.5))
+    last = MOTION_STEPS * 1e-3
+    assert hand.shape == obj.shape == hand_from_object.shape == (3 * MOTION_POINTS,) and grip.shape == (MOTION_POINTS,)
+    np.testing.assert_allclose(hand.reshape(-1, 3)[-1], [0, last, 0], atol=1e-5)  # steps past MOTION_STEPS unread
+    np.testing.assert_allclose(obj.reshape(-1, 3)[-1], [0, 0, 2 * last], atol=1e-5)
+    np.testing.assert_allclose(hand_from_object.reshape(-1, 3)[-1], [0, -0.1 + last, 0.18], atol=1e-5)
+    np.testing.assert_allclose(grip, 0.5)
+
+
+def test_motion_retrieval_chooses_the_training_demonstration_that_moves_alike():
+    from llmdpd.evaluation.behaviour_retrieval import retrieve_behaviours
+
+    motions = {  # push forward; lift; push forward harder (the unseen task); push sideways
+        "push-v3": ([0, 1e-3, 0], [0, 1e-3, 0]), "pick-place-v3": ([0, 0, 1e-3], [0, 0, 1e-3]),
+        "drawer-open-v3": ([0, 1.2e-3, 0], [0, 1.1e-3, 0]), "sweep-v3": ([1e-3, 0, 0], [1e-3, 0, 0]),
+    }
+
+    class Source:
+        def prompt_episodes(self, task):
+            return [{"observations": _moving_demonstration(*motions[task])}]
+
+    training = ["push-v3", "pick-place-v3", "sweep-v3"]
+    chosen = retrieve_behaviours("motion", None, Source(), ["drawer-open-v3", "sweep-v3"], training, 0)
+    assert chosen["drawer-open-v3"][0] == "push-v3"
+    distances = chosen["drawer-open-v3"][1]
+    assert set(distances) == set(training) and distances["push-v3"] < min(distances["pick-place-v3"], distances["sweep-v3"])
+    assert chosen["sweep-v3"][0] != "sweep-v3" and "sweep-v3" not in chosen["sweep-v3"][1]
+
+
+def test_text_retrieval_chooses_the_nearest_description():
+    from llmdpd.evaluation.behaviour_retrieval import retrieve_behaviours
+
+    embeddings = {"reach-v3": [[1.0, 0.0, 0.0]], "push-v3": [[0.0, 1.0, 0.0], [0.0, 0.8, 0.2]],
+                  "drawer-open-v3": [[0.1, 0.9, 0.0]]}
+
+    class Source:
+        def text_embeddings(self, task):
+            return torch.tensor(embeddings[task])
+
+    chosen, distances = retrieve_behaviours("text", None, Source(), ["drawer-open-v3"], ["reach-v3", "push-v3"],
+                                            0)["drawer-open-v3"]
+    query = torch.nn.functional.normalize(torch.tensor([0.1, 0.9, 0.0]), dim=0)
+    push = torch.nn.functional.normalize(torch.tensor([0.0, 0.9, 0.1]), dim=0)
     assert chosen == "push-v3"
-    assert errors == pytest.approx({"reach-v3": 4 * 0.4**2, "push-v3": 4 * 0.1**2})
+    assert distances == pytest.approx({"reach-v3": 1 - query[0].item(), "push-v3": 1 - (query @ push).item()})
 
 
 def test_the_retrieval_oracle_chooses_on_one_plan_and_scores_on_the_other():

@@ -91,6 +91,11 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # The same, each unseen task shown the training task whose behaviour best imitates its demonstration.
     "ml10_unseen37_retrieval": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
                                          "eval.prompt_retrieval=demonstration"]),
+    # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
+    # task the rule chooses among the nine others (never itself), as if it were unseen.
+    **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
+                                                      "eval.prompt_retrieval_leave_one_out=true"])
+       for rule in ("demonstration", "motion", "text")},
 }
 COMPARISONS.update({name: COMPARISONS[trained] for name, (trained, _) in EVALUATIONS.items()})
 

@@ -257,8 +257,9 @@ def load_config(exp: str, overrides: Sequence[str] = (), check_trainer: bool = T
 def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
-    within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a critic, and one of `eval.prompt_task` and
-    `eval.prompt_retrieval` chooses the prompt."""
+    within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be
+    asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a critic, one of
+    `eval.prompt_task` and `eval.prompt_retrieval` chooses the prompt, and the retrieval rule has what it reads."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -280,6 +281,10 @@ def check_choices(cfg: DictConfig) -> None:
                           f"'{cfg.policy.critic}' bootstraps at the next one; set policy.critic to none")
     if cfg.eval.prompt_task and cfg.eval.prompt_retrieval != "none":
         raise ConfigError("eval.prompt_task and eval.prompt_retrieval both choose the prompt; set one of them")
+    if cfg.eval.prompt_retrieval_leave_one_out and cfg.eval.prompt_retrieval == "none":
+        raise ConfigError("eval.prompt_retrieval_leave_one_out needs a retrieval rule (eval.prompt_retrieval)")
+    if cfg.eval.prompt_retrieval == "text" and not cfg.text.enabled:
+        raise ConfigError("eval.prompt_retrieval=text needs the text prompt (text.enabled is false)")
 
 
 def check_chunk_acting(horizon: int, execute: int, ensemble: bool) -> None:

@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "text.pooling": ("mean", "last", "cls"),
     "trajectory.read": ("pooled", "per_state"),
     "eval.split": ("test", "validation"),
-    "eval.prompt_retrieval": ("none", "demonstration"),
+    "eval.prompt_retrieval": ("none", "demonstration", "motion", "text"),
 }
 
 
@@ -291,9 +291,14 @@ class EvalConfig:
     # Condition every episode on this training task's descriptions and demonstration instead of its own task's
     # ("": its own). What one training behaviour scores on other tasks: `llmdpd diagnose --retrieval`.
     prompt_task: str = ""
-    # "demonstration": condition each unseen task on the training task whose behaviour best imitates its
-    # demonstration (llmdpd/evaluation/behaviour_retrieval.py); "none": on its own prompt.
+    # Condition each unseen task on a training task chosen from its demonstration or descriptions
+    # (llmdpd/evaluation/behaviour_retrieval.py): "demonstration" (the behaviour whose actions best imitate its
+    # demonstration), "motion" (the training demonstration that moves most alike), "text" (the nearest
+    # description); "none": on its own prompt.
     prompt_retrieval: str = "none"
+    # Retrieve for the training tasks too, each among the other training tasks: with eval.split=validation,
+    # a retrieval rule's validation (how well the behaviour it calls up serves a task it was not trained for).
+    prompt_retrieval_leave_one_out: bool = False
     # Override the descriptions of a task at evaluation time: task -> list of texts.
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1000

@@ -16,6 +16,8 @@ import numpy as np
 NUM_GOALS = 50
 OBS_DIM = 39
 ACTION_DIM = 4
+# Where things are in an observation (the current frame; obs[18:36] repeats it for the previous step).
+HAND, GRIPPER, OBJECT, GOAL = slice(0, 3), slice(3, 4), slice(4, 7), slice(36, 39)
 
 
 def _quiet_import_metaworld():

@@ -1,12 +1,22 @@
-"""Behaviour retrieval: condition an unseen task on the training task whose behaviour best imitates its
-demonstration.
+"""Behaviour retrieval: condition a task on the training task whose behaviour should serve it.
 
 On unseen tasks the policies call up one training task's behaviour, and their own prompt often calls up the
-wrong one (`llmdpd diagnose --retrieval`). This chooses the behaviour from what the agent is given: on the states
-of the task's one demonstration (the prompt episode it is shown), the policy acts under each training task's
-condition (first description, the same prompt episode), and the training task whose actions lie nearest the
-demonstration's actions (squared distance summed over action dimensions, averaged over states) conditions every
-episode of the unseen task.
+wrong one (`llmdpd diagnose --retrieval`). A retrieval rule chooses, from what the agent is given (the task's
+descriptions and its one demonstration, the prompt episode it is shown), the training task whose condition
+(first description, the same prompt episode) then conditions every episode of the task:
+
+- `demonstration`: on the demonstration's states, the policy acts under each training task's condition; the
+  training task whose actions lie nearest the demonstration's actions (squared distance summed over action
+  dimensions, averaged over states).
+- `motion`: the policy is not consulted. The demonstration's motion (hand and object displacement, gripper
+  opening and the hand's position relative to where the object started, at `MOTION_POINTS` times over its first
+  `MOTION_STEPS` steps) against each training task's own demonstration; each of the four parts is scaled by
+  its root mean square over the training tasks' demonstrations, so that none dominates by its units.
+- `text`: the training task whose mean description embedding (the frozen language model's) has the highest
+  cosine similarity to the task's.
+
+A task is never offered itself: on training tasks (`eval.prompt_retrieval_leave_one_out`, the validation of
+a rule) each chooses among the others, as an unseen task would.
 """
 
 from __future__ import annotations
@@ -16,19 +26,79 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from llmdpd.envs.metaworld import GRIPPER, HAND, OBJECT
 from llmdpd.evaluation.diagnostics import task_conditions
+
+RULES = ("demonstration", "motion", "text")
+MOTION_STEPS = 200  # the scripted experts finish most tasks within this many steps
+MOTION_POINTS = 20
+
+
+def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], training_tasks: Sequence[str],
+                        prompt_episode: int, acting: Mapping[str, Any] | None = None
+                        ) -> dict[str, tuple[str, dict[str, float]]]:
+    """task -> (the training task chosen for it by `rule`, each candidate's distance), each task choosing
+    among the training tasks other than itself."""
+    if rule not in RULES:
+        raise ValueError(f"unknown retrieval rule '{rule}' (expected one of {', '.join(RULES)})")
+    out = {}
+    for task in tasks:
+        candidates = [other for other in training_tasks if other != task]
+        if rule == "demonstration":
+            distances = behaviour_distances(module, source, task, candidates, prompt_episode, acting)
+        elif rule == "motion":
+            distances = motion_distances(source, task, candidates, prompt_episode)
+        else:
+            distances = description_distances(source, task, candidates)
+        out[task] = (min(distances, key=distances.__getitem__), distances)
+    return out
 
 
 @torch.no_grad()
-def nearest_behaviour(module, source: Any, task: str, training_tasks: Sequence[str], prompt_episode: int,
-                      acting: Mapping[str, Any] | None = None) -> tuple[str, dict[str, float]]:
-    """(the chosen training task, each training task's action error on `task`'s demonstration)."""
+def behaviour_distances(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
+                        acting: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Each candidate's mean squared action error against `task`'s demonstration, acting on its states."""
     episode = source.prompt_episodes(task)[prompt_episode]
     device = module.obs_mean.device
     obs = torch.as_tensor(np.asarray(episode["observations"][:-1], np.float32), device=device)
     demonstrated = torch.as_tensor(np.asarray(episode["actions"], np.float32), device=device)
     errors = {}
-    for other, cond in task_conditions(module, source, training_tasks, prompt_episode).items():
+    for other, cond in task_conditions(module, source, candidates, prompt_episode).items():
         actions = module.act(obs, cond, acting=dict(acting) if acting else None)
         errors[other] = (actions - demonstrated).pow(2).sum(-1).mean().item()
-    return min(errors, key=errors.__getitem__), errors
+    return errors
+
+
+def motion_descriptor(observations: np.ndarray) -> list[np.ndarray]:
+    """The four parts of a demonstration's motion (see the module docstring), each a flat vector."""
+    obs = np.asarray(observations, np.float64)[: MOTION_STEPS + 1]
+    at = np.linspace(0, len(obs) - 1, MOTION_POINTS + 1)[1:].round().astype(int)
+    hand, obj = obs[:, HAND], obs[:, OBJECT]
+    return [(hand[at] - hand[0]).ravel(), (obj[at] - obj[0]).ravel(), obs[at, GRIPPER].ravel(),
+            (hand[at] - obj[0]).ravel()]
+
+
+def motion_distances(source: Any, task: str, candidates: Sequence[str], prompt_episode: int) -> dict[str, float]:
+    """Each candidate's scaled squared distance between its demonstration's motion and `task`'s."""
+    def descriptor(name: str) -> list[np.ndarray]:
+        return motion_descriptor(source.prompt_episodes(name)[prompt_episode]["observations"])
+
+    query = descriptor(task)
+    references = {other: descriptor(other) for other in candidates}
+    scales = [np.sqrt(np.mean([np.mean(parts[i] ** 2) for parts in references.values()])) + 1e-8
+              for i in range(len(query))]
+    return {other: float(sum(np.mean((q - r) ** 2) / s**2 for q, r, s in zip(query, parts, scales)))
+            for other, parts in references.items()}
+
+
+def description_distances(source: Any, task: str, candidates: Sequence[str]) -> dict[str, float]:
+    """Each candidate's cosine distance (1 - cosine similarity) between its mean description embedding and
+    `task`'s."""
+    def embedding(name: str) -> torch.Tensor:
+        emb = source.text_embeddings(name)
+        if emb is None:
+            raise ValueError("eval.prompt_retrieval=text needs text embeddings (text.enabled is false)")
+        return torch.nn.functional.normalize(emb.float().mean(0), dim=0)
+
+    query = embedding(task)
+    return {other: float(1.0 - query @ embedding(other)) for other in candidates}

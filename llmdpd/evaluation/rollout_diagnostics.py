@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llmdpd.envs.metaworld import MetaWorldTaskEnv, scripted_expert
+from llmdpd.envs.metaworld import GOAL, HAND, OBJECT, MetaWorldTaskEnv, scripted_expert
 
 # act(obs [n, 39] float32) -> actions [n, 4] for the n live episodes of one task.
 TaskActFn = Callable[[np.ndarray], np.ndarray]
@@ -46,7 +46,7 @@ def rollout_diagnostics(
     try:
         obs = np.stack([env.reset(int(goal)) for env, goal in zip(envs, episodes)])
         start, n, steps = obs.copy(), len(envs), envs[0].max_episode_steps
-        hand_to_object = np.linalg.norm(obs[:, 0:3] - obs[:, 4:7], axis=-1)
+        hand_to_object = np.linalg.norm(obs[:, HAND] - obs[:, OBJECT], axis=-1)
         moved = np.zeros(n)
         first_success = np.full(n, -1)
         errors = np.zeros((steps, n))
@@ -58,12 +58,12 @@ def rollout_diagnostics(
                 obs[i], _, success, _ = env.step(actions[i])
                 if success and first_success[i] < 0:
                     first_success[i] = t
-            hand_to_object = np.minimum(hand_to_object, np.linalg.norm(obs[:, 0:3] - obs[:, 4:7], axis=-1))
-            moved = np.maximum(moved, np.linalg.norm(obs[:, 4:7] - start[:, 4:7], axis=-1))
+            hand_to_object = np.minimum(hand_to_object, np.linalg.norm(obs[:, HAND] - obs[:, OBJECT], axis=-1))
+            moved = np.maximum(moved, np.linalg.norm(obs[:, OBJECT] - start[:, OBJECT], axis=-1))
     finally:
         for env in envs:
             env.close()
-    to_goal = lambda o: np.linalg.norm(o[:, 4:7] - o[:, 36:39], axis=-1)  # noqa: E731
+    to_goal = lambda o: np.linalg.norm(o[:, OBJECT] - o[:, GOAL], axis=-1)  # noqa: E731
     succeeded = first_success >= 0
     return {
         "reached_object": float((hand_to_object <= REACH_DISTANCE).mean()),

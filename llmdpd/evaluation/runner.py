@@ -48,12 +48,15 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
                          f"({', '.join(dm.train_tasks)})")
     prompt_task: str | dict[str, str] | None = cfg.eval.prompt_task or None
     retrieved = {}
-    if cfg.eval.prompt_retrieval == "demonstration":
-        from llmdpd.evaluation.behaviour_retrieval import nearest_behaviour
+    if cfg.eval.prompt_retrieval != "none":
+        from llmdpd.evaluation.behaviour_retrieval import retrieve_behaviours
 
-        held_out = sorted({ep.task for ep in episodes if ep.split in ("unseen", "validation_unseen")})
-        retrieved = {task: nearest_behaviour(module, dm, task, dm.train_tasks, cfg.eval.prompt_episode, acting)
-                     for task in held_out}
+        splits = {"unseen", "validation_unseen"}
+        if cfg.eval.prompt_retrieval_leave_one_out:  # the training tasks too, each as if it were unseen
+            splits |= {"seen", "validation"}
+        tasks = sorted({ep.task for ep in episodes if ep.split in splits})
+        retrieved = retrieve_behaviours(cfg.eval.prompt_retrieval, module, dm, tasks, dm.train_tasks,
+                                        cfg.eval.prompt_episode, acting)
         prompt_task = {task: chosen for task, (chosen, _) in retrieved.items()}
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting,
                         prompt_task=prompt_task)
@@ -76,9 +79,10 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     summary = summarise(
         results, seed=cfg.seed, episodes_per_task=cfg.eval.episodes_per_task, eval_split=cfg.eval.split
     )
-    if retrieved:  # which training behaviour each held-out task was shown, and why
-        summary["prompt_retrieval"] = {task: {"chosen": chosen, "action_errors": errors}
-                                       for task, (chosen, errors) in retrieved.items()}
+    if retrieved:  # which training behaviour each task was shown, and why
+        summary["prompt_retrieval"] = {task: {"rule": cfg.eval.prompt_retrieval, "chosen": chosen,
+                                              "distances": distances}
+                                       for task, (chosen, distances) in retrieved.items()}
     return summary
 
 
