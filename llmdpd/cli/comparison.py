@@ -91,6 +91,10 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # The same, each unseen task shown the training task whose behaviour best imitates its demonstration.
     "ml10_unseen37_retrieval": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
                                          "eval.prompt_retrieval=demonstration"]),
+    # ML10's and ML45's own unseen tasks (the seen ones are not affected), each shown the training behaviour that
+    # best imitates its demonstration: the rule chosen on the validation below.
+    **{f"{bench}_retrieval": (bench, ["eval.seen=false", "eval.prompt_retrieval=demonstration"])
+       for bench in ("ml10", "ml45")},
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
     # task the rule chooses among the nine others (never itself), as if it were unseen.
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
