@@ -215,6 +215,22 @@ def test_compare_baseline_table_pairs_seeds_and_refuses_other_plans(tmp_path, ca
     assert _run_cli([str(tmp_path / "runs"), "--bootstrap", "100"]) == 2
 
 
+def test_an_evaluation_of_the_unseen_tasks_alone_pairs_with_a_whole_one_there(tmp_path, capsys):
+    _make_runs(tmp_path / "runs")
+    for seed, unseen in ((0, 0.6), (1, 0.2)):  # llmdpd's unseen tasks only, as another prompt rule scores them
+        _write_run(tmp_path / "runs", "unseen_only", seed, _eval_json(seed, [], [unseen]))
+    assert _run_cli([str(tmp_path / "runs"), "--baseline", "llmdpd", "--bootstrap", "500"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line for line in lines if line.startswith("| unseen_only | ") and "seen |" in line]
+    # unseen: (0.6 + 0.2) / 2 - (0.2 + 0.4) / 2 = +10 points; no seen tasks to pair with
+    assert len(rows) == 1 and rows[0].startswith("| unseen_only | unseen | 2 | 1 | +10.0 |")
+    assert "| unseen_only | 2 | - | 40.0 ± 28.3 | 0/10 | 10 | - |" in lines
+    assert any(line.startswith("unseen_only vs llmdpd: refused on seen, the evaluations ran different episode plans")
+               and "only in the first: push-v3, reach-v3" in line for line in lines)
+    assert plan_mismatch(_eval_json(0, [0.1, 0.2], [0.3]), _eval_json(0, [], [0.5]), "unseen") is None
+    assert "only in the first" in plan_mismatch(_eval_json(0, [0.1, 0.2], [0.3]), _eval_json(0, [], [0.5]))
+
+
 def test_plan_mismatch_names_the_difference():
     a = _eval_json(0, [0.1, 0.2], [0.3])
     assert plan_mismatch(a, _eval_json(1, [0.5, 0.5], [0.5])) is None

@@ -280,12 +280,20 @@ def paired_bootstrap_difference(
     return float(diff.mean()), float(low), float(high)
 
 
-def plan_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """Why two eval.json summaries were not made with the same episode plan, or None if they were."""
+def episodes_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Why two eval.json summaries cannot share an episode plan on any task (episodes per task), or None."""
     if a.get("episodes_per_task") != b.get("episodes_per_task"):
         return f"episodes per task {a.get('episodes_per_task')} vs {b.get('episodes_per_task')}"
-    tasks_a = {task: entry["split"] for task, entry in a["tasks"].items()}
-    tasks_b = {task: entry["split"] for task, entry in b["tasks"].items()}
+    return None
+
+
+def plan_mismatch(a: dict[str, Any], b: dict[str, Any], split: str | None = None) -> str | None:
+    """Why two eval.json summaries were not made with the same episode plan (on `split`'s tasks only, when
+    given: an evaluation of the unseen tasks alone pairs with a whole one there), or None if they were."""
+    if (counts := episodes_mismatch(a, b)) is not None:
+        return counts
+    tasks_a = {task: entry["split"] for task, entry in a["tasks"].items() if split in (None, entry["split"])}
+    tasks_b = {task: entry["split"] for task, entry in b["tasks"].items() if split in (None, entry["split"])}
     if tasks_a != tasks_b:
         only_a, only_b = sorted(set(tasks_a) - set(tasks_b)), sorted(set(tasks_b) - set(tasks_a))
         moved = sorted(t for t in set(tasks_a) & set(tasks_b) if tasks_a[t] != tasks_b[t])
@@ -355,28 +363,33 @@ def paired_differences(
                 "left out (not in both)"
             )
         reference = base_runs[common[0]].summary
-        reason = None
-        for s in common:
-            for run in (base_runs[s], runs[s]):
-                why = plan_mismatch(reference, run.summary)
-                if why is not None and reason is None:
-                    reason = f"{run.method} seed {s}: {why}"
-        if reason is not None:
-            notes.append(
-                f"{method.name} vs {baseline}: refused, the evaluations ran different episode plans ({reason})"
-            )
+        pairs = [(s, run) for s in common for run in (base_runs[s], runs[s])]
+        counts = next((f"{run.method} seed {s}: {why}" for s, run in pairs
+                       if (why := episodes_mismatch(reference, run.summary)) is not None), None)
+        if counts is not None:
+            notes.append(f"{method.name} vs {baseline}: refused, the evaluations ran different episode plans ({counts})")
             continue
+        # Pairs are made split by split: an evaluation of the unseen tasks alone pairs with a whole one there.
+        paired: dict[str, list[str]] = {}
+        for split in splits:
+            tasks = sorted(task for task, entry in reference["tasks"].items() if entry["split"] == split)
+            if not tasks:  # nothing of the baseline's to pair with on this split
+                continue
+            reason = next((f"{run.method} seed {s}: {why}" for s, run in pairs
+                           if (why := plan_mismatch(reference, run.summary, split)) is not None), None)
+            if reason is not None:
+                notes.append(f"{method.name} vs {baseline}: refused on {split}, the evaluations ran different "
+                             f"episode plans ({reason})")
+            else:
+                paired[split] = tasks
         # A cell without the metric would have to be dropped from one side only, which breaks the pairing.
-        lacking = next(((run, s, task) for s in common for run in (runs[s], base_runs[s])
-                        for task in reference["tasks"] if run.summary["tasks"][task].get(metric) is None), None)
+        lacking = next(((run, s, task) for s, run in pairs for tasks in paired.values() for task in tasks
+                        if run.summary["tasks"][task].get(metric) is None), None)
         if lacking is not None:
             run, s, task = lacking
             notes.append(f"{method.name} vs {baseline}: refused, {run.method} seed {s} has no {metric} for {task}")
             continue
-        for split in splits:
-            tasks = sorted(task for task, entry in reference["tasks"].items() if entry["split"] == split)
-            if not tasks:
-                continue
+        for split, tasks in paired.items():
             a = [[runs[s].summary["tasks"][t][metric] for t in tasks] for s in common]
             b = [[base_runs[s].summary["tasks"][t][metric] for t in tasks] for s in common]
             diff, low, high = paired_bootstrap_difference(a, b, n, np.random.default_rng(seed), confidence)
