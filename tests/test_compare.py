@@ -221,12 +221,21 @@ def test_an_evaluation_of_the_unseen_tasks_alone_pairs_with_a_whole_one_there(tm
         _write_run(tmp_path / "runs", "unseen_only", seed, _eval_json(seed, [], [unseen]))
     assert _run_cli([str(tmp_path / "runs"), "--baseline", "llmdpd", "--bootstrap", "500"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    rows = [line for line in lines if line.startswith("| unseen_only | ") and "seen |" in line]
+    rows = [line for line in lines if re.match(r"\| unseen_only \| (un)?seen \|", line)]
     # unseen: (0.6 + 0.2) / 2 - (0.2 + 0.4) / 2 = +10 points; no seen tasks to pair with
     assert len(rows) == 1 and rows[0].startswith("| unseen_only | unseen | 2 | 1 | +10.0 |")
     assert "| unseen_only | 2 | - | 40.0 ± 28.3 | 0/10 | 10 | - |" in lines
-    assert any(line.startswith("unseen_only vs llmdpd: refused on seen, the evaluations ran different episode plans")
-               and "only in the first: push-v3, reach-v3" in line for line in lines)
+    assert "unseen_only vs llmdpd: not paired on seen (unseen_only has no seen tasks)" in lines
+    for seed in (0, 1):  # one seen task fewer: the seen plans differ, the unseen ones still pair
+        fewer = _eval_json(seed, [0.5, 0.5], [0.5])
+        del fewer["tasks"]["push-v3"]
+        _write_run(tmp_path / "runs", "fewer_seen", seed, fewer)
+    assert _run_cli([str(tmp_path / "runs"), "--baseline", "llmdpd", "--bootstrap", "500"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line for line in lines if re.match(r"\| fewer_seen \| (un)?seen \|", line)] == [
+        "| fewer_seen | unseen | 2 | 1 | +20.0 | [+10.0, +30.0] |"]
+    assert any(line.startswith("fewer_seen vs llmdpd: refused on seen, the evaluations ran different episode plans")
+               and "only in the first: push-v3" in line for line in lines)
     assert plan_mismatch(_eval_json(0, [0.1, 0.2], [0.3]), _eval_json(0, [], [0.5]), "unseen") is None
     assert "only in the first" in plan_mismatch(_eval_json(0, [0.1, 0.2], [0.3]), _eval_json(0, [], [0.5]))
 

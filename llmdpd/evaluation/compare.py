@@ -375,6 +375,9 @@ def paired_differences(
             tasks = sorted(task for task, entry in reference["tasks"].items() if entry["split"] == split)
             if not tasks:  # nothing of the baseline's to pair with on this split
                 continue
+            if not any(entry["split"] == split for entry in runs[common[0]].summary["tasks"].values()):
+                notes.append(f"{method.name} vs {baseline}: not paired on {split} ({method.name} has no {split} tasks)")
+                continue
             reason = next((f"{run.method} seed {s}: {why}" for s, run in pairs
                            if (why := plan_mismatch(reference, run.summary, split)) is not None), None)
             if reason is not None:
