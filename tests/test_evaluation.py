@@ -807,3 +807,14 @@ def test_llmdpd_eval_names_validation_results_apart_and_rejects_bad_splits(tmp_p
         with pytest.raises(SystemExit) as exit_info:
             main(["eval", "smoke", f"ckpt={ckpt}", f"paths.runs_dir={tmp_path}", *overrides])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_retrieval_rules_are_scored_on_the_oracle_table():
+    from llmdpd.evaluation.retrieval_oracle import score_rules
+
+    oracle = {"tasks": {"U": {"best_task": "A", "by_prompt": {"A": 0.8, "B": 0.2}},
+                        "V": {"best_task": "B", "by_prompt": {"A": 0.0, "B": 0.4}}}}
+    scored = score_rules(oracle, {"right": {"U": "A", "V": "B"}, "wrong": {"U": "B", "V": "A"}})
+    assert scored["right"]["success"] == pytest.approx(0.6) and scored["right"]["best_task_picks"] == 2
+    assert scored["wrong"]["success"] == pytest.approx(0.1) and scored["wrong"]["best_task_picks"] == 0
+    assert scored["wrong"]["choices"] == {"U": "B", "V": "A"}

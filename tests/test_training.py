@@ -378,6 +378,23 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     summary = json.loads(held_out.read_text())
     assert set(summary["tasks"]) == {"reach-v3"} and set(summary["prompt_transfer"]["tasks"]) == {"button-press-topdown-v3"}
     assert summary["prompt_transfer"]["tasks"]["button-press-topdown-v3"]["best_training_task"] == "reach-v3"
+    # The retrieval oracle on the unseen task, each retrieval rule's choice scored on it; run again on the same
+    # file, the rollouts are read back (here: a table edited in between) and only the rules are scored.
+    oracle_out = tmp_path / "retrieval.json"
+    retrieval = ["--samples", "2", "--retrieval", "1", "eval.max_episode_steps=40", "--out", str(oracle_out)]
+    run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, *retrieval], timeout=300)
+    table = json.loads(oracle_out.read_text())
+    unseen = table["retrieval"]["tasks"]["drawer-close-v3"]
+    assert table["retrieval"]["plans"] == [1000, 1001]
+    assert set(unseen["by_prompt"]) == {"reach-v3", "button-press-topdown-v3"}
+    assert set(table["retrieval"]["rules"]) == {"demonstration", "motion", "text"}
+    for rule in table["retrieval"]["rules"].values():
+        assert rule["success"] == unseen["by_prompt"][rule["choices"]["drawer-close-v3"]]
+    unseen["by_prompt"] = {"reach-v3": 0.25, "button-press-topdown-v3": 0.75}
+    oracle_out.write_text(json.dumps(table))
+    run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, *retrieval], timeout=300)
+    for rule in json.loads(oracle_out.read_text())["retrieval"]["rules"].values():
+        assert rule["success"] == {"reach-v3": 0.25, "button-press-topdown-v3": 0.75}[rule["choices"]["drawer-close-v3"]]
     bad = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--samples", "0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--samples must be at least 1" in bad.stderr

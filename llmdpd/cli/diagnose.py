@@ -19,7 +19,9 @@ transitions, the effective sample size and the tilt of the mean action (`advanta
 whether the policy's N draws per validation state form one mode or two (`action_modes`: Sarle's bimodality
 coefficient and Ashman's separation along the draws' first principal direction). With `--retrieval N`, each
 unseen task's success under its own prompt and under every training task's prompt (`retrieval_oracle`: the best a
-policy that only calls up training behaviours could score there, chosen on one episode plan and scored on another).
+policy that only calls up training behaviours could score there, chosen on one episode plan and scored on another),
+and each retrieval rule's choices scored on that table (`rules`); run again on the same output file, it reads the
+rollouts back and scores the rules only.
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -130,12 +132,9 @@ def run(args: argparse.Namespace) -> int:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
                                "mean": _mean(rollouts, ROLLOUT_COLUMNS)}
-    if args.retrieval:
-        from llmdpd.evaluation.retrieval_oracle import checkpoint_evaluator, retrieval_oracle
-
-        oracle = retrieval_oracle(checkpoint_evaluator(cfg, ckpt, args.retrieval), dm.train_tasks, cfg.eval.seed)
-        summary["retrieval"] = {"episodes_per_task": args.retrieval, **oracle}
     out = args.out or results_directory(ckpt) / f"diagnose_{Path(ckpt).stem}.json"
+    if args.retrieval:
+        summary["retrieval"] = retrieval_diagnosis(cfg, ckpt, module, dm, args.retrieval, out)
     from llmdpd.evaluation.results import write_eval_json
 
     write_eval_json(out, summary)
@@ -159,8 +158,35 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
     if "retrieval" in summary:
         print(format_table(summary["retrieval"]["tasks"], summary["retrieval"]["mean"], RETRIEVAL))
+        rules = summary["retrieval"]["rules"]
+        print(format_table(rules, {"success": summary["retrieval"]["mean"]["oracle"]}, ("success", "best_task_picks"))
+              .replace("**mean**", "**oracle**"))
     print(f"written: {out}")
     return 0
+
+
+def retrieval_diagnosis(cfg, ckpt: str, module, dm, episodes_per_task: int, out: Path) -> dict:
+    """The retrieval oracle of `ckpt` with every retrieval rule's choices scored on it. The oracle's rollouts
+    (22 evaluations) are read back from `out` when it already holds them for this checkpoint, plan and episode
+    count, so that scoring a new rule costs no rollouts."""
+    from llmdpd.evaluation.behaviour_retrieval import RULES, retrieve_behaviours
+    from llmdpd.evaluation.results import read_eval_json
+    from llmdpd.evaluation.retrieval_oracle import checkpoint_evaluator, retrieval_oracle, score_rules
+    from llmdpd.evaluation.runner import ACTING_KEYS
+
+    previous = read_eval_json(out) if out.is_file() else {}
+    done = previous.get("retrieval", {})
+    if (previous.get("checkpoint") == str(Path(ckpt).resolve()) and done.get("episodes_per_task") == episodes_per_task
+            and done.get("plans", [None])[0] == cfg.eval.seed and set(done.get("tasks", {})) == set(dm.unseen_tasks)):
+        oracle = {key: done[key] for key in ("plans", "tasks", "mean")}
+    else:
+        oracle = retrieval_oracle(checkpoint_evaluator(cfg, ckpt, episodes_per_task), dm.train_tasks, cfg.eval.seed)
+    acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
+    rules = [rule for rule in RULES if rule != "text" or cfg.text.enabled]
+    choices = {rule: {task: chosen for task, (chosen, _) in retrieve_behaviours(
+        rule, module, dm, list(oracle["tasks"]), dm.train_tasks, cfg.eval.prompt_episode, acting).items()}
+        for rule in rules}
+    return {"episodes_per_task": episodes_per_task, **oracle, "rules": score_rules(oracle, choices)}
 
 
 def with_aligned_prompt_encoders(module, align_ckpt: Path):

@@ -11,12 +11,15 @@ task's prompt (that task's descriptions and demonstration, `eval.prompt_task`) o
 - `oracle`: the training prompt chosen on one plan, scored on the other, averaged both ways: what choosing the
   right training behaviour would score, without the maximum's optimism;
 - `by_prompt`: success under each training prompt (both plans).
+
+`score_rules` scores retrieval rules' choices (llmdpd/evaluation/behaviour_retrieval.py) on that table: what each
+rule's choice of training prompt scores there, against the oracle's.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 # One evaluation: (prompt task or "" for the task's own, evaluation seed) -> {unseen task: success}.
 Evaluate = Callable[[str, int], dict[str, float]]
@@ -40,6 +43,16 @@ def retrieval_oracle(evaluate: Evaluate, training_tasks: list[str], seed: int) -
         }
     mean = {k: sum(e[k] for e in tasks.values()) / len(tasks) for k in ("own", "best", "oracle")} if tasks else {}
     return {"plans": [seed, seed + 1], "tasks": tasks, "mean": mean}
+
+
+def score_rules(oracle: Mapping[str, Any], choices: Mapping[str, Mapping[str, str]]) -> dict[str, dict[str, Any]]:
+    """Per rule: `success`, the mean over unseen tasks of its chosen training prompt's success (`by_prompt`, both
+    plans); `best_task_picks`, on how many tasks it chose `best_task`; and its `choices`."""
+    tasks = oracle["tasks"]
+    return {rule: {"success": sum(tasks[t]["by_prompt"][chosen[t]] for t in tasks) / len(tasks),
+                   "best_task_picks": sum(chosen[t] == tasks[t]["best_task"] for t in tasks),
+                   "choices": {t: chosen[t] for t in tasks}}
+            for rule, chosen in choices.items()} if tasks else {}
 
 
 def checkpoint_evaluator(cfg: Any, ckpt: str, episodes_per_task: int) -> Evaluate:
