@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from llmdpd.config.schema import CHOICES
+
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
     "ml10": {
@@ -99,7 +101,7 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # task the rule chooses among the nine others (never itself), as if it were unseen.
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
                                                       "eval.prompt_retrieval_leave_one_out=true"])
-       for rule in ("demonstration", "motion", "text")},
+       for rule in CHOICES["eval.prompt_retrieval"] if rule != "none"},
 }
 COMPARISONS.update({name: COMPARISONS[trained] for name, (trained, _) in EVALUATIONS.items()})
 

@@ -258,8 +258,9 @@ def check_choices(cfg: DictConfig) -> None:
     """Keys that name a choice (policy.acting, eval.split, ...) must hold one of their allowed values,
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
     within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be
-    asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a critic, one of
-    `eval.prompt_task` and `eval.prompt_retrieval` chooses the prompt, and the retrieval rule has what it reads."""
+    asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a
+    critic, one of `eval.prompt_task` and `eval.prompt_retrieval` chooses the prompt, and the retrieval rule has
+    what it reads."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

@@ -26,10 +26,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from llmdpd.config.schema import CHOICES
 from llmdpd.envs.metaworld import GRIPPER, HAND, OBJECT
 from llmdpd.evaluation.diagnostics import task_conditions
 
-RULES = ("demonstration", "motion", "text")
+RULES = tuple(rule for rule in CHOICES["eval.prompt_retrieval"] if rule != "none")
 MOTION_STEPS = 200  # the scripted experts finish most tasks within this many steps
 MOTION_POINTS = 20
 
