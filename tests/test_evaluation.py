@@ -585,6 +585,63 @@ def test_text_retrieval_chooses_the_nearest_description():
     assert distances == pytest.approx({"reach-v3": 1 - query[0].item(), "push-v3": 1 - (query @ push).item()})
 
 
+def test_demonstration_goal_finds_the_variation_a_demonstration_started_from():
+    from llmdpd.config.load import ConfigError
+    from llmdpd.envs.metaworld import MetaWorldTaskEnv
+    from llmdpd.evaluation.practice import demonstration_goal
+
+    env = MetaWorldTaskEnv("push-v3", seed=0)
+    try:
+        first = env.reset(17).copy()
+        assert demonstration_goal(env, first) == 17
+        first[4] += 0.01  # the object a centimetre away from where any variation puts it
+        with pytest.raises(ConfigError, match="starts at none of its 50 goal variations"):
+            demonstration_goal(env, first)
+    finally:
+        env.close()
+
+
+def test_practice_retrieval_chooses_the_behaviour_whose_own_rollout_moves_like_the_demonstration():
+    """Three candidate behaviours in push-v3's own environment: its scripted expert, the expert's actions
+    reversed, and standing still; the demonstration is the expert's episode on goal 3, so practice must pick
+    the expert, whose rollout from the same start retraces the demonstration exactly."""
+    from llmdpd.envs.metaworld import MetaWorldTaskEnv, scripted_expert
+    from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, retrieve_behaviours
+
+    expert = scripted_expert("push-v3")
+    env = MetaWorldTaskEnv("push-v3", seed=0)
+    demonstration = [env.reset(3)]
+    for _ in range(MOTION_STEPS + 20):
+        demonstration.append(env.step(expert(demonstration[-1]))[0])
+    env.close()
+    behaviours = {"reach-v3": -1.0, "sweep-v3": 1.0, "door-open-v3": 0.0}  # the action's sign, per candidate
+
+    class Source:
+        def prompt_episodes(self, task):
+            return [{"observations": np.stack(demonstration)}]
+
+        def text_embeddings(self, task):
+            return torch.tensor([[behaviours.get(task, 0.0)]])
+
+        def prompt(self, task, episode, offset=0):
+            return None
+
+    class Policy(torch.nn.Module):
+        obs_mean = torch.zeros(39)
+
+        def prompt_condition(self, text_emb, prompt):
+            return text_emb
+
+        def act(self, obs, cond, acting=None):
+            actions = np.stack([expert(o) for o in obs.numpy()])
+            return torch.as_tensor(actions, dtype=torch.float32) * cond[:, :1]
+
+    chosen, distances = retrieve_behaviours("practice", Policy(), Source(), ["push-v3"], list(behaviours), 0)["push-v3"]
+    assert chosen == "sweep-v3" and set(distances) == set(behaviours)
+    assert distances["sweep-v3"] == pytest.approx(0.0, abs=1e-6)
+    assert min(distances["reach-v3"], distances["door-open-v3"]) > 0.1
+
+
 def test_the_retrieval_oracle_chooses_on_one_plan_and_scores_on_the_other():
     from llmdpd.evaluation.retrieval_oracle import retrieval_oracle
 

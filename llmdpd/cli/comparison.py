@@ -93,6 +93,10 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # The same, each unseen task shown the training task whose behaviour best imitates its demonstration.
     "ml10_unseen37_retrieval": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
                                          "eval.prompt_retrieval=demonstration"]),
+    # The same, each unseen task shown the training task whose behaviour, tried once from its demonstration's start
+    # without reward, moves most like the demonstration (reward-free practice: one episode per training task).
+    "ml10_unseen37_retrieval_practice": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
+                                                  "eval.prompt_retrieval=practice"]),
     # ML10's and ML45's own unseen tasks (the seen ones are not affected), each shown the training behaviour that
     # best imitates its demonstration: the rule chosen on the validation below.
     **{f"{bench}_retrieval": (bench, ["eval.seen=false", "eval.prompt_retrieval=demonstration"])

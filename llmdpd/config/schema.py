@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "text.pooling": ("mean", "last", "cls"),
     "trajectory.read": ("pooled", "per_state"),
     "eval.split": ("test", "validation"),
-    "eval.prompt_retrieval": ("none", "demonstration", "motion", "text"),
+    "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice"),
 }
 
 
@@ -294,7 +294,8 @@ class EvalConfig:
     # Condition each unseen task on a training task chosen from its demonstration or descriptions
     # (llmdpd/evaluation/behaviour_retrieval.py): "demonstration" (the behaviour whose actions best imitate its
     # demonstration), "motion" (the training demonstration that moves most alike), "text" (the nearest
-    # description); "none": on its own prompt.
+    # description); "practice" (the behaviour whose own rollout, one reward-free practice episode per candidate from
+    # the demonstration's start, moves most like the demonstration); "none": on its own prompt.
     prompt_retrieval: str = "none"
     # Retrieve for the training tasks too, each among the other training tasks: with eval.split=validation,
     # a retrieval rule's validation (how well the behaviour it calls up serves a task it was not trained for).

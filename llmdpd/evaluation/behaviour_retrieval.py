@@ -14,6 +14,10 @@ descriptions and its one demonstration, the prompt episode it is shown), the tra
   its root mean square over the training tasks' demonstrations, so that none dominates by its units.
 - `text`: the training task whose mean description embedding (the frozen language model's) has the highest
   cosine similarity to the task's.
+- `practice`: reward-free practice in the task's own environment (llmdpd/evaluation/practice.py): from the
+  state the demonstration started in, the policy acts once under each training task's condition, and the
+  candidate whose motion (as for `motion`) lies nearest the demonstration's is chosen. It costs one episode of
+  `MOTION_STEPS` steps per candidate and reads no reward: few-shot interaction, not zero-shot transfer.
 
 A task is never offered itself: on training tasks (`eval.prompt_retrieval_leave_one_out`, the validation of
 a rule) each chooses among the others, as an unseen task would.
@@ -36,10 +40,10 @@ MOTION_POINTS = 20
 
 
 def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], training_tasks: Sequence[str],
-                        prompt_episode: int, acting: Mapping[str, Any] | None = None
+                        prompt_episode: int, acting: Mapping[str, Any] | None = None, env_seed: int = 0
                         ) -> dict[str, tuple[str, dict[str, float]]]:
     """task -> (the training task chosen for it by `rule`, each candidate's distance), each task choosing
-    among the training tasks other than itself."""
+    among the training tasks other than itself. `env_seed`: the MT1 seed of the datasets (`practice` only)."""
     if rule not in RULES:
         raise ValueError(f"unknown retrieval rule '{rule}' (expected one of {', '.join(RULES)})")
     out = {}
@@ -49,6 +53,10 @@ def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], tr
             distances = behaviour_distances(module, source, task, candidates, prompt_episode, acting)
         elif rule == "motion":
             distances = motion_distances(source, task, candidates, prompt_episode)
+        elif rule == "practice":
+            from llmdpd.evaluation.practice import practice_distances
+
+            distances = practice_distances(module, source, task, candidates, prompt_episode, acting, env_seed)
         else:
             distances = description_distances(source, task, candidates)
         out[task] = (min(distances, key=distances.__getitem__), distances)
@@ -81,15 +89,24 @@ def motion_descriptor(observations: np.ndarray) -> list[np.ndarray]:
 
 def motion_distances(source: Any, task: str, candidates: Sequence[str], prompt_episode: int) -> dict[str, float]:
     """Each candidate's scaled squared distance between its demonstration's motion and `task`'s."""
-    def descriptor(name: str) -> list[np.ndarray]:
-        return motion_descriptor(source.prompt_episodes(name)[prompt_episode]["observations"])
+    def observations(name: str) -> np.ndarray:
+        return source.prompt_episodes(name)[prompt_episode]["observations"]
 
-    query = descriptor(task)
-    references = {other: descriptor(other) for other in candidates}
-    scales = [np.sqrt(np.mean([np.mean(parts[i] ** 2) for parts in references.values()])) + 1e-8
-              for i in range(len(query))]
-    return {other: float(sum(np.mean((q - r) ** 2) / s**2 for q, r, s in zip(query, parts, scales)))
-            for other, parts in references.items()}
+    return nearest_motion(observations(task), {other: observations(other) for other in candidates})
+
+
+def nearest_motion(query: np.ndarray, references: Mapping[str, np.ndarray], scale_with_query: bool = False
+                   ) -> dict[str, float]:
+    """Each reference trajectory's distance to the query's motion (observations [T, 39] each): the squared
+    distance of each part of `motion_descriptor`, scaled by that part's root mean square over the references
+    (and the query, with `scale_with_query`: then a part that no reference moves, as when no practice episode
+    touches the object, is still on the scale of the query's), summed over parts."""
+    query_parts = motion_descriptor(query)
+    parts = {name: motion_descriptor(obs) for name, obs in references.items()}
+    scaled = [*parts.values(), query_parts] if scale_with_query else list(parts.values())
+    scales = [np.sqrt(np.mean([np.mean(p[i] ** 2) for p in scaled])) + 1e-8 for i in range(len(query_parts))]
+    return {name: float(sum(np.mean((q - r) ** 2) / s**2 for q, r, s in zip(query_parts, p, scales)))
+            for name, p in parts.items()}
 
 
 def description_distances(source: Any, task: str, candidates: Sequence[str]) -> dict[str, float]:
