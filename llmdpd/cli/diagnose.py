@@ -184,7 +184,8 @@ def retrieval_diagnosis(cfg, ckpt: str, module, dm, episodes_per_task: int, out:
     acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
     rules = [rule for rule in RULES if rule != "text" or cfg.text.enabled]
     choices = {rule: {task: chosen for task, (chosen, _) in retrieve_behaviours(
-        rule, module, dm, list(oracle["tasks"]), dm.train_tasks, cfg.eval.prompt_episode, acting).items()}
+        rule, module, dm, list(oracle["tasks"]), dm.train_tasks, cfg.eval.prompt_episode, acting,
+        env_seed=cfg.data.seed).items()}
         for rule in rules}
     return {"episodes_per_task": episodes_per_task, **oracle, "rules": score_rules(oracle, choices)}
 
