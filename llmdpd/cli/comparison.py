@@ -101,6 +101,8 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # best imitates its demonstration: the rule chosen on the validation below.
     **{f"{bench}_retrieval": (bench, ["eval.seen=false", "eval.prompt_retrieval=demonstration"])
        for bench in ("ml10", "ml45")},
+    # ML10's own unseen tasks under the practice rule (the same episodes as their share of ml10_unseen37_*).
+    "ml10_retrieval_practice": ("ml10", ["eval.seen=false", "eval.prompt_retrieval=practice"]),
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
     # task the rule chooses among the nine others (never itself), as if it were unseen.
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
