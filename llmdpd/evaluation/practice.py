@@ -44,12 +44,12 @@ def practice_rollouts(module, conditions: torch.Tensor, task: str, goal: int, st
     """Observations [n, steps + 1, 39] of one episode per condition ([n, C]) of `task` from goal variation `goal`,
     in lock step; every step acts on the first action of a fresh plan."""
     envs = [MetaWorldTaskEnv(task, seed=env_seed) for _ in range(len(conditions))]
-    device = module.obs_mean.device
+    device, acting = module.obs_mean.device, dict(acting) if acting else None
     try:
         obs = np.stack([env.reset(goal) for env in envs])
         visited = [obs]
         for _ in range(steps):
-            actions = module.act(torch.as_tensor(obs, device=device), conditions, acting=dict(acting) if acting else None)
+            actions = module.act(torch.as_tensor(obs, device=device), conditions, acting=acting)
             obs = np.stack([env.step(a)[0] for env, a in zip(envs, actions.float().cpu().numpy())])
             visited.append(obs)
     finally:
