@@ -81,6 +81,28 @@ def test_rollout_diagnostics_tell_the_expert_from_a_policy_that_never_reaches_th
     assert lift["on_policy_error"] > 0.5
 
 
+def test_lockstep_episodes_keep_every_state_action_and_success_flag():
+    from llmdpd.envs.metaworld import MetaWorldTaskEnv, scripted_expert
+    from llmdpd.evaluation.lockstep import lockstep_episodes
+
+    expert = scripted_expert("push-v3")
+    run = lockstep_episodes("push-v3", [3, 3, 7], lambda obs: np.stack([expert(o) for o in obs]), steps=150)
+    assert run.observations.shape == (3, 151, 39) and run.actions.shape == (3, 150, 4)
+    assert run.success.shape == (3, 150) and run.success.dtype == bool
+    env = MetaWorldTaskEnv("push-v3", seed=0)
+    try:
+        assert np.array_equal(run.observations[:, 0], np.stack([env.initial_observation(g) for g in (3, 3, 7)]))
+    finally:
+        env.close()
+    # Resets and physics are deterministic: the two goal-3 episodes coincide, and goal 7's differs.
+    assert np.array_equal(run.observations[0], run.observations[1])
+    assert not np.array_equal(run.observations[0], run.observations[2])
+    # Each action is the act function's answer to the observation before it; the expert pushes to success.
+    assert np.allclose(run.actions[2, 40], expert(run.observations[2, 40]))
+    assert run.success.any(1).all() and not run.success[:, 0].any()
+    assert lockstep_episodes("push-v3", [3], lambda obs: obs[:, :4], steps=0).observations.shape == (1, 1, 39)
+
+
 class _PromptedPolicy:
     """Two tasks whose experts push +0.5 (task a) or -0.5 (task b) on both action dimensions; the policy
     samples around +0.5 * (c_a - c_b), i.e. it reads its one-hot prompt, or around 0 when it ignores it."""
@@ -601,10 +623,13 @@ def test_demonstration_goal_finds_the_variation_a_demonstration_started_from():
         env.close()
 
 
-def test_practice_retrieval_chooses_the_behaviour_whose_own_rollout_moves_like_the_demonstration():
+@pytest.mark.parametrize("named_goals", [[3], None, [4]], ids=["goal-named", "goal-found", "goal-misnamed"])
+def test_practice_retrieval_chooses_the_behaviour_whose_own_rollout_moves_like_the_demonstration(named_goals):
     """Three candidate behaviours in push-v3's own environment: its scripted expert, the expert's actions
     reversed, and standing still; the demonstration is the expert's episode on goal 3, so practice must pick
-    the expert, whose rollout from the same start retraces the demonstration exactly."""
+    the expert, whose rollout from the same start retraces the demonstration exactly. The goal is the one the
+    dataset names, found from the first observation where it names none, and a misnamed one is refused."""
+    from llmdpd.config.load import ConfigError
     from llmdpd.envs.metaworld import MetaWorldTaskEnv, scripted_expert
     from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, retrieve_behaviours
 
@@ -619,6 +644,9 @@ def test_practice_retrieval_chooses_the_behaviour_whose_own_rollout_moves_like_t
     class Source:
         def prompt_episodes(self, task):
             return [{"observations": np.stack(demonstration)}]
+
+        def prompt_goals(self, task):
+            return named_goals
 
         def text_embeddings(self, task):
             return torch.tensor([[behaviours.get(task, 0.0)]])
@@ -636,6 +664,10 @@ def test_practice_retrieval_chooses_the_behaviour_whose_own_rollout_moves_like_t
             actions = np.stack([expert(o) for o in obs.numpy()])
             return torch.as_tensor(actions, dtype=torch.float32) * cond[:, :1]
 
+    if named_goals == [4]:
+        with pytest.raises(ConfigError, match="does not start where goal variation 4"):
+            retrieve_behaviours("practice", Policy(), Source(), ["push-v3"], list(behaviours), 0)
+        return
     chosen, distances = retrieve_behaviours("practice", Policy(), Source(), ["push-v3"], list(behaviours), 0)["push-v3"]
     assert chosen == "sweep-v3" and set(distances) == set(behaviours)
     assert distances["sweep-v3"] == pytest.approx(0.0, abs=1e-6)

@@ -23,7 +23,7 @@ from llmdpd.data.generate import dataset_id
 from llmdpd.data import keys as K
 from llmdpd.data.keys import PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
 from llmdpd.data.episode_store import EpisodeStore, action_chunks, episode_returns, n_step_returns, returns_to_go, prompt_indices, stack_prompt_stores
-from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes
+from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes, read_metadata
 from llmdpd.data.normalizer import Normalizer
 
 
@@ -221,6 +221,12 @@ class MetaWorldDataModule(L.LightningDataModule):
     def prompt_episodes(self, task: str) -> list[dict[str, np.ndarray]]:
         """The raw episodes of a task's prompt dataset (held out of the policy stage's transitions)."""
         return self._episodes(task, "prompt")
+
+    def prompt_goals(self, task: str) -> Optional[list[int]]:
+        """The goal variation each prompt episode of `task` was recorded on (its dataset's metadata), or None
+        where the metadata does not say."""
+        goals = (read_metadata(self.root, dataset_id(self.cfg, task, "prompt")) or {}).get("episode_goals")
+        return [int(goal) for goal in goals] if goals is not None else None
 
     def prompt(self, task: str, episode: int = 0, offset: int = 0) -> TensorDict:
         """The normalised trajectory prompt of H steps from prompt episode `episode` of `task` (any task)."""

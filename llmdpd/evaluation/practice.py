@@ -3,8 +3,8 @@
 The retrieval oracle (`llmdpd diagnose --retrieval`) finds the training behaviour that serves an unseen task by
 its success there; rules that only read the demonstration (`demonstration`, `motion`) recover little of it. A
 practice episode sees what the oracle sees, except the reward: the environment is reset to the goal variation
-the demonstration was recorded on (found by its first observation, so the objects start where the
-demonstration's did), the policy acts once under each candidate's condition for as many steps as the
+the demonstration was recorded on (named by its dataset's metadata and checked against its first observation,
+so the objects start where the demonstration's did), the policy acts once under each candidate's condition for as many steps as the
 demonstration's motion is read over (`MOTION_STEPS`), and each rollout's motion is compared with the
 demonstration's (`nearest_motion`: hand and object displacement, gripper, hand relative to the object's start).
 Nothing else is read: no reward, no success, and the practice episodes' outcome changes no evaluated episode
@@ -22,6 +22,7 @@ from llmdpd.config.load import ConfigError
 from llmdpd.envs.metaworld import NUM_GOALS, MetaWorldTaskEnv, is_metaworld_task
 from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
+from llmdpd.evaluation.lockstep import lockstep_episodes
 
 # Largest difference between a demonstration's first observation and a goal variation's that counts as the same
 # start (observations are stored as float32; different variations differ by centimetres).
@@ -43,35 +44,39 @@ def practice_rollouts(module, conditions: torch.Tensor, task: str, goal: int, st
                       acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> np.ndarray:
     """Observations [n, steps + 1, 39] of one episode per condition ([n, C]) of `task` from goal variation `goal`,
     in lock step; every step acts on the first action of a fresh plan."""
-    envs = [MetaWorldTaskEnv(task, seed=env_seed) for _ in range(len(conditions))]
     device, acting = module.obs_mean.device, dict(acting) if acting else None
-    try:
-        obs = np.stack([env.reset(goal) for env in envs])
-        visited = [obs]
-        for _ in range(steps):
-            actions = module.act(torch.as_tensor(obs, device=device), conditions, acting=acting)
-            obs = np.stack([env.step(a)[0] for env, a in zip(envs, actions.float().cpu().numpy())])
-            visited.append(obs)
-    finally:
-        for env in envs:
-            env.close()
-    return np.stack(visited, 1)
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return module.act(torch.as_tensor(obs, device=device), conditions, acting=acting).float().cpu().numpy()
+
+    return lockstep_episodes(task, [goal] * len(conditions), act, steps, env_seed).observations
 
 
 def practice_distances(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
                        acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> dict[str, float]:
     """Each candidate's motion distance (`nearest_motion`) between its practice episode on `task` and `task`'s
-    demonstration (prompt episode `prompt_episode`)."""
+    demonstration (prompt episode `prompt_episode`).
+
+    The demonstration's goal variation is the one its dataset's metadata names (`source.prompt_goals`), else
+    the one whose reset matches its first observation (`demonstration_goal`); either way the practice episodes
+    must start where the demonstration did."""
     if not is_metaworld_task(task):
         raise ConfigError(f"eval.prompt_retrieval=practice needs Meta-World tasks; '{task}' is not one")
     demonstration = np.asarray(source.prompt_episodes(task)[prompt_episode]["observations"], np.float32)
     demonstration = demonstration[: MOTION_STEPS + 1]
     conditions = task_conditions(module, source, candidates, prompt_episode)
-    probe = MetaWorldTaskEnv(task, seed=env_seed)
-    try:
-        goal = demonstration_goal(probe, demonstration[0])
-    finally:
-        probe.close()
+    goals = source.prompt_goals(task)
+    if goals is not None:
+        goal = goals[prompt_episode]
+    else:
+        probe = MetaWorldTaskEnv(task, seed=env_seed)
+        try:
+            goal = demonstration_goal(probe, demonstration[0])
+        finally:
+            probe.close()
     rollouts = practice_rollouts(module, torch.cat([conditions[c] for c in candidates]), task, goal,
                                  len(demonstration) - 1, acting, env_seed)
+    if np.abs(rollouts[0, 0] - demonstration[0]).max() > START_TOLERANCE:
+        raise ConfigError(f"the demonstration of '{task}' does not start where goal variation {goal} (named by its "
+                          "dataset) does (were the datasets made with another data.seed?)")
     return nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)

@@ -18,14 +18,13 @@ for every task (Meta-World's own info entries mean different things per task):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from llmdpd.envs.metaworld import GOAL, HAND, OBJECT, MetaWorldTaskEnv, scripted_expert
+from llmdpd.envs.metaworld import GOAL, HAND, OBJECT, scripted_expert
+from llmdpd.evaluation.lockstep import TaskActFn, lockstep_episodes
 
-# act(obs [n, 39] float32) -> actions [n, 4] for the n live episodes of one task.
-TaskActFn = Callable[[np.ndarray], np.ndarray]
 REACH_DISTANCE = 0.05  # metres: about a gripper's reach around an object's centre
 MOVE_DISTANCE = 0.02  # metres: more than contact jitter
 
@@ -41,28 +40,17 @@ def rollout_diagnostics(
 ) -> dict[str, float | int | None]:
     """Run `act` on `episodes_per_goal` episodes of each goal of `task` in lock step (see the module docstring)."""
     episodes = [goal for goal in goals for _ in range(episodes_per_goal)]
-    envs = [MetaWorldTaskEnv(task, seed=env_seed, max_episode_steps=max_steps) for _ in episodes]
+    clipped = lambda obs: np.clip(np.asarray(act(obs), dtype=np.float32), -1.0, 1.0)  # noqa: E731
+    run = lockstep_episodes(task, episodes, clipped, env_seed=env_seed, max_episode_steps=max_steps)
+    observations, n = run.observations, len(episodes)
+    start, obs = observations[:, 0], observations[:, -1]
     expert = scripted_expert(task)
-    try:
-        obs = np.stack([env.reset(int(goal)) for env, goal in zip(envs, episodes)])
-        start, n, steps = obs.copy(), len(envs), envs[0].max_episode_steps
-        hand_to_object = np.linalg.norm(obs[:, HAND] - obs[:, OBJECT], axis=-1)
-        moved = np.zeros(n)
-        first_success = np.full(n, -1)
-        errors = np.zeros((steps, n))
-        for t in range(steps):
-            actions = np.clip(np.asarray(act(obs), dtype=np.float32), -1.0, 1.0)
-            reference = np.clip(np.stack([expert(o) for o in obs]), -1.0, 1.0)
-            errors[t] = ((actions - reference) ** 2).sum(-1)
-            for i, env in enumerate(envs):
-                obs[i], _, success, _ = env.step(actions[i])
-                if success and first_success[i] < 0:
-                    first_success[i] = t
-            hand_to_object = np.minimum(hand_to_object, np.linalg.norm(obs[:, HAND] - obs[:, OBJECT], axis=-1))
-            moved = np.maximum(moved, np.linalg.norm(obs[:, OBJECT] - start[:, OBJECT], axis=-1))
-    finally:
-        for env in envs:
-            env.close()
+    visited = observations[:, :-1].reshape(-1, observations.shape[-1])
+    reference = np.clip(np.stack([expert(o) for o in visited]), -1.0, 1.0).reshape(run.actions.shape)
+    errors = ((run.actions - reference) ** 2).sum(-1).T.astype(np.float64)  # [steps, n]
+    hand_to_object = np.linalg.norm(observations[..., HAND] - observations[..., OBJECT], axis=-1).min(1)
+    moved = np.linalg.norm(observations[..., OBJECT] - start[:, None, OBJECT], axis=-1).max(1)
+    first_success = np.where(run.success.any(1), run.success.argmax(1), -1)
     to_goal = lambda o: np.linalg.norm(o[:, OBJECT] - o[:, GOAL], axis=-1)  # noqa: E731
     succeeded = first_success >= 0
     return {
@@ -77,4 +65,4 @@ def rollout_diagnostics(
     }
 
 
-__all__ = ["MOVE_DISTANCE", "REACH_DISTANCE", "TaskActFn", "rollout_diagnostics"]
+__all__ = ["MOVE_DISTANCE", "REACH_DISTANCE", "rollout_diagnostics"]
