@@ -4,9 +4,10 @@ The retrieval oracle (`llmdpd diagnose --retrieval`) finds the training behaviou
 its success there; rules that only read the demonstration (`demonstration`, `motion`) recover little of it. A
 practice episode sees what the oracle sees, except the reward: the environment is reset to the goal variation
 the demonstration was recorded on (named by its dataset's metadata and checked against its first observation,
-so the objects start where the demonstration's did), the policy acts once under each candidate's condition for as many steps as the
-demonstration's motion is read over (`MOTION_STEPS`), and each rollout's motion is compared with the
-demonstration's (`nearest_motion`: hand and object displacement, gripper, hand relative to the object's start).
+so the objects start where the demonstration's did), the policy acts once under each candidate's condition for
+as many steps as the demonstration's motion is read over (`MOTION_STEPS`), and each rollout's motion is compared
+with the demonstration's (`nearest_motion`: hand and object displacement, gripper, hand relative to the object's
+start).
 Nothing else is read: no reward, no success, and the practice episodes' outcome changes no evaluated episode
 except through the condition chosen.
 """
