@@ -94,15 +94,18 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     "ml10_unseen37_retrieval": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
                                          "eval.prompt_retrieval=demonstration"]),
     # The same, each unseen task shown the training task whose behaviour, tried once from its demonstration's start
-    # without reward, moves most like the demonstration (reward-free practice: one episode per training task).
-    "ml10_unseen37_retrieval_practice": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
-                                                  "eval.prompt_retrieval=practice"]),
+    # without reward, moves most like the demonstration: in the task's environment (`practice`, one reward-free
+    # episode per training task) or in a transition model learned from the training data (`imagined`, zero-shot).
+    **{f"ml10_unseen37_retrieval_{rule}": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false",
+                                                    "eval.max_envs=128", f"eval.prompt_retrieval={rule}"])
+       for rule in ("practice", "imagined")},
     # ML10's and ML45's own unseen tasks (the seen ones are not affected), each shown the training behaviour that
     # best imitates its demonstration: the rule chosen on the validation below.
     **{f"{bench}_retrieval": (bench, ["eval.seen=false", "eval.prompt_retrieval=demonstration"])
        for bench in ("ml10", "ml45")},
-    # ML10's own unseen tasks under the practice rule (the same episodes as their share of ml10_unseen37_*).
-    "ml10_retrieval_practice": ("ml10", ["eval.seen=false", "eval.prompt_retrieval=practice"]),
+    # ML10's own unseen tasks under the practice rules (the same episodes as their share of ml10_unseen37_*).
+    **{f"ml10_retrieval_{rule}": ("ml10", ["eval.seen=false", f"eval.prompt_retrieval={rule}"])
+       for rule in ("practice", "imagined")},
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
     # task the rule chooses among the nine others (never itself), as if it were unseen.
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",

@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "text.pooling": ("mean", "last", "cls"),
     "trajectory.read": ("pooled", "per_state"),
     "eval.split": ("test", "validation"),
-    "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice"),
+    "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice", "imagined"),
 }
 
 
@@ -295,7 +295,9 @@ class EvalConfig:
     # (llmdpd/evaluation/behaviour_retrieval.py): "demonstration" (the behaviour whose actions best imitate its
     # demonstration), "motion" (the training demonstration that moves most alike), "text" (the nearest
     # description); "practice" (the behaviour whose own rollout, one reward-free practice episode per candidate from
-    # the demonstration's start, moves most like the demonstration); "none": on its own prompt.
+    # the demonstration's start, moves most like the demonstration); "imagined" (the same, with the episodes
+    # rolled out in a transition model learned from the training data instead of the task's environment:
+    # zero-shot); "none": on its own prompt.
     prompt_retrieval: str = "none"
     # Retrieve for the training tasks too, each among the other training tasks: with eval.split=validation,
     # a retrieval rule's validation (how well the behaviour it calls up serves a task it was not trained for).
@@ -314,6 +316,24 @@ class EvalConfig:
 
 
 @dataclass
+class WorldModelConfig:
+    """The transition model that imagined practice (`eval.prompt_retrieval=imagined`) rolls policies out in:
+    fitted once on the training tasks' datasets and cached (llmdpd/world_model/)."""
+
+    width: int = 256
+    layers: int = 3
+    steps: int = 4000
+    # The loss follows the model's own predictions for this many steps from each sampled state (step k weighted
+    # 1 / k): one-step fitting alone drifts within 50 steps of a rollout.
+    unroll: int = 16
+    sequences: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    # The last this many episodes of each training task are held out to measure the fit (reported and cached).
+    holdout_episodes: int = 3
+
+
+@dataclass
 class ExperimentConfig:
     """One experiment: everything `llmdpd data|train|eval` needs."""
 
@@ -326,6 +346,7 @@ class ExperimentConfig:
     alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig)
     # Passed to lightning.Trainer for the policy stage; keys are checked against Trainer's signature.
     # precision null = bf16-mixed on CUDA, 32-true on CPU.
     trainer: dict[str, Any] = field(

@@ -18,6 +18,8 @@ descriptions and its one demonstration, the prompt episode it is shown), the tra
   state the demonstration started in, the policy acts once under each training task's condition, and the
   candidate whose motion (as for `motion`) lies nearest the demonstration's is chosen. It costs one episode of
   `MOTION_STEPS` steps per candidate and reads no reward: few-shot interaction, not zero-shot transfer.
+- `imagined`: practice in a transition model learned from the training data
+  (llmdpd/evaluation/imagined_practice.py) instead of the task's environment: zero-shot.
 
 A task is never offered itself: on training tasks (`eval.prompt_retrieval_leave_one_out`, the validation of
 a rule) each chooses among the others, as an unseen task would.
@@ -40,12 +42,17 @@ MOTION_POINTS = 20
 
 
 def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], training_tasks: Sequence[str],
-                        prompt_episode: int, acting: Mapping[str, Any] | None = None, env_seed: int = 0
-                        ) -> dict[str, tuple[str, dict[str, float]]]:
+                        prompt_episode: int, acting: Mapping[str, Any] | None = None, env_seed: int = 0,
+                        world_model=None) -> dict[str, tuple[str, dict[str, float]]]:
     """task -> (the training task chosen for it by `rule`, each candidate's distance), each task choosing
-    among the training tasks other than itself. `env_seed`: the MT1 seed of the datasets (`practice` only)."""
+    among the training tasks other than itself. `env_seed`: the MT1 seed of the datasets (`practice` only);
+    `world_model`: the `TransitionModel` of `imagined` (default: `training_world_model(source)`)."""
     if rule not in RULES:
         raise ValueError(f"unknown retrieval rule '{rule}' (expected one of {', '.join(RULES)})")
+    if rule == "imagined" and world_model is None:
+        from llmdpd.evaluation.imagined_practice import training_world_model
+
+        world_model = training_world_model(source)
     out = {}
     for task in tasks:
         candidates = [other for other in training_tasks if other != task]
@@ -57,6 +64,10 @@ def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], tr
             from llmdpd.evaluation.practice import practice_distances
 
             distances = practice_distances(module, source, task, candidates, prompt_episode, acting, env_seed)
+        elif rule == "imagined":
+            from llmdpd.evaluation.imagined_practice import imagined_distances
+
+            distances = imagined_distances(module, world_model, source, task, candidates, prompt_episode, acting)
         else:
             distances = description_distances(source, task, candidates)
         out[task] = (min(distances, key=distances.__getitem__), distances)

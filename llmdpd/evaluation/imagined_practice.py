@@ -1,0 +1,73 @@
+"""Imagined practice: reward-free practice (llmdpd/evaluation/practice.py) in a learned model of the training
+data's dynamics instead of the task's own environment, so the task is never touched before it is evaluated.
+
+From the demonstration's first observation the policy acts under each candidate's condition for `MOTION_STEPS`
+steps, each step's observation predicted by a `TransitionModel` fitted on the training tasks' offline episodes
+(llmdpd/world_model/), and the candidate whose imagined motion lies nearest the demonstration's is chosen
+(`nearest_motion`, as for practice). What the agent reads: its training data and the task's one demonstration;
+no reward, no interaction. Zero-shot, like the other prompt-only rules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from llmdpd.data.generate import dataset_id
+from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, nearest_motion
+from llmdpd.evaluation.diagnostics import task_conditions
+from llmdpd.world_model.fit import cached_transition_model
+from llmdpd.world_model.model import TransitionModel
+
+
+def training_world_model(source: Any, progress: bool = True) -> TransitionModel:
+    """The transition model of `source`'s training tasks' datasets (`source.cfg.world_model`, seeded by the
+    experiment's seed), fitted or read from the cache, with its fit on held-out episodes printed."""
+    cfg = source.cfg
+    settings = dict(cfg.world_model)
+    holdout = int(settings.pop("holdout_episodes"))
+    train, held_out = [], []
+    for task in source.train_tasks:
+        episodes = source.data_episodes(task)
+        if holdout >= len(episodes):
+            raise ValueError(f"world_model.holdout_episodes ({holdout}) leaves no episode of '{task}' to fit on")
+        train += episodes[: len(episodes) - holdout]
+        held_out += episodes[len(episodes) - holdout:]
+    key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
+           "data_dir": str(source.root.resolve()), "holdout_episodes": holdout}
+    model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out, seed=int(cfg.seed),
+                                         progress=progress, **settings)
+    print(f"world model on {len(held_out)} held-out episodes: one-step error {fit.one_step:.3f} (no change "
+          f"{fit.no_change:.3f}); hand off by " + ", ".join(f"{fit.hand_error[h] * 100:.1f} cm after {h} steps "
+          f"(travelled {fit.hand_travel[h] * 100:.1f})" for h in fit.hand_error))
+    return model
+
+
+@torch.no_grad()
+def imagined_rollouts(module, world_model: TransitionModel, conditions: torch.Tensor, first: np.ndarray,
+                      steps: int, acting: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Observations [n, steps + 1, 39] of one imagined episode per condition ([n, C]) from observation `first`;
+    every step acts on the first action of a fresh plan, as in the environment."""
+    device, acting = module.obs_mean.device, dict(acting) if acting else None
+    world_model = world_model.to(device)
+    obs = torch.as_tensor(np.asarray(first, np.float32), device=device).expand(len(conditions), -1).clone()
+    observations = [obs]
+    for _ in range(steps):
+        action = module.act(obs, conditions, acting=acting).float()
+        obs = world_model.step(obs, action)
+        observations.append(obs)
+    return torch.stack(observations, 1).cpu().numpy()
+
+
+def imagined_distances(module, world_model: TransitionModel, source: Any, task: str, candidates: Sequence[str],
+                       prompt_episode: int, acting: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Each candidate's motion distance (`nearest_motion`) between its imagined episode and `task`'s
+    demonstration (prompt episode `prompt_episode`)."""
+    demonstration = np.asarray(source.prompt_episodes(task)[prompt_episode]["observations"], np.float32)
+    demonstration = demonstration[: MOTION_STEPS + 1]
+    conditions = task_conditions(module, source, candidates, prompt_episode)
+    rollouts = imagined_rollouts(module, world_model, torch.cat([conditions[c] for c in candidates]),
+                                 demonstration[0], len(demonstration) - 1, acting)
+    return nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)

@@ -1,0 +1,138 @@
+"""Fitting the transition model on the training tasks' offline episodes, once per dataset and seed.
+
+The fit takes a few minutes on one CPU core, so the fitted model is cached under
+`<paths.cache_dir>/world_models/`, keyed by the datasets, the seed and `world_model.*`: every evaluation of the
+same data shares it, whichever policy it evaluates. The cache file also keeps how well the model fits the
+held-out episodes (`WorldModelFit`), which `llmdpd eval` prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from llmdpd.world_model.model import MODELLED, TransitionModel, transition_features
+
+Episode = dict[str, np.ndarray]
+# Open-loop horizons (steps) at which the held-out hand error is reported.
+HORIZONS = (10, 50, 200)
+
+
+@dataclass
+class WorldModelFit:
+    """How well a fitted model predicts held-out episodes: the one-step error of obs[0:7] in units of each part's
+    change std, against predicting no change; the hand's distance (m) from the truth after following the
+    episode's own actions open loop for each of `HORIZONS` steps, against how far the hand travelled."""
+
+    one_step: float
+    no_change: float
+    hand_error: dict[str, float]
+    hand_travel: dict[str, float]
+
+
+def _sequences(episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
+    """observations [E, T + 1, 39] and actions [E, T, 4] of equally long episodes (the shortest length)."""
+    steps = min(len(ep["actions"]) for ep in episodes)
+    obs = np.stack([np.asarray(ep["observations"][: steps + 1], np.float32) for ep in episodes])
+    actions = np.stack([np.asarray(ep["actions"][:steps], np.float32) for ep in episodes])
+    return torch.from_numpy(obs), torch.from_numpy(actions)
+
+
+def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], width: int = 256, layers: int = 3,
+                         steps: int = 4000, unroll: int = 16, sequences: int = 256, lr: float = 1e-3,
+                         weight_decay: float = 1e-4, seed: int = 0, progress: bool = True
+                         ) -> tuple[TransitionModel, WorldModelFit]:
+    """A `TransitionModel` fitted on `train` with the loss unrolled through its own predictions for `unroll`
+    steps (AdamW, cosine learning rate), and its `WorldModelFit` on `held_out`."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    obs, actions = _sequences(train)
+    if unroll >= actions.shape[1]:
+        raise ValueError(f"world_model.unroll ({unroll}) must be shorter than the episodes ({actions.shape[1]} steps)")
+    model = TransitionModel(width, layers)
+    flat_obs, flat_actions = obs[:, :-1].reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1])
+    features = transition_features(flat_obs, flat_actions)
+    model.feature_mean.copy_(features.mean(0))
+    model.feature_std.copy_(features.std(0) + 1e-6)
+    model.change_std.copy_((obs[:, 1:, MODELLED] - obs[:, :-1, MODELLED]).reshape(-1, 7).std(0) + 1e-6)
+    optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    weights = 1.0 / torch.arange(1, unroll + 1, dtype=torch.float32) / unroll
+    for _ in tqdm(range(steps), desc="world model", unit="step", leave=False, disable=not progress):
+        episode = torch.randint(len(obs), (sequences,), generator=generator)
+        start = torch.randint(actions.shape[1] - unroll + 1, (sequences,), generator=generator)
+        state, loss = obs[episode, start], 0.0
+        for k in range(unroll):
+            state = model.step(state, actions[episode, start + k])
+            error = (state[:, MODELLED] - obs[episode, start + k + 1, MODELLED]) / model.change_std
+            loss = loss + weights[k] * error.pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    return model, measure_fit(model, held_out)
+
+
+@torch.no_grad()
+def imagine(model: TransitionModel, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """Observations [..., T + 1, 39] from `first` [..., 39] under `actions` [..., T, 4], open loop."""
+    states = [first]
+    for k in range(actions.shape[-2]):
+        states.append(model.step(states[-1], actions[..., k, :]))
+    return torch.stack(states, -2)
+
+
+@torch.no_grad()
+def measure_fit(model: TransitionModel, episodes: Sequence[Episode]) -> WorldModelFit:
+    """`WorldModelFit` of `model` on `episodes`."""
+    obs, actions = _sequences(episodes)
+    change = obs[:, 1:, MODELLED] - obs[:, :-1, MODELLED]
+    predicted = model.change(obs[:, :-1], actions)
+    one_step = ((predicted - change) / model.change_std).pow(2).mean().item()
+    no_change = (change / model.change_std).pow(2).mean().item()
+    horizon = min(max(HORIZONS), actions.shape[1])
+    rollout = imagine(model, obs[:, 0], actions[:, :horizon])
+    error = (rollout[..., 0:3] - obs[:, : horizon + 1, 0:3]).norm(dim=-1)
+    travel = (obs[:, : horizon + 1, 0:3] - obs[:, :1, 0:3]).norm(dim=-1)
+    at = [h for h in HORIZONS if h <= horizon]
+    return WorldModelFit(one_step, no_change, {str(h): error[:, h].mean().item() for h in at},
+                         {str(h): travel[:, h].mean().item() for h in at})
+
+
+def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Episode], held_out: Sequence[Episode],
+                            progress: bool = True, **fit_args) -> tuple[TransitionModel, WorldModelFit]:
+    """The model fitted with `fit_args` on these episodes, from `<cache_dir>/world_models/<hash of key>.pt` when
+    another run has fitted it already, else fitted and cached (atomically, one process fitting at a time)."""
+    digest = hashlib.sha256(json.dumps({**key, **fit_args}, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / "world_models" / f"{digest}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                model = TransitionModel(fit_args.get("width", 256), fit_args.get("layers", 3))
+                model.load_state_dict(saved["state_dict"])
+                return model.eval(), WorldModelFit(**saved["fit"])
+            except Exception as error:  # a cache: an unreadable file is fitted again, and says so
+                print(f"world model cache {path} is unreadable ({type(error).__name__}); fitting it again")
+        model, fit = fit_transition_model(train, held_out, progress=progress, **fit_args)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save({"state_dict": model.state_dict(), "fit": asdict(fit), "key": key}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return model, fit
