@@ -121,6 +121,12 @@ def test_a_value_outside_its_choices_is_one_line(override):
         load_config("smoke", [override])
 
 
+@pytest.mark.parametrize("override", ["world_model.unroll=0", "world_model.width=-1", "world_model.lr=0"])
+def test_world_model_sizes_must_be_positive(override):
+    with pytest.raises(ConfigError, match=rf"Invalid value for .*'{re.escape(override.split('=')[0])}'"):
+        load_config("smoke", [override, "eval.prompt_retrieval=imagined"])
+
+
 def test_one_prompt_chooser_at_a_time():
     with pytest.raises(ConfigError, match="eval.prompt_task and eval.prompt_retrieval both choose the prompt"):
         load_config("smoke", ["eval.prompt_task=reach-v3", "eval.prompt_retrieval=demonstration"])

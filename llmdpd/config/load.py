@@ -259,8 +259,8 @@ def check_choices(cfg: DictConfig) -> None:
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
     within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be
     asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a
-    critic, one of `eval.prompt_task` and `eval.prompt_retrieval` chooses the prompt, and the retrieval rule has
-    what it reads."""
+    critic, one of `eval.prompt_task` and `eval.prompt_retrieval` chooses the prompt, the retrieval rule has
+    what it reads, and the world model's sizes are positive."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -286,6 +286,12 @@ def check_choices(cfg: DictConfig) -> None:
         raise ConfigError("eval.prompt_retrieval_leave_one_out needs a retrieval rule (eval.prompt_retrieval)")
     if cfg.eval.prompt_retrieval == "text" and not cfg.text.enabled:
         raise ConfigError("eval.prompt_retrieval=text needs the text prompt (text.enabled is false)")
+    for key in ("width", "layers", "steps", "unroll", "sequences"):
+        if cfg.world_model[key] < 1:
+            raise ConfigError(f"Invalid value for 'world_model.{key}': {cfg.world_model[key]}; expected at least 1")
+    if cfg.world_model.holdout_episodes < 0 or not cfg.world_model.lr > 0:
+        raise ConfigError("Invalid value for 'world_model.holdout_episodes' or 'world_model.lr': expected "
+                          f"{cfg.world_model.holdout_episodes} >= 0 and {cfg.world_model.lr} > 0")
 
 
 def check_chunk_acting(horizon: int, execute: int, ensemble: bool) -> None:

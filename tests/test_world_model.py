@@ -1,0 +1,131 @@
+"""The transition model of imagined practice: its structure, its fit on real Meta-World episodes, its cache,
+and the `imagined` retrieval rule that rolls policies out in it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from llmdpd.envs.metaworld import scripted_expert
+from llmdpd.evaluation.lockstep import lockstep_episodes
+from llmdpd.world_model.fit import cached_transition_model, fit_transition_model, imagine
+from llmdpd.world_model.model import TransitionModel
+
+STEPS = 150
+FIT = dict(width=64, layers=2, steps=400, unroll=8, sequences=64, lr=3e-3)
+
+
+def noisy_expert_episodes(task: str, goals: list[int], noise: float, seed: int) -> list[dict]:
+    """Real Meta-World episodes of the scripted expert with Gaussian action noise (one per goal)."""
+    expert, rng = scripted_expert(task), np.random.default_rng(seed)
+
+    def act(obs):
+        actions = np.stack([expert(o) for o in obs])
+        return np.clip(actions + noise * rng.standard_normal(actions.shape), -1, 1)
+
+    run = lockstep_episodes(task, goals, act, steps=STEPS)
+    return [{"observations": run.observations[i], "actions": run.actions[i]} for i in range(len(goals))]
+
+
+@pytest.fixture(scope="module")
+def push_episodes():
+    train = noisy_expert_episodes("push-v3", list(range(10, 22)), noise=0.3, seed=0)
+    held_out = noisy_expert_episodes("push-v3", [40, 41], noise=0.3, seed=1)
+    return train, held_out
+
+
+@pytest.fixture(scope="module")
+def fitted(push_episodes):
+    train, held_out = push_episodes
+    return fit_transition_model(train, held_out, seed=0, progress=False, **FIT)
+
+
+def test_a_step_predicts_hand_gripper_and_object_shifts_the_frame_and_holds_the_rest():
+    model = TransitionModel(width=16, layers=1)
+    obs, action = torch.randn(5, 39), torch.randn(5, 4)
+    following = model.step(obs, action)
+    assert following.shape == (5, 39)
+    assert torch.equal(following[:, 18:36], obs[:, 0:18])  # the previous frame is the current one
+    assert torch.equal(following[:, 7:18], obs[:, 7:18]) and torch.equal(following[:, 36:], obs[:, 36:])
+    assert torch.allclose(following[:, 0:7], obs[:, 0:7] + model.change(obs, action))
+    # Actions beyond the environment's [-1, 1] act as if clipped.
+    assert torch.equal(model.change(obs, torch.full((5, 4), 3.0)), model.change(obs, torch.ones(5, 4)))
+    with pytest.raises(ValueError, match="39"):
+        model.step(torch.randn(2, 17), torch.randn(2, 4))
+
+
+def test_the_fitted_model_predicts_held_out_push_episodes(fitted, push_episodes):
+    model, fit = fitted
+    _, held_out = push_episodes
+    # One step: far better than predicting no change; open loop: the hand stays nearer the truth than it moved.
+    assert fit.one_step < 0.3 * fit.no_change
+    assert fit.hand_error["10"] < 0.5 * fit.hand_travel["10"]
+    assert fit.hand_error["50"] < 0.5 * fit.hand_travel["50"]
+    obs = torch.as_tensor(held_out[0]["observations"][:21])
+    rollout = imagine(model, obs[0], torch.as_tensor(held_out[0]["actions"][:20]))
+    assert rollout.shape == (21, 39) and torch.equal(rollout[0], obs[0])
+    assert (rollout[20, :3] - obs[20, :3]).norm() < (obs[20, :3] - obs[0, :3]).norm()
+
+
+def test_the_model_is_fitted_once_and_read_back_and_a_corrupt_cache_is_fitted_again(push_episodes, tmp_path,
+                                                                                   monkeypatch, capsys):
+    import llmdpd.world_model.fit as fit_module
+
+    train, held_out = push_episodes
+    settings = dict(FIT, steps=20)
+    model, fit = cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False, **settings)
+    [cached] = (tmp_path / "world_models").glob("*.pt")
+
+    def no_fitting(*args, **kwargs):
+        raise AssertionError("fitted again")
+
+    monkeypatch.setattr(fit_module, "fit_transition_model", no_fitting)
+    again, fit_again = cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False, **settings)
+    assert fit_again == fit
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    # Another key is another model; a corrupt file is fitted again, with a line that says so.
+    with pytest.raises(AssertionError, match="fitted again"):
+        cached_transition_model(tmp_path, {"data": "reach"}, train, held_out, progress=False, **settings)
+    monkeypatch.undo()
+    cached.write_bytes(b"not a model")
+    cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False, **settings)
+    assert "unreadable" in capsys.readouterr().out
+    assert set(torch.load(cached, weights_only=True)) == {"state_dict", "fit", "key"}
+
+
+def test_imagined_retrieval_chooses_the_behaviour_whose_imagined_rollout_moves_like_the_demonstration(fitted):
+    """As practice's test, without the environment: candidates are push-v3's expert, its actions reversed, and
+    standing still, rolled out in a model fitted on other goals; the demonstration is the expert on goal 3."""
+    from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, retrieve_behaviours
+
+    model, _ = fitted
+    demonstration = noisy_expert_episodes("push-v3", [3], noise=0.0, seed=0)[0]["observations"]
+    behaviours = {"reach-v3": -1.0, "sweep-v3": 1.0, "door-open-v3": 0.0}  # the action's sign, per candidate
+    expert = scripted_expert("push-v3")
+
+    class Source:
+        def prompt_episodes(self, task):
+            return [{"observations": demonstration}]
+
+        def text_embeddings(self, task):
+            return torch.tensor([[behaviours.get(task, 0.0)]])
+
+        def prompt(self, task, episode, offset=0):
+            return None
+
+    class Policy(torch.nn.Module):
+        obs_mean = torch.zeros(39)
+
+        def prompt_condition(self, text_emb, prompt):
+            return text_emb
+
+        def act(self, obs, cond, acting=None):
+            actions = np.stack([expert(o) for o in obs.numpy()])
+            return torch.as_tensor(actions, dtype=torch.float32) * cond[:, :1]
+
+    assert MOTION_STEPS >= STEPS
+    chosen, distances = retrieve_behaviours("imagined", Policy(), Source(), ["push-v3"], list(behaviours), 0,
+                                            world_model=model)["push-v3"]
+    assert chosen == "sweep-v3" and set(distances) == set(behaviours)
+    assert distances["sweep-v3"] < 0.5 * min(distances["reach-v3"], distances["door-open-v3"])
