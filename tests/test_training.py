@@ -326,10 +326,10 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     run_command([sys.executable, "-m", "llmdpd", "train", "smoke", *paths, *FAST, *aligned, "trainer.max_steps=10"],
                 timeout=300)
     result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths,
-                          "--rollouts", "1", "--unseen", "--awr", "1", "--modes", "8", "eval.max_episode_steps=40"],
-                         timeout=300)
+                          "--rollouts", "1", "--unseen", "--awr", "1", "--modes", "8", "--imagination",
+                          "eval.max_episode_steps=40"], timeout=300)
     out = runs / "smoke" / "seed0" / "version_0" / "diagnose_last.json"
-    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 6
+    assert f"written: {out}" in result.stdout and result.stdout.count("| **mean** |") == 7
     summary = json.loads(out.read_text())
     assert summary["validation_goals"] == list(range(32, 40)) and summary["samples"] == 16
     assert set(summary["tasks"]) == {"reach-v3", "button-press-topdown-v3"}  # training tasks, never unseen ones
@@ -370,6 +370,14 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     for entry in rollouts["tasks"].values():
         assert entry["episodes"] == 8 and all(0 <= entry[k] <= 1 for k in ("reached_object", "moved_object", "success"))
         assert entry["on_policy_error"] > 0  # ten steps of training do not make the expert
+    # Imagined against real practice episodes on the unseen task: errors of the imagination, both rules' choices.
+    [(task, imagination)] = summary["imagination"]["tasks"].items()
+    assert task == "drawer-close-v3" and {imagination["practice_choice"], imagination["imagined_choice"]} <= set(
+        summary["tasks"])
+    assert imagination["agree"] == float(imagination["practice_choice"] == imagination["imagined_choice"])
+    assert all(math.isfinite(imagination[k]) and imagination[k] >= 0
+               for k in ("hand_error_50", "hand_error_end", "object_error", "object_moved"))
+    assert imagination["hand_error_end"] > 0  # a model fitted for 50 steps on four episodes is not the physics
     # Under eval.split=validation the held-out validation tasks take the unseen tasks' place.
     held_out = tmp_path / "held_out.json"
     run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--unseen", "--samples", "2",

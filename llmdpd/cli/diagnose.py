@@ -21,7 +21,9 @@ coefficient and Ashman's separation along the draws' first principal direction).
 unseen task's success under its own prompt and under every training task's prompt (`retrieval_oracle`: the best a
 policy that only calls up training behaviours could score there, chosen on one episode plan and scored on another),
 and each retrieval rule's choices scored on that table (`rules`); run again on the same output file, it reads the
-rollouts back and scores the rules only.
+rollouts back and scores the rules only. With `--imagination`, how far imagined practice episodes (in the transition
+model learned from the training data) lie from the real practice episodes of the same conditions on the unseen
+tasks, and how often the two rules choose the same training task (`imagination_fidelity`).
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -38,6 +40,7 @@ TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
 TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")
 MODES = ("bimodality_coefficient", "bimodal", "separation", "principal_share")
 RETRIEVAL = ("own", "best", "oracle", "best_task")
+IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "object_moved", "agree")
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -60,6 +63,9 @@ def register(sub) -> None:
     parser.add_argument("--retrieval", type=int, default=0, metavar="N", help="also each unseen task's success "
                         "under its own prompt and under every training task's prompt, N episodes on each of two "
                         "episode plans (default 0: not measured)")
+    parser.add_argument("--imagination", action="store_true", help="also, on the unseen tasks (the held-out "
+                        "validation tasks under eval.split=validation), how far imagined practice episodes lie from "
+                        "the real ones and whether the two rules choose alike")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)
@@ -132,6 +138,15 @@ def run(args: argparse.Namespace) -> int:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
                                "mean": _mean(rollouts, ROLLOUT_COLUMNS)}
+    if args.imagination:
+        from llmdpd.evaluation.imagined_practice import imagination_fidelity, training_world_model
+        from llmdpd.evaluation.runner import ACTING_KEYS
+
+        held_out = dm.validation_tasks if cfg.eval.split == "validation" else dm.unseen_tasks
+        acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
+        fidelity = imagination_fidelity(module, training_world_model(dm), dm, held_out, dm.train_tasks,
+                                        cfg.eval.prompt_episode, acting, env_seed=cfg.data.seed)
+        summary["imagination"] = {"tasks": fidelity, "mean": _mean(fidelity, IMAGINATION)}
     out = args.out or results_directory(ckpt) / f"diagnose_{Path(ckpt).stem}.json"
     if args.retrieval:
         summary["retrieval"] = retrieval_diagnosis(cfg, ckpt, module, dm, args.retrieval, out)
@@ -156,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(summary["action_modes"]["tasks"], summary["action_modes"]["mean"], MODES))
     if "rollouts" in summary:
         print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
+    if "imagination" in summary:
+        print(format_table(summary["imagination"]["tasks"], summary["imagination"]["mean"],
+                           IMAGINATION + ("practice_choice", "imagined_choice")))
     if "retrieval" in summary:
         print(format_table(summary["retrieval"]["tasks"], summary["retrieval"]["mean"], RETRIEVAL))
         rules = summary["retrieval"]["rules"]

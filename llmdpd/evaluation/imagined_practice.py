@@ -71,3 +71,38 @@ def imagined_distances(module, world_model: TransitionModel, source: Any, task: 
     rollouts = imagined_rollouts(module, world_model, torch.cat([conditions[c] for c in candidates]),
                                  demonstration[0], len(demonstration) - 1, acting)
     return nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)
+
+
+def imagination_fidelity(module, world_model: TransitionModel, source: Any, tasks: Sequence[str],
+                         training_tasks: Sequence[str], prompt_episode: int, acting: Mapping[str, Any] | None = None,
+                         env_seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Per task, how far imagined practice episodes lie from the real ones (the same candidates' conditions, the
+    same start; `llmdpd diagnose --imagination`): the hand's distance (m) after 50 steps and at the end (`MOTION_STEPS`)
+    and the object's at the end, averaged over candidates, with how far the real episodes moved the object; and the
+    candidate each rule chooses (`practice_choice`, `imagined_choice`) and whether they agree."""
+    from llmdpd.envs.metaworld import HAND, OBJECT
+    from llmdpd.evaluation.practice import practice_episodes
+
+    out = {}
+    for task in tasks:
+        candidates = [other for other in training_tasks if other != task]
+        demonstration, real = practice_episodes(module, source, task, candidates, prompt_episode, acting, env_seed)
+        conditions = task_conditions(module, source, candidates, prompt_episode)
+        imagined = imagined_rollouts(module, world_model, torch.cat([conditions[c] for c in candidates]),
+                                     demonstration[0], len(demonstration) - 1, acting)
+        last = len(demonstration) - 1
+
+        def hand_error(step: int) -> float:
+            return float(np.linalg.norm(imagined[:, step, HAND] - real[:, step, HAND], axis=-1).mean())
+
+        entry: dict[str, Any] = {"hand_error_50": hand_error(min(50, last)), "hand_error_end": hand_error(last)}
+        entry["object_error"] = float(np.linalg.norm(imagined[:, last, OBJECT] - real[:, last, OBJECT], axis=-1).mean())
+        entry["object_moved"] = float(np.linalg.norm(real[:, last, OBJECT] - real[:, 0, OBJECT], axis=-1).mean())
+        choices = {}
+        for rule, rollouts in (("practice", real), ("imagined", imagined)):
+            distances = nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)
+            choices[rule] = min(distances, key=distances.__getitem__)
+        entry.update(practice_choice=choices["practice"], imagined_choice=choices["imagined"],
+                     agree=float(choices["practice"] == choices["imagined"]))
+        out[task] = entry
+    return out

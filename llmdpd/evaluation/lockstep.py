@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llmdpd.envs.metaworld import MetaWorldTaskEnv
+from llmdpd.envs.metaworld import ACTION_DIM, MetaWorldTaskEnv
 
 # act(obs [n, 39] float32) -> actions [n, 4] for the n episodes of one task.
 TaskActFn = Callable[[np.ndarray], np.ndarray]
@@ -51,7 +51,7 @@ def lockstep_episodes(task: str, goals: Sequence[int], act: TaskActFn, steps: in
     n = len(envs)
     return LockstepEpisodes(
         np.stack(observations, 1),
-        np.stack(actions, 1) if actions else np.zeros((n, 0, 4), np.float32),
+        np.stack(actions, 1) if actions else np.zeros((n, 0, ACTION_DIM), np.float32),
         np.asarray(success, dtype=bool).T.reshape(n, steps),
     )
 

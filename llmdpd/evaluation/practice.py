@@ -53,31 +53,41 @@ def practice_rollouts(module, conditions: torch.Tensor, task: str, goal: int, st
     return lockstep_episodes(task, [goal] * len(conditions), act, steps, env_seed).observations
 
 
-def practice_distances(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
-                       acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> dict[str, float]:
-    """Each candidate's motion distance (`nearest_motion`) between its practice episode on `task` and `task`'s
-    demonstration (prompt episode `prompt_episode`).
-
-    The demonstration's goal variation is the one its dataset's metadata names (`source.prompt_goals`), else
-    the one whose reset matches its first observation (`demonstration_goal`); either way the practice episodes
-    must start where the demonstration did."""
+def practice_start(source: Any, task: str, prompt_episode: int, env_seed: int = 0) -> tuple[int, np.ndarray]:
+    """(goal variation, observations [<= MOTION_STEPS + 1, 39]) of `task`'s demonstration (prompt episode
+    `prompt_episode`): the variation its dataset's metadata names (`source.prompt_goals`), else the one whose reset
+    matches its first observation (`demonstration_goal`)."""
     if not is_metaworld_task(task):
         raise ConfigError(f"eval.prompt_retrieval=practice needs Meta-World tasks; '{task}' is not one")
     demonstration = np.asarray(source.prompt_episodes(task)[prompt_episode]["observations"], np.float32)
     demonstration = demonstration[: MOTION_STEPS + 1]
-    conditions = task_conditions(module, source, candidates, prompt_episode)
     goals = source.prompt_goals(task)
     if goals is not None:
-        goal = goals[prompt_episode]
-    else:
-        probe = MetaWorldTaskEnv(task, seed=env_seed)
-        try:
-            goal = demonstration_goal(probe, demonstration[0])
-        finally:
-            probe.close()
+        return goals[prompt_episode], demonstration
+    probe = MetaWorldTaskEnv(task, seed=env_seed)
+    try:
+        return demonstration_goal(probe, demonstration[0]), demonstration
+    finally:
+        probe.close()
+
+
+def practice_episodes(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
+                      acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(demonstration [T + 1, 39], practice episodes [len(candidates), T + 1, 39]): one practice episode of `task`
+    per candidate's condition from the demonstration's start, checked to start where the demonstration did."""
+    goal, demonstration = practice_start(source, task, prompt_episode, env_seed)
+    conditions = task_conditions(module, source, candidates, prompt_episode)
     rollouts = practice_rollouts(module, torch.cat([conditions[c] for c in candidates]), task, goal,
                                  len(demonstration) - 1, acting, env_seed)
     if np.abs(rollouts[0, 0] - demonstration[0]).max() > START_TOLERANCE:
         raise ConfigError(f"the demonstration of '{task}' does not start where goal variation {goal} (named by its "
                           "dataset) does (were the datasets made with another data.seed?)")
+    return demonstration, rollouts
+
+
+def practice_distances(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
+                       acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> dict[str, float]:
+    """Each candidate's motion distance (`nearest_motion`) between its practice episode on `task`
+    (`practice_episodes`) and `task`'s demonstration (prompt episode `prompt_episode`)."""
+    demonstration, rollouts = practice_episodes(module, source, task, candidates, prompt_episode, acting, env_seed)
     return nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)
