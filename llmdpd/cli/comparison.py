@@ -103,6 +103,11 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # best imitates its demonstration: the rule chosen on the validation below.
     **{f"{bench}_retrieval": (bench, ["eval.seen=false", "eval.prompt_retrieval=demonstration"])
        for bench in ("ml10", "ml45")},
+    # The same imagined practice with the transition model fitted again from another seed (the run's seed + 100):
+    # whether its gains depend on one fit.
+    "ml10_unseen37_retrieval_imagined_refit": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false",
+                                                        "eval.max_envs=128", "eval.prompt_retrieval=imagined",
+                                                        "world_model.seed_offset=100"]),
     # ML10's own unseen tasks under the practice rules (the same episodes as their share of ml10_unseen37_*).
     **{f"ml10_retrieval_{rule}": ("ml10", ["eval.seen=false", f"eval.prompt_retrieval={rule}"])
        for rule in ("practice", "imagined")},

@@ -331,6 +331,9 @@ class WorldModelConfig:
     weight_decay: float = 1e-4
     # The last this many episodes of each training task are held out to measure the fit (reported and cached).
     holdout_episodes: int = 3
+    # The fit (initialisation and sampling) is seeded by the experiment's seed plus this offset: another offset is
+    # another fit of the same data, to measure how much imagined practice's choices depend on the fit.
+    seed_offset: int = 0
 
 
 @dataclass

@@ -24,10 +24,12 @@ from llmdpd.world_model.model import TransitionModel
 
 def training_world_model(source: Any, progress: bool = True) -> TransitionModel:
     """The transition model of `source`'s training tasks' datasets (`source.cfg.world_model`, seeded by the
-    experiment's seed), fitted or read from the cache, with its fit on held-out episodes printed."""
+    experiment's seed plus `world_model.seed_offset`), fitted or read from the cache, with its fit on held-out
+    episodes printed."""
     cfg = source.cfg
     settings = dict(cfg.world_model)
     holdout = int(settings.pop("holdout_episodes"))
+    seed = int(cfg.seed) + int(settings.pop("seed_offset"))
     train, held_out = [], []
     for task in source.train_tasks:
         episodes = source.data_episodes(task)
@@ -37,7 +39,7 @@ def training_world_model(source: Any, progress: bool = True) -> TransitionModel:
         held_out += episodes[len(episodes) - holdout:]
     key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
            "data_dir": str(source.root.resolve()), "holdout_episodes": holdout}
-    model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out, seed=int(cfg.seed),
+    model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out, seed=seed,
                                          progress=progress, **settings)
     print(f"world model on {len(held_out)} held-out episodes: one-step error {fit.one_step:.3f} (no change "
           f"{fit.no_change:.3f}); hand off by " + ", ".join(f"{fit.hand_error[h] * 100:.1f} cm after {h} steps "
