@@ -129,3 +129,29 @@ def test_imagined_retrieval_chooses_the_behaviour_whose_imagined_rollout_moves_l
                                             world_model=model)["push-v3"]
     assert chosen == "sweep-v3" and set(distances) == set(behaviours)
     assert distances["sweep-v3"] < 0.5 * min(distances["reach-v3"], distances["door-open-v3"])
+
+
+def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_episodes, tmp_path):
+    from llmdpd.config.load import ConfigError, load_config
+    from llmdpd.evaluation.imagined_practice import training_world_model
+
+    train, _ = push_episodes
+
+    class Source:
+        cfg = load_config("smoke", [f"paths.cache_dir={tmp_path}", "world_model.holdout_episodes=12"])
+        root = tmp_path
+        train_tasks = ["push-v3"]
+
+        def data_episodes(self, task):
+            return train
+
+    with pytest.raises(ConfigError, match=r"world_model.holdout_episodes \(12\) leaves no episode of 'push-v3'"):
+        training_world_model(Source())
+    Source.train_tasks = ["hopper-medium-v2"]
+    with pytest.raises(ConfigError, match="'hopper-medium-v2' is not a Meta-World task"):
+        training_world_model(Source())
+    Source.cfg.world_model.holdout_episodes = 2
+    Source.train_tasks = ["push-v3"]
+    Source.cfg.world_model.steps = 5
+    assert isinstance(training_world_model(Source(), progress=False), TransitionModel)
+    assert len(list((tmp_path / "world_models").glob("*.pt"))) == 1

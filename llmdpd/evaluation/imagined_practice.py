@@ -15,7 +15,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from llmdpd.config.load import ConfigError
 from llmdpd.data.generate import dataset_id
+from llmdpd.envs.metaworld import is_metaworld_task
 from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
 from llmdpd.world_model.fit import cached_transition_model
@@ -30,11 +32,15 @@ def training_world_model(source: Any, progress: bool = True) -> TransitionModel:
     settings = dict(cfg.world_model)
     holdout = int(settings.pop("holdout_episodes"))
     seed = int(cfg.seed) + int(settings.pop("seed_offset"))
+    others = [task for task in source.train_tasks if not is_metaworld_task(task)]
+    if others:
+        raise ConfigError(f"eval.prompt_retrieval=imagined models Meta-World observations; '{others[0]}' is not a "
+                          "Meta-World task")
     train, held_out = [], []
     for task in source.train_tasks:
         episodes = source.data_episodes(task)
         if holdout >= len(episodes):
-            raise ValueError(f"world_model.holdout_episodes ({holdout}) leaves no episode of '{task}' to fit on")
+            raise ConfigError(f"world_model.holdout_episodes ({holdout}) leaves no episode of '{task}' to fit on")
         train += episodes[: len(episodes) - holdout]
         held_out += episodes[len(episodes) - holdout:]
     key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
