@@ -24,6 +24,7 @@ from llmdpd.evaluation.plan import EvalEpisode, GoalLayout, plan_episodes, plan_
 from llmdpd.evaluation.results import read_eval_json, scalar_metrics, summarise, write_eval_json
 from llmdpd.evaluation.rollout import EpisodeResult, RolloutTiming, evaluate_episodes
 from llmdpd.evaluation.rollout_diagnostics import rollout_diagnostics
+from tests.expert_candidates import EXPERT_CANDIDATE, SIGNS, DemonstrationSource, SignedExpertPolicy
 from tests.tiny_lightning import TinyModule
 
 SEEN = ["reach-v3", "push-v3", "button-press-topdown-v3"]
@@ -639,38 +640,14 @@ def test_practice_retrieval_chooses_the_behaviour_whose_own_rollout_moves_like_t
     for _ in range(MOTION_STEPS + 20):
         demonstration.append(env.step(expert(demonstration[-1]))[0])
     env.close()
-    behaviours = {"reach-v3": -1.0, "sweep-v3": 1.0, "door-open-v3": 0.0}  # the action's sign, per candidate
-
-    class Source:
-        def prompt_episodes(self, task):
-            return [{"observations": np.stack(demonstration)}]
-
-        def prompt_goals(self, task):
-            return named_goals
-
-        def text_embeddings(self, task):
-            return torch.tensor([[behaviours.get(task, 0.0)]])
-
-        def prompt(self, task, episode, offset=0):
-            return None
-
-    class Policy(torch.nn.Module):
-        obs_mean = torch.zeros(39)
-
-        def prompt_condition(self, text_emb, prompt):
-            return text_emb
-
-        def act(self, obs, cond, acting=None):
-            actions = np.stack([expert(o) for o in obs.numpy()])
-            return torch.as_tensor(actions, dtype=torch.float32) * cond[:, :1]
-
+    policy, source = SignedExpertPolicy("push-v3"), DemonstrationSource(np.stack(demonstration), named_goals)
     if named_goals == [4]:
         with pytest.raises(ConfigError, match="does not start where goal variation 4"):
-            retrieve_behaviours("practice", Policy(), Source(), ["push-v3"], list(behaviours), 0)
+            retrieve_behaviours("practice", policy, source, ["push-v3"], list(SIGNS), 0)
         return
-    chosen, distances = retrieve_behaviours("practice", Policy(), Source(), ["push-v3"], list(behaviours), 0)["push-v3"]
-    assert chosen == "sweep-v3" and set(distances) == set(behaviours)
-    assert distances["sweep-v3"] == pytest.approx(0.0, abs=1e-6)
+    chosen, distances = retrieve_behaviours("practice", policy, source, ["push-v3"], list(SIGNS), 0)["push-v3"]
+    assert chosen == EXPERT_CANDIDATE and set(distances) == set(SIGNS)
+    assert distances[EXPERT_CANDIDATE] == pytest.approx(0.0, abs=1e-6)
     assert min(distances["reach-v3"], distances["door-open-v3"]) > 0.1
 
 

@@ -11,6 +11,7 @@ from llmdpd.envs.metaworld import scripted_expert
 from llmdpd.evaluation.lockstep import lockstep_episodes
 from llmdpd.world_model.fit import cached_transition_model, fit_transition_model, imagine
 from llmdpd.world_model.model import TransitionModel
+from tests.expert_candidates import EXPERT_CANDIDATE, SIGNS, DemonstrationSource, SignedExpertPolicy
 
 STEPS = 150
 FIT = dict(width=64, layers=2, steps=400, unroll=8, sequences=64, lr=3e-3)
@@ -101,34 +102,12 @@ def test_imagined_retrieval_chooses_the_behaviour_whose_imagined_rollout_moves_l
 
     model, _ = fitted
     demonstration = noisy_expert_episodes("push-v3", [3], noise=0.0, seed=0)[0]["observations"]
-    behaviours = {"reach-v3": -1.0, "sweep-v3": 1.0, "door-open-v3": 0.0}  # the action's sign, per candidate
-    expert = scripted_expert("push-v3")
-
-    class Source:
-        def prompt_episodes(self, task):
-            return [{"observations": demonstration}]
-
-        def text_embeddings(self, task):
-            return torch.tensor([[behaviours.get(task, 0.0)]])
-
-        def prompt(self, task, episode, offset=0):
-            return None
-
-    class Policy(torch.nn.Module):
-        obs_mean = torch.zeros(39)
-
-        def prompt_condition(self, text_emb, prompt):
-            return text_emb
-
-        def act(self, obs, cond, acting=None):
-            actions = np.stack([expert(o) for o in obs.numpy()])
-            return torch.as_tensor(actions, dtype=torch.float32) * cond[:, :1]
-
+    policy, source = SignedExpertPolicy("push-v3"), DemonstrationSource(demonstration)
     assert MOTION_STEPS >= STEPS
-    chosen, distances = retrieve_behaviours("imagined", Policy(), Source(), ["push-v3"], list(behaviours), 0,
+    chosen, distances = retrieve_behaviours("imagined", policy, source, ["push-v3"], list(SIGNS), 0,
                                             world_model=model)["push-v3"]
-    assert chosen == "sweep-v3" and set(distances) == set(behaviours)
-    assert distances["sweep-v3"] < 0.5 * min(distances["reach-v3"], distances["door-open-v3"])
+    assert chosen == EXPERT_CANDIDATE and set(distances) == set(SIGNS)
+    assert distances[EXPERT_CANDIDATE] < 0.5 * min(distances["reach-v3"], distances["door-open-v3"])
 
 
 def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_episodes, tmp_path):
