@@ -289,9 +289,11 @@ def check_choices(cfg: DictConfig) -> None:
     for key in ("width", "layers", "steps", "unroll", "sequences"):
         if cfg.world_model[key] < 1:
             raise ConfigError(f"Invalid value for 'world_model.{key}': {cfg.world_model[key]}; expected at least 1")
-    if cfg.world_model.holdout_episodes < 0 or not cfg.world_model.lr > 0:
-        raise ConfigError("Invalid value for 'world_model.holdout_episodes' or 'world_model.lr': expected "
-                          f"{cfg.world_model.holdout_episodes} >= 0 and {cfg.world_model.lr} > 0")
+    if cfg.world_model.holdout_episodes < 0:
+        raise ConfigError(f"Invalid value for 'world_model.holdout_episodes': {cfg.world_model.holdout_episodes}; "
+                          "expected at least 0")
+    if not cfg.world_model.lr > 0:
+        raise ConfigError(f"Invalid value for 'world_model.lr': {cfg.world_model.lr}; expected a positive rate")
 
 
 def check_chunk_acting(horizon: int, execute: int, ensemble: bool) -> None:
