@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import json
 import shutil
 from pathlib import Path
@@ -131,3 +132,14 @@ def test_a_comparison_commit_carries_the_regenerated_tables(tmp_path):
     assert "| mlp_bc | 2 |" in readme and "| no_prompts | 2 |" in readme
     status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
     assert status.stdout == ""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    # `llmdpd tables ... | head -1`: the pipe closes before the second line; no traceback, exit status 0.
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, "-m", "llmdpd", "tables", "--check", "README.md", "docs/results.md"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and b"Traceback" not in err, err.decode()

@@ -75,6 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         code = args.run(args)
+    except BrokenPipeError:
+        # The reader went away (`llmdpd compare ... | head`): stop quietly, as Unix tools do, and keep Python's
+        # exit-time flush of stdout from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except user_errors() as err:
         print(f"llmdpd {args.command}: error: {one_line(err)}", file=sys.stderr)
         code = 2
