@@ -92,7 +92,8 @@ def test_the_model_is_fitted_once_and_read_back_and_a_corrupt_cache_is_fitted_ag
     cached.write_bytes(b"not a model")
     cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False, **settings)
     assert "unreadable" in capsys.readouterr().out
-    assert set(torch.load(cached, weights_only=True)) == {"state_dict", "fit", "key"}
+    assert set(torch.load(cached, weights_only=True)) == {"state_dict", "size", "fit", "key"}
+    assert torch.load(cached, weights_only=True)["size"] == {"width": FIT["width"], "layers": FIT["layers"]}
 
 
 def test_imagined_retrieval_chooses_the_behaviour_whose_imagined_rollout_moves_like_the_demonstration(fitted):

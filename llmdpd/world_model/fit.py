@@ -121,7 +121,7 @@ def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Ep
         if path.is_file():
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
-                model = TransitionModel(fit_args.get("width", 256), fit_args.get("layers", 3))
+                model = TransitionModel(**saved["size"])
                 model.load_state_dict(saved["state_dict"])
                 return model.eval(), WorldModelFit(**saved["fit"])
             except Exception as error:  # a cache: an unreadable file is fitted again, and says so
@@ -130,7 +130,8 @@ def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Ep
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
-            torch.save({"state_dict": model.state_dict(), "fit": asdict(fit), "key": key}, tmp)
+            size = {"width": model.net[0].out_features, "layers": (len(model.net) - 1) // 2}
+            torch.save({"state_dict": model.state_dict(), "size": size, "fit": asdict(fit), "key": key}, tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
