@@ -93,6 +93,7 @@ def test_the_model_is_fitted_once_and_read_back_and_a_corrupt_cache_is_fitted_ag
     cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False, **settings)
     assert "unreadable" in capsys.readouterr().out
     assert set(torch.load(cached, weights_only=True)) == {"state_dict", "size", "fit", "key"}
+    assert model.size == again.size == {"width": FIT["width"], "layers": FIT["layers"]}
     assert torch.load(cached, weights_only=True)["size"] == {"width": FIT["width"], "layers": FIT["layers"]}
 
 
@@ -132,6 +133,10 @@ def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_ep
         training_world_model(Source())
     Source.cfg.world_model.holdout_episodes = 2
     Source.train_tasks = ["push-v3"]
+    Source.cfg.world_model.unroll = STEPS
+    with pytest.raises(ConfigError, match=rf"world_model.unroll \({STEPS}\) must be shorter than the episodes"):
+        training_world_model(Source(), progress=False)
+    Source.cfg.world_model.unroll = 4
     Source.cfg.world_model.steps = 5
     assert isinstance(training_world_model(Source(), progress=False), TransitionModel)
     assert len(list((tmp_path / "world_models").glob("*.pt"))) == 1

@@ -89,6 +89,13 @@ def behaviour_distances(module, source: Any, task: str, candidates: Sequence[str
     return errors
 
 
+def demonstration_observations(source: Any, task: str, prompt_episode: int) -> np.ndarray:
+    """The observations [<= MOTION_STEPS + 1, 39] of `task`'s demonstration (prompt episode `prompt_episode`) that
+    practice, real or imagined, compares its episodes with."""
+    observations = source.prompt_episodes(task)[prompt_episode]["observations"]
+    return np.asarray(observations, np.float32)[: MOTION_STEPS + 1]
+
+
 def motion_descriptor(observations: np.ndarray) -> list[np.ndarray]:
     """The four parts of a demonstration's motion (see the module docstring), each a flat vector."""
     obs = np.asarray(observations, np.float64)[: MOTION_STEPS + 1]

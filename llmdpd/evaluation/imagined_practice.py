@@ -18,7 +18,7 @@ import torch
 from llmdpd.config.load import ConfigError
 from llmdpd.data.generate import dataset_id
 from llmdpd.envs.metaworld import is_metaworld_task
-from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, nearest_motion
+from llmdpd.evaluation.behaviour_retrieval import demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
 from llmdpd.world_model.fit import cached_transition_model
 from llmdpd.world_model.model import TransitionModel
@@ -45,8 +45,11 @@ def training_world_model(source: Any, progress: bool = True) -> TransitionModel:
         held_out += episodes[len(episodes) - holdout:]
     key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
            "data_dir": str(source.root.resolve()), "holdout_episodes": holdout}
-    model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out, seed=seed,
-                                         progress=progress, **settings)
+    try:
+        model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out, seed=seed,
+                                             progress=progress, **settings)
+    except ValueError as err:  # the fit's refusal of these settings for these episodes
+        raise ConfigError(str(err)) from None
     print(f"world model on {len(held_out)} held-out episodes: one-step error {fit.one_step:.3f} (no change "
           f"{fit.no_change:.3f}); hand off by " + ", ".join(f"{fit.hand_error[h] * 100:.1f} cm after {h} steps "
           f"(travelled {fit.hand_travel[h] * 100:.1f})" for h in fit.hand_error))
@@ -69,15 +72,22 @@ def imagined_rollouts(module, world_model: TransitionModel, conditions: torch.Te
     return torch.stack(observations, 1).cpu().numpy()
 
 
-def imagined_distances(module, world_model: TransitionModel, source: Any, task: str, candidates: Sequence[str],
-                       prompt_episode: int, acting: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Each candidate's motion distance (`nearest_motion`) between its imagined episode and `task`'s
-    demonstration (prompt episode `prompt_episode`)."""
-    demonstration = np.asarray(source.prompt_episodes(task)[prompt_episode]["observations"], np.float32)
-    demonstration = demonstration[: MOTION_STEPS + 1]
+def imagined_episodes(module, world_model: TransitionModel, source: Any, task: str, candidates: Sequence[str],
+                      prompt_episode: int, acting: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(demonstration [T + 1, 39], imagined episodes [len(candidates), T + 1, 39]): one imagined episode per
+    candidate's condition from the demonstration's first observation."""
+    demonstration = demonstration_observations(source, task, prompt_episode)
     conditions = task_conditions(module, source, candidates, prompt_episode)
     rollouts = imagined_rollouts(module, world_model, torch.cat([conditions[c] for c in candidates]),
                                  demonstration[0], len(demonstration) - 1, acting)
+    return demonstration, rollouts
+
+
+def imagined_distances(module, world_model: TransitionModel, source: Any, task: str, candidates: Sequence[str],
+                       prompt_episode: int, acting: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Each candidate's motion distance (`nearest_motion`) between its imagined episode (`imagined_episodes`) and
+    `task`'s demonstration (prompt episode `prompt_episode`)."""
+    demonstration, rollouts = imagined_episodes(module, world_model, source, task, candidates, prompt_episode, acting)
     return nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)
 
 
@@ -95,9 +105,7 @@ def imagination_fidelity(module, world_model: TransitionModel, source: Any, task
     for task in tasks:
         candidates = [other for other in training_tasks if other != task]
         demonstration, real = practice_episodes(module, source, task, candidates, prompt_episode, acting, env_seed)
-        conditions = task_conditions(module, source, candidates, prompt_episode)
-        imagined = imagined_rollouts(module, world_model, torch.cat([conditions[c] for c in candidates]),
-                                     demonstration[0], len(demonstration) - 1, acting)
+        _, imagined = imagined_episodes(module, world_model, source, task, candidates, prompt_episode, acting)
         last = len(demonstration) - 1
 
         def hand_error(step: int) -> float:

@@ -21,7 +21,7 @@ import torch
 
 from llmdpd.config.load import ConfigError
 from llmdpd.envs.metaworld import NUM_GOALS, MetaWorldTaskEnv, is_metaworld_task
-from llmdpd.evaluation.behaviour_retrieval import MOTION_STEPS, nearest_motion
+from llmdpd.evaluation.behaviour_retrieval import demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
 from llmdpd.evaluation.lockstep import lockstep_episodes
 
@@ -59,8 +59,7 @@ def practice_start(source: Any, task: str, prompt_episode: int, env_seed: int = 
     matches its first observation (`demonstration_goal`)."""
     if not is_metaworld_task(task):
         raise ConfigError(f"eval.prompt_retrieval=practice needs Meta-World tasks; '{task}' is not one")
-    demonstration = np.asarray(source.prompt_episodes(task)[prompt_episode]["observations"], np.float32)
-    demonstration = demonstration[: MOTION_STEPS + 1]
+    demonstration = demonstration_observations(source, task, prompt_episode)
     goals = source.prompt_goals(task)
     if goals is not None:
         return goals[prompt_episode], demonstration

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +19,7 @@ import torch
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from llmdpd.checkpoints import atomic_save
 from llmdpd.world_model.model import MODELLED, TransitionModel, transition_features
 
 Episode = dict[str, np.ndarray]
@@ -127,13 +126,5 @@ def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Ep
             except Exception as error:  # a cache: an unreadable file is fitted again, and says so
                 print(f"world model cache {path} is unreadable ({type(error).__name__}); fitting it again")
         model, fit = fit_transition_model(train, held_out, progress=progress, **fit_args)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            size = {"width": model.net[0].out_features, "layers": (len(model.net) - 1) // 2}
-            torch.save({"state_dict": model.state_dict(), "size": size, "fit": asdict(fit), "key": key}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save({"state_dict": model.state_dict(), "size": model.size, "fit": asdict(fit), "key": key}, path)
     return model, fit

@@ -36,6 +36,7 @@ class TransitionModel(nn.Module):
 
     def __init__(self, width: int = 256, layers: int = 3) -> None:
         super().__init__()
+        self.size = {"width": width, "layers": layers}  # what rebuilds it from a state dict
         dims = [FEATURES] + [width] * layers
         blocks: list[nn.Module] = []
         for fan_in, fan_out in zip(dims[:-1], dims[1:]):
