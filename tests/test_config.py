@@ -122,10 +122,18 @@ def test_a_value_outside_its_choices_is_one_line(override):
 
 
 @pytest.mark.parametrize("override", ["world_model.unroll=0", "world_model.width=-1", "world_model.lr=0",
-                                      "world_model.holdout_episodes=-1"])
+                                      "world_model.holdout_episodes=-1", "world_model.members=0",
+                                      "world_model.max_spread=-0.1"])
 def test_world_model_sizes_must_be_positive(override):
     with pytest.raises(ConfigError, match=rf"Invalid value for '{re.escape(override.split('=')[0])}': "):
         load_config("smoke", [override, "eval.prompt_retrieval=imagined"])
+
+
+def test_the_unconditional_candidate_needs_a_rule_that_consults_the_policy():
+    with pytest.raises(ConfigError, match="eval.prompt_retrieval_unconditional needs a retrieval rule that consults "
+                                          "the policy .*not 'motion'"):
+        load_config("smoke", ["eval.prompt_retrieval=motion", "eval.prompt_retrieval_unconditional=true"])
+    assert load_config("smoke", ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true"])
 
 
 def test_one_prompt_chooser_at_a_time():

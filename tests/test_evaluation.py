@@ -489,6 +489,8 @@ class _FakePolicy(torch.nn.Module):
         self.cfg.policy.action_horizon, self.cfg.policy.action_execute = horizon, execute
 
     def prompt_condition(self, text_emb, prompt):
+        if text_emb is None and prompt is None:  # the all-null condition
+            return torch.full((1, 4), -1.0)
         return torch.cat([text_emb, prompt["prompt_obs"].mean(dim=(1, 2))[:, None], torch.zeros(len(text_emb), 1)], 1)
 
     def plan(self, obs_raw, cond, acting=None):
@@ -523,6 +525,16 @@ def test_policy_agent_with_a_prompt_task_conditions_every_episode_on_that_task()
     torch.testing.assert_close(agent.condition, torch.cat([own[:3], own[:3]]))  # drawer-open's episodes as reach's
 
 
+def test_policy_agent_shown_the_unconditional_behaviour_acts_on_the_all_null_condition():
+    from llmdpd.evaluation.agent import UNCONDITIONAL
+
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, **GOALS, seed=0)
+    agent = PolicyAgent(_FakePolicy(), _FakeSource(), episodes, prompt_episode=2,
+                        prompt_task={"drawer-open-v3": UNCONDITIONAL})
+    own = PolicyAgent(_FakePolicy(), _FakeSource(), episodes, prompt_episode=2).condition
+    torch.testing.assert_close(agent.condition, torch.cat([own[:3], torch.full((3, 4), -1.0)]))
+
+
 def test_behaviour_retrieval_shows_the_training_task_whose_actions_imitate_the_demonstration():
     from llmdpd.evaluation.behaviour_retrieval import retrieve_behaviours
 
@@ -546,6 +558,15 @@ def test_behaviour_retrieval_shows_the_training_task_whose_actions_imitate_the_d
     assert chosen["drawer-open-v3"][0] == "push-v3"
     assert chosen["drawer-open-v3"][1] == pytest.approx({"reach-v3": 4 * 0.4**2, "push-v3": 4 * 0.1**2})
     assert chosen["push-v3"] == ("reach-v3", pytest.approx({"reach-v3": 4 * 0.4**2}))  # never itself
+    # Offered too, the unconditional behaviour (here acting 0.4, the demonstration's action) is chosen.
+    Policy.prompt_condition = lambda self, text_emb, prompt: torch.tensor([[0.4]]) if text_emb is None else text_emb
+    chosen = retrieve_behaviours("demonstration", Policy(), Source(), ["drawer-open-v3"], ["reach-v3", "push-v3"], 0,
+                                 unconditional=True)
+    assert chosen["drawer-open-v3"][0] == "unconditional"
+    assert chosen["drawer-open-v3"][1] == pytest.approx({"reach-v3": 4 * 0.4**2, "push-v3": 4 * 0.1**2,
+                                                         "unconditional": 0.0})
+    with pytest.raises(ValueError, match="'motion' does not consult the policy"):
+        retrieve_behaviours("motion", Policy(), Source(), ["drawer-open-v3"], ["reach-v3"], 0, unconditional=True)
 
 
 def _moving_demonstration(hand_step, object_step, gripper=1.0, steps=250):

@@ -10,6 +10,7 @@ import torch
 from llmdpd.envs.metaworld import scripted_expert
 from llmdpd.evaluation.lockstep import lockstep_episodes
 from llmdpd.world_model.fit import cached_transition_model, fit_transition_model, imagine
+from llmdpd.evaluation.imagined_practice import WorldModelEnsemble, imagined_choice, trusted_steps
 from llmdpd.world_model.model import TransitionModel
 from tests.expert_candidates import EXPERT_CANDIDATE, SIGNS, DemonstrationSource, SignedExpertPolicy
 
@@ -107,14 +108,14 @@ def test_imagined_retrieval_chooses_the_behaviour_whose_imagined_rollout_moves_l
     policy, source = SignedExpertPolicy("push-v3"), DemonstrationSource(demonstration)
     assert MOTION_STEPS >= STEPS
     chosen, distances = retrieve_behaviours("imagined", policy, source, ["push-v3"], list(SIGNS), 0,
-                                            world_model=model)["push-v3"]
+                                            ensemble=WorldModelEnsemble([model]))["push-v3"]
     assert chosen == EXPERT_CANDIDATE and set(distances) == set(SIGNS)
     assert distances[EXPERT_CANDIDATE] < 0.5 * min(distances["reach-v3"], distances["door-open-v3"])
 
 
 def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_episodes, tmp_path):
     from llmdpd.config.load import ConfigError, load_config
-    from llmdpd.evaluation.imagined_practice import training_world_model
+    from llmdpd.evaluation.imagined_practice import training_world_models
 
     train, _ = push_episodes
 
@@ -127,16 +128,62 @@ def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_ep
             return train
 
     with pytest.raises(ConfigError, match=r"world_model.holdout_episodes \(12\) leaves no episode of 'push-v3'"):
-        training_world_model(Source())
+        training_world_models(Source())
     Source.train_tasks = ["hopper-medium-v2"]
     with pytest.raises(ConfigError, match="'hopper-medium-v2' is not a Meta-World task"):
-        training_world_model(Source())
+        training_world_models(Source())
     Source.cfg.world_model.holdout_episodes = 2
     Source.train_tasks = ["push-v3"]
     Source.cfg.world_model.unroll = STEPS
     with pytest.raises(ConfigError, match=rf"world_model.unroll \({STEPS}\) must be shorter than the episodes"):
-        training_world_model(Source(), progress=False)
+        training_world_models(Source(), progress=False)
     Source.cfg.world_model.unroll = 4
     Source.cfg.world_model.steps = 5
-    assert isinstance(training_world_model(Source(), progress=False), TransitionModel)
+    [single] = training_world_models(Source(), progress=False).models
     assert len(list((tmp_path / "world_models").glob("*.pt"))) == 1
+    # An ensemble's first member is that same fit (read back); the second is fitted from its own seed.
+    Source.cfg.world_model.members, Source.cfg.world_model.max_spread = 2, 0.05
+    ensemble = training_world_models(Source(), progress=False)
+    assert len(list((tmp_path / "world_models").glob("*.pt"))) == 2 and ensemble.max_spread == 0.05
+    first, second = ensemble.models
+    state = single.state_dict()
+    assert all(torch.equal(first.state_dict()[k], state[k]) for k in state)
+    assert not all(torch.equal(second.state_dict()[k], state[k]) for k in state)
+
+
+def test_the_comparison_trusts_the_steps_before_the_members_disagree():
+    """Members that agree are read to the end; members whose hands drift apart 1 mm per step are read until their
+    spread passes `max_spread`, never fewer than MOTION_POINTS steps; one member is always read to the end."""
+    from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS
+
+    imagined = np.zeros((2, 3, 201, 39), np.float32)
+    assert trusted_steps(imagined, max_spread=0.01) == 200
+    drift = 0.001 * np.arange(201, dtype=np.float32)
+    imagined[0, :, :, 0], imagined[1, :, :, 0] = drift, -drift  # std across members = drift; object still
+    # spread = (hand std + object std) / 2 = drift / 2, which first passes 0.0302 at step 61
+    assert trusted_steps(imagined, max_spread=0.0302) == 60
+    assert trusted_steps(imagined, max_spread=0.001) == MOTION_POINTS
+    assert trusted_steps(imagined, max_spread=0.0) == 200 and trusted_steps(imagined[:1], 0.001) == 200
+
+
+def test_an_ensemble_averages_its_members_distances_over_the_trusted_steps(fitted):
+    """Two identical members choose exactly as one; a member that imagines nothing happening lowers the
+    still candidate's mean distance; with a spread limit the distances are those of the shorter window."""
+    from llmdpd.evaluation.behaviour_retrieval import nearest_motion
+
+    demonstration = noisy_expert_episodes("push-v3", [3], noise=0.0, seed=0)[0]["observations"]
+    moving = np.stack([demonstration + 0.01 * k for k in range(3)])  # three candidates' imagined episodes
+    candidates = ["a", "b", "c"]
+    one, steps = imagined_choice(demonstration, moving[None], candidates, max_spread=0.0)
+    assert steps == len(demonstration) - 1
+    assert one == nearest_motion(demonstration, dict(zip(candidates, moving)), scale_with_query=True)
+    assert imagined_choice(demonstration, np.stack([moving, moving]), candidates, 0.0)[0] == pytest.approx(one)
+    still = np.repeat(demonstration[None, :1], len(demonstration), 1).repeat(3, 0)
+    mixed, _ = imagined_choice(demonstration, np.stack([moving, still]), candidates, 0.0)
+    alone = nearest_motion(demonstration, dict(zip(candidates, still)), scale_with_query=True)
+    assert mixed == pytest.approx({c: (one[c] + alone[c]) / 2 for c in candidates})
+    gated, window = imagined_choice(demonstration, np.stack([moving, still]), candidates, max_spread=0.02)
+    assert window < len(demonstration) - 1
+    head = [nearest_motion(demonstration[: window + 1], dict(zip(candidates, m[:, : window + 1])),
+                           scale_with_query=True) for m in (moving, still)]
+    assert gated == pytest.approx({c: (head[0][c] + head[1][c]) / 2 for c in candidates})

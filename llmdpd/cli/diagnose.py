@@ -40,7 +40,7 @@ TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
 TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")
 MODES = ("bimodality_coefficient", "bimodal", "separation", "principal_share")
 RETRIEVAL = ("own", "best", "oracle", "best_task")
-IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "object_moved", "agree")
+IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "object_moved", "trusted_steps", "agree")
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -139,12 +139,12 @@ def run(args: argparse.Namespace) -> int:
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
                                "mean": _mean(rollouts, ROLLOUT_COLUMNS)}
     if args.imagination:
-        from llmdpd.evaluation.imagined_practice import imagination_fidelity, training_world_model
+        from llmdpd.evaluation.imagined_practice import imagination_fidelity, training_world_models
         from llmdpd.evaluation.runner import ACTING_KEYS
 
         held_out = dm.validation_tasks if cfg.eval.split == "validation" else dm.unseen_tasks
         acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
-        fidelity = imagination_fidelity(module, training_world_model(dm), dm, held_out, dm.train_tasks,
+        fidelity = imagination_fidelity(module, training_world_models(dm), dm, held_out, dm.train_tasks,
                                         cfg.eval.prompt_episode, acting, env_seed=cfg.data.seed)
         summary["imagination"] = {"tasks": fidelity, "mean": _mean(fidelity, IMAGINATION)}
     out = args.out or results_directory(ckpt) / f"diagnose_{Path(ckpt).stem}.json"

@@ -18,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from llmdpd.config.schema import CHOICES, OUTCOME_ADVANTAGES, Q_ACTING_RULES, ExperimentConfig
+from llmdpd.config.schema import CHOICES, OUTCOME_ADVANTAGES, POLICY_RETRIEVAL_RULES, Q_ACTING_RULES, ExperimentConfig
 
 SectionT = typing.TypeVar("SectionT")
 
@@ -284,9 +284,12 @@ def check_choices(cfg: DictConfig) -> None:
         raise ConfigError("eval.prompt_task and eval.prompt_retrieval both choose the prompt; set one of them")
     if cfg.eval.prompt_retrieval_leave_one_out and cfg.eval.prompt_retrieval == "none":
         raise ConfigError("eval.prompt_retrieval_leave_one_out needs a retrieval rule (eval.prompt_retrieval)")
+    if cfg.eval.prompt_retrieval_unconditional and cfg.eval.prompt_retrieval not in POLICY_RETRIEVAL_RULES:
+        raise ConfigError("eval.prompt_retrieval_unconditional needs a retrieval rule that consults the policy "
+                          f"({', '.join(POLICY_RETRIEVAL_RULES)}), not '{cfg.eval.prompt_retrieval}'")
     if cfg.eval.prompt_retrieval == "text" and not cfg.text.enabled:
         raise ConfigError("eval.prompt_retrieval=text needs the text prompt (text.enabled is false)")
-    for key in ("width", "layers", "steps", "unroll", "sequences"):
+    for key in ("width", "layers", "steps", "unroll", "sequences", "members"):
         if cfg.world_model[key] < 1:
             raise ConfigError(f"Invalid value for 'world_model.{key}': {cfg.world_model[key]}; expected at least 1")
     if cfg.world_model.holdout_episodes < 0:
@@ -294,6 +297,9 @@ def check_choices(cfg: DictConfig) -> None:
                           "expected at least 0")
     if not cfg.world_model.lr > 0:
         raise ConfigError(f"Invalid value for 'world_model.lr': {cfg.world_model.lr}; expected a positive rate")
+    if not cfg.world_model.max_spread >= 0:
+        raise ConfigError(f"Invalid value for 'world_model.max_spread': {cfg.world_model.max_spread}; expected a "
+                          "distance of at least 0 (0: no limit)")
 
 
 def check_chunk_acting(horizon: int, execute: int, ensemble: bool) -> None:

@@ -37,6 +37,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.split": ("test", "validation"),
     "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice", "imagined"),
 }
+# The retrieval rules that consult the policy (and so can offer its unconditional behaviour as a candidate).
+POLICY_RETRIEVAL_RULES = ("demonstration", "practice", "imagined")
 
 
 @dataclass
@@ -302,6 +304,10 @@ class EvalConfig:
     # Retrieve for the training tasks too, each among the other training tasks: with eval.split=validation,
     # a retrieval rule's validation (how well the behaviour it calls up serves a task it was not trained for).
     prompt_retrieval_leave_one_out: bool = False
+    # Offer the policy's unconditional behaviour (the all-null condition that prompt dropout trains, which asks for
+    # no task in particular) as one more candidate, named "unconditional", to the rules that consult the policy
+    # (demonstration, practice, imagined).
+    prompt_retrieval_unconditional: bool = False
     # Override the descriptions of a task at evaluation time: task -> list of texts.
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1000
@@ -334,6 +340,12 @@ class WorldModelConfig:
     # The fit (initialisation and sampling) is seeded by the experiment's seed plus this offset: another offset is
     # another fit of the same data, to measure how much imagined practice's choices depend on the fit.
     seed_offset: int = 0
+    # An ensemble of this many models, member k fitted from seed + seed_offset + 100 k: imagined practice rolls every
+    # candidate out in each and averages the members' motion distances.
+    members: int = 1
+    # The comparison stops where the members' imagined hand and object positions spread more than this (m, the std
+    # across members; llmdpd/evaluation/imagined_practice.py): 0 compares the whole window.
+    max_spread: float = 0.0
 
 
 @dataclass

@@ -13,6 +13,10 @@ from llmdpd.config.load import check_chunk_acting
 from llmdpd.envs.metaworld import scripted_expert
 from llmdpd.evaluation.plan import EvalEpisode
 
+# The name of the policy's unconditional behaviour where a task's prompt is named (`prompt_task`, a retrieval's
+# candidates): the all-null condition, which prompt dropout trains.
+UNCONDITIONAL = "unconditional"
+
 
 class PromptSource(Protocol):
     """What an agent needs from the data side to condition on a task (the DataModule provides it)."""
@@ -30,7 +34,8 @@ class PolicyAgent:
     The condition of every episode is computed once, up front: episode e of a task is described by the
     task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
     which is all an unseen task gives the agent; with `prompt_task`, that task's description and demonstration
-    instead, whatever the episode's task (a mapping: per task, the task whose prompt it is shown). Observations
+    instead, whatever the episode's task (a mapping: per task, the task whose prompt it is shown; `UNCONDITIONAL`:
+    the all-null condition). Observations
     are raw; the module normalises them. `acting` overrides acting-time `policy.*` settings, passed to every
     `module.plan` call.
 
@@ -70,6 +75,8 @@ class PolicyAgent:
         tasks = list(dict.fromkeys(ep.task for ep in episodes))
         shown = {task: prompt_task.get(task, task) if isinstance(prompt_task, Mapping) else prompt_task or task
                  for task in tasks}
+        unconditional = [row for row, ep in enumerate(episodes) if shown[ep.task] == UNCONDITIONAL]
+        shown = {task: task if other == UNCONDITIONAL else other for task, other in shown.items()}
         texts = {task: source.text_embeddings(shown[task]) for task in tasks}
         prompts = {task: source.prompt(shown[task], prompt_episode, 0) for task in tasks}
         text_emb = None
@@ -80,7 +87,10 @@ class PolicyAgent:
         prompt = None
         if all(prompts[ep.task] is not None for ep in episodes):
             prompt = torch.stack([prompts[ep.task] for ep in episodes]).to(self.device)
-        return self.module.prompt_condition(text_emb, prompt)
+        condition = self.module.prompt_condition(text_emb, prompt)
+        if unconditional:
+            condition[unconditional] = self.module.prompt_condition(None, None).to(condition.dtype)
+        return condition
 
     def __call__(self, obs: np.ndarray, live: list[int]) -> np.ndarray:
         if self.ensemble:

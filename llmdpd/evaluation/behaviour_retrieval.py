@@ -21,6 +21,9 @@ descriptions and its one demonstration, the prompt episode it is shown), the tra
 - `imagined`: practice in a transition model learned from the training data
   (llmdpd/evaluation/imagined_practice.py) instead of the task's environment: zero-shot.
 
+With `unconditional` (`eval.prompt_retrieval_unconditional`) the policy's unconditional behaviour (the all-null
+condition, `UNCONDITIONAL`) is one more candidate of the rules that consult the policy.
+
 A task is never offered itself: on training tasks (`eval.prompt_retrieval_leave_one_out`, the validation of
 a rule) each chooses among the others, as an unseen task would.
 """
@@ -32,8 +35,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from llmdpd.config.schema import CHOICES
+from llmdpd.config.schema import CHOICES, POLICY_RETRIEVAL_RULES
 from llmdpd.envs.metaworld import GRIPPER, HAND, OBJECT
+from llmdpd.evaluation.agent import UNCONDITIONAL
 from llmdpd.evaluation.diagnostics import task_conditions
 
 RULES = tuple(rule for rule in CHOICES["eval.prompt_retrieval"] if rule != "none")
@@ -43,19 +47,23 @@ MOTION_POINTS = 20
 
 def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], training_tasks: Sequence[str],
                         prompt_episode: int, acting: Mapping[str, Any] | None = None, env_seed: int = 0,
-                        world_model=None) -> dict[str, tuple[str, dict[str, float]]]:
+                        ensemble=None, unconditional: bool = False) -> dict[str, tuple[str, dict[str, float]]]:
     """task -> (the training task chosen for it by `rule`, each candidate's distance), each task choosing
     among the training tasks other than itself. `env_seed`: the MT1 seed of the datasets (`practice` only);
-    `world_model`: the `TransitionModel` of `imagined` (default: `training_world_model(source)`)."""
+    `ensemble`: the `WorldModelEnsemble` of `imagined` (default: `training_world_models(source)`); `unconditional`:
+    offer `UNCONDITIONAL` too (rules that consult the policy only)."""
     if rule not in RULES:
         raise ValueError(f"unknown retrieval rule '{rule}' (expected one of {', '.join(RULES)})")
-    if rule == "imagined" and world_model is None:
-        from llmdpd.evaluation.imagined_practice import training_world_model
+    if unconditional and rule not in POLICY_RETRIEVAL_RULES:
+        raise ValueError(f"retrieval rule '{rule}' does not consult the policy: it cannot offer its unconditional "
+                         "behaviour")
+    if rule == "imagined" and ensemble is None:
+        from llmdpd.evaluation.imagined_practice import training_world_models
 
-        world_model = training_world_model(source)
+        ensemble = training_world_models(source)
     out = {}
     for task in tasks:
-        candidates = [other for other in training_tasks if other != task]
+        candidates = [other for other in training_tasks if other != task] + [UNCONDITIONAL] * unconditional
         if rule == "demonstration":
             distances = behaviour_distances(module, source, task, candidates, prompt_episode, acting)
         elif rule == "motion":
@@ -67,7 +75,7 @@ def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], tr
         elif rule == "imagined":
             from llmdpd.evaluation.imagined_practice import imagined_distances
 
-            distances = imagined_distances(module, world_model, source, task, candidates, prompt_episode, acting)
+            distances = imagined_distances(module, ensemble, source, task, candidates, prompt_episode, acting)
         else:
             distances = description_distances(source, task, candidates)
         out[task] = (min(distances, key=distances.__getitem__), distances)

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from llmdpd.envs.metaworld import MetaWorldTaskEnv, is_metaworld_task, scripted_expert
+from llmdpd.evaluation.agent import UNCONDITIONAL
 from llmdpd.policy.acting import select_candidates
 
 
@@ -73,9 +74,12 @@ def validation_state_sets(tasks: Sequence[str], goals: Sequence[int], seed: int 
 @torch.no_grad()
 def task_conditions(module, source: Any, tasks: Sequence[str], prompt_episode: int = 0) -> dict[str, Tensor]:
     """Each task's condition [1, C]: its first description and demonstration episode `prompt_episode` (from
-    offset 0)."""
+    offset 0); `UNCONDITIONAL`'s is the all-null condition."""
     out = {}
     for task in tasks:
+        if task == UNCONDITIONAL:
+            out[task] = module.prompt_condition(None, None)
+            continue
         text = source.text_embeddings(task)
         text = None if text is None else text[:1].to(module.obs_mean.device)
         out[task] = module.prompt_condition(text, source.prompt(task, prompt_episode, 0))

@@ -6,10 +6,16 @@ steps, each step's observation predicted by a `TransitionModel` fitted on the tr
 (llmdpd/world_model/), and the candidate whose imagined motion lies nearest the demonstration's is chosen
 (`nearest_motion`, as for practice). What the agent reads: its training data and the task's one demonstration;
 no reward, no interaction. Zero-shot, like the other prompt-only rules.
+
+With an ensemble (`world_model.members` > 1, each member fitted from its own seed) every candidate is imagined in
+every member and its distance is the members' mean, so that one fit's errors weigh less in the choice; with
+`world_model.max_spread` the comparison stops where the members' imagined hand and object positions spread more
+than that (`trusted_steps`), so that the choice is made on the part of the motion the models agree on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -18,20 +24,37 @@ import torch
 from llmdpd.config.load import ConfigError
 from llmdpd.data.generate import dataset_id
 from llmdpd.envs.metaworld import is_metaworld_task
-from llmdpd.evaluation.behaviour_retrieval import demonstration_observations, nearest_motion
+from llmdpd.envs.metaworld import HAND, OBJECT
+from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS, demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
 from llmdpd.world_model.fit import cached_transition_model
 from llmdpd.world_model.model import TransitionModel
 
 
-def training_world_model(source: Any, progress: bool = True) -> TransitionModel:
-    """The transition model of `source`'s training tasks' datasets (`source.cfg.world_model`, seeded by the
-    experiment's seed plus `world_model.seed_offset`), fitted or read from the cache, with its fit on held-out
-    episodes printed."""
+# Member k of an ensemble is fitted from the experiment's seed + `world_model.seed_offset` + k * MEMBER_SEED_STRIDE,
+# so member 1 of offset 0 is the fit of offset 100 (the `_refit` comparison's).
+MEMBER_SEED_STRIDE = 100
+
+
+@dataclass
+class WorldModelEnsemble:
+    """The transition models imagined practice rolls every candidate out in (`world_model.members`), and the spread
+    of their imagined positions beyond which the comparison stops (`world_model.max_spread`, m; 0: never)."""
+
+    models: list[TransitionModel]
+    max_spread: float = 0.0
+
+
+def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsemble:
+    """The `world_model.members` transition models of `source`'s training tasks' datasets (`source.cfg.world_model`,
+    member k seeded by the experiment's seed + `world_model.seed_offset` + k * `MEMBER_SEED_STRIDE`), fitted or
+    read from the cache, with each one's fit on held-out episodes printed."""
     cfg = source.cfg
     settings = dict(cfg.world_model)
     holdout = int(settings.pop("holdout_episodes"))
     seed = int(cfg.seed) + int(settings.pop("seed_offset"))
+    members = int(settings.pop("members"))
+    settings.pop("max_spread")
     others = [task for task in source.train_tasks if not is_metaworld_task(task)]
     if others:
         raise ConfigError(f"eval.prompt_retrieval=imagined models Meta-World observations; '{others[0]}' is not a "
@@ -45,79 +68,119 @@ def training_world_model(source: Any, progress: bool = True) -> TransitionModel:
         held_out += episodes[len(episodes) - holdout:]
     key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
            "data_dir": str(source.root.resolve()), "holdout_episodes": holdout}
-    try:
-        model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out, seed=seed,
-                                             progress=progress, **settings)
-    except ValueError as err:  # the fit's refusal of these settings for these episodes
-        raise ConfigError(str(err)) from None
-    print(f"world model on {len(held_out)} held-out episodes: one-step error {fit.one_step:.3f} (no change "
-          f"{fit.no_change:.3f}); hand off by " + ", ".join(f"{fit.hand_error[h] * 100:.1f} cm after {h} steps "
-          f"(travelled {fit.hand_travel[h] * 100:.1f})" for h in fit.hand_error))
-    return model
+    models = []
+    for member in range(members):
+        try:
+            model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out,
+                                                 seed=seed + member * MEMBER_SEED_STRIDE, progress=progress,
+                                                 **settings)
+        except ValueError as err:  # the fit's refusal of these settings for these episodes
+            raise ConfigError(str(err)) from None
+        print(f"world model {member + 1}/{members} on {len(held_out)} held-out episodes: one-step error "
+              f"{fit.one_step:.3f} (no change {fit.no_change:.3f}); hand off by " + ", ".join(
+                  f"{fit.hand_error[h] * 100:.1f} cm after {h} steps (travelled {fit.hand_travel[h] * 100:.1f})"
+                  for h in fit.hand_error))
+        models.append(model)
+    return WorldModelEnsemble(models, float(cfg.world_model.max_spread))
 
 
 @torch.no_grad()
-def imagined_rollouts(module, world_model: TransitionModel, conditions: torch.Tensor, first: np.ndarray,
+def imagined_rollouts(module, world_models: Sequence[TransitionModel], conditions: torch.Tensor, first: np.ndarray,
                       steps: int, acting: Mapping[str, Any] | None = None) -> np.ndarray:
-    """Observations [n, steps + 1, 39] of one imagined episode per condition ([n, C]) from observation `first`;
-    every step acts on the first action of a fresh plan, as in the environment."""
+    """Observations [members, n, steps + 1, 39] of one imagined episode per member and condition ([n, C]) from
+    observation `first`, the policy acting for all of them in one call per step; every step acts on the first
+    action of a fresh plan, as in the environment."""
     device, acting = module.obs_mean.device, dict(acting) if acting else None
-    world_model = world_model.to(device)
-    obs = torch.as_tensor(np.asarray(first, np.float32), device=device).expand(len(conditions), -1).clone()
+    world_models = [model.to(device) for model in world_models]
+    n = len(conditions)
+    obs = torch.as_tensor(np.asarray(first, np.float32), device=device).expand(len(world_models) * n, -1).clone()
+    conditions = conditions.repeat(len(world_models), *([1] * (conditions.dim() - 1)))
     observations = [obs]
     for _ in range(steps):
         action = module.act(obs, conditions, acting=acting).float()
-        obs = world_model.step(obs, action)
+        obs = torch.cat([model.step(o, a) for model, o, a in zip(world_models, obs.split(n), action.split(n))])
         observations.append(obs)
-    return torch.stack(observations, 1).cpu().numpy()
+    return torch.stack(observations, 1).reshape(len(world_models), n, steps + 1, -1).cpu().numpy()
 
 
-def imagined_episodes(module, world_model: TransitionModel, source: Any, task: str, candidates: Sequence[str],
-                      prompt_episode: int, acting: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(demonstration [T + 1, 39], imagined episodes [len(candidates), T + 1, 39]): one imagined episode per
-    candidate's condition from the demonstration's first observation."""
+def imagined_episodes(module, ensemble: WorldModelEnsemble, source: Any, task: str,
+                      candidates: Sequence[str], prompt_episode: int, acting: Mapping[str, Any] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(demonstration [T + 1, 39], imagined episodes [members, len(candidates), T + 1, 39]): one imagined episode
+    per member and candidate's condition from the demonstration's first observation."""
     demonstration = demonstration_observations(source, task, prompt_episode)
     conditions = task_conditions(module, source, candidates, prompt_episode)
-    rollouts = imagined_rollouts(module, world_model, torch.cat([conditions[c] for c in candidates]),
+    rollouts = imagined_rollouts(module, ensemble.models, torch.cat([conditions[c] for c in candidates]),
                                  demonstration[0], len(demonstration) - 1, acting)
     return demonstration, rollouts
 
 
-def imagined_distances(module, world_model: TransitionModel, source: Any, task: str, candidates: Sequence[str],
-                       prompt_episode: int, acting: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Each candidate's motion distance (`nearest_motion`) between its imagined episode (`imagined_episodes`) and
-    `task`'s demonstration (prompt episode `prompt_episode`)."""
-    demonstration, rollouts = imagined_episodes(module, world_model, source, task, candidates, prompt_episode, acting)
-    return nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)
+def member_spread(imagined: np.ndarray) -> np.ndarray:
+    """Per step [T + 1], how far the members of imagined episodes [members, n, T + 1, 39] disagree: the length of
+    the std across members of the hand's and of the object's position (m), averaged over the two and the n
+    episodes."""
+    parts = [np.linalg.norm(imagined[..., part].std(0), axis=-1) for part in (HAND, OBJECT)]
+    return np.mean(parts, axis=0).mean(0)
 
 
-def imagination_fidelity(module, world_model: TransitionModel, source: Any, tasks: Sequence[str],
+def trusted_steps(imagined: np.ndarray, max_spread: float) -> int:
+    """How many steps of imagined episodes [members, n, T + 1, 39] the comparison reads: all T with one member or
+    `max_spread` 0, else those before the members' spread (`member_spread`) first exceeds `max_spread`, and never
+    fewer than `MOTION_POINTS` (the motion is read at that many times)."""
+    steps = imagined.shape[2] - 1
+    if max_spread <= 0 or len(imagined) == 1:
+        return steps
+    beyond = np.flatnonzero(member_spread(imagined) > max_spread)
+    return min(steps, max(MOTION_POINTS, int(beyond[0]) - 1 if len(beyond) else steps))
+
+
+def imagined_choice(demonstration: np.ndarray, imagined: np.ndarray, candidates: Sequence[str], max_spread: float
+                    ) -> tuple[dict[str, float], int]:
+    """(each candidate's motion distance to the demonstration, the members' mean of `nearest_motion` over the
+    trusted steps; the number of trusted steps) for imagined episodes [members, len(candidates), T + 1, 39]."""
+    steps = trusted_steps(imagined, max_spread)
+    per_member = [nearest_motion(demonstration[: steps + 1], dict(zip(candidates, member[:, : steps + 1])),
+                                 scale_with_query=True) for member in imagined]
+    return {c: float(np.mean([distances[c] for distances in per_member])) for c in candidates}, steps
+
+
+def imagined_distances(module, ensemble: WorldModelEnsemble, source: Any, task: str,
+                       candidates: Sequence[str], prompt_episode: int, acting: Mapping[str, Any] | None = None
+                       ) -> dict[str, float]:
+    """Each candidate's motion distance (`imagined_choice`) between its imagined episodes (`imagined_episodes`)
+    and `task`'s demonstration (prompt episode `prompt_episode`)."""
+    demonstration, rollouts = imagined_episodes(module, ensemble, source, task, candidates, prompt_episode, acting)
+    return imagined_choice(demonstration, rollouts, candidates, ensemble.max_spread)[0]
+
+
+def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, tasks: Sequence[str],
                          training_tasks: Sequence[str], prompt_episode: int, acting: Mapping[str, Any] | None = None,
                          env_seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per task, how far imagined practice episodes lie from the real ones (the same candidates' conditions, the
-    same start; `llmdpd diagnose --imagination`): the hand's distance (m) after 50 steps and at the end (`MOTION_STEPS`)
-    and the object's at the end, averaged over candidates, with how far the real episodes moved the object; and the
-    candidate each rule chooses (`practice_choice`, `imagined_choice`) and whether they agree."""
-    from llmdpd.envs.metaworld import HAND, OBJECT
+    same start; `llmdpd diagnose --imagination`): the hand's distance (m) after 50 steps and at the end
+    (`MOTION_STEPS`) and the object's at the end, averaged over candidates and members, with how far the real
+    episodes moved the object; the steps the comparison trusts (`trusted_steps`); and the candidate each rule
+    chooses (`practice_choice`, `imagined_choice`) and whether they agree."""
     from llmdpd.evaluation.practice import practice_episodes
 
     out = {}
     for task in tasks:
         candidates = [other for other in training_tasks if other != task]
         demonstration, real = practice_episodes(module, source, task, candidates, prompt_episode, acting, env_seed)
-        _, imagined = imagined_episodes(module, world_model, source, task, candidates, prompt_episode, acting)
+        _, imagined = imagined_episodes(module, ensemble, source, task, candidates, prompt_episode, acting)
         last = len(demonstration) - 1
 
-        def hand_error(step: int) -> float:
-            return float(np.linalg.norm(imagined[:, step, HAND] - real[:, step, HAND], axis=-1).mean())
+        def error(step: int, part: slice) -> float:
+            return float(np.linalg.norm(imagined[:, :, step, part] - real[None, :, step, part], axis=-1).mean())
 
-        entry: dict[str, Any] = {"hand_error_50": hand_error(min(50, last)), "hand_error_end": hand_error(last)}
-        entry["object_error"] = float(np.linalg.norm(imagined[:, last, OBJECT] - real[:, last, OBJECT], axis=-1).mean())
+        entry: dict[str, Any] = {"hand_error_50": error(min(50, last), HAND), "hand_error_end": error(last, HAND),
+                                 "object_error": error(last, OBJECT)}
         entry["object_moved"] = float(np.linalg.norm(real[:, last, OBJECT] - real[:, 0, OBJECT], axis=-1).mean())
-        choices = {}
-        for rule, rollouts in (("practice", real), ("imagined", imagined)):
-            distances = nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)
-            choices[rule] = min(distances, key=distances.__getitem__)
+        practice = nearest_motion(demonstration, dict(zip(candidates, real)), scale_with_query=True)
+        imagined_scores, entry["trusted_steps"] = imagined_choice(demonstration, imagined, candidates,
+                                                                  ensemble.max_spread)
+        choices = {rule: min(distances, key=distances.__getitem__)
+                   for rule, distances in (("practice", practice), ("imagined", imagined_scores))}
         entry.update(practice_choice=choices["practice"], imagined_choice=choices["imagined"],
                      agree=float(choices["practice"] == choices["imagined"]))
         out[task] = entry
