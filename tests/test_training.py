@@ -310,6 +310,21 @@ def test_llmdpd_eval_rescores_a_checkpoint_with_other_wordings(smoke_data_dir, t
     cached = [torch.load(f, weights_only=True) for f in (REPO / ".cache" / "llmdpd" / "embeddings").glob("*.pt")]
     assert any(wording in entry["texts"] for entry in cached)
 
+    # The unconditional behaviour, shown to every task or offered to imagined practice in an ensemble of two.
+    unconditional = tmp_path / "unconditional.json"
+    run_command([sys.executable, "-m", "llmdpd", "eval", "smoke", "ckpt=last", *paths, *quick, "--out", str(unconditional),
+                 "eval.prompt_task=unconditional"], timeout=300)
+    assert json.loads(unconditional.read_text())["unseen"]["episodes"] == 1
+    imagined = tmp_path / "imagined.json"
+    result = run_command([sys.executable, "-m", "llmdpd", "eval", "smoke", "ckpt=last", *paths, *quick, "--out",
+                          str(imagined), "eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true",
+                          "world_model.members=2", "world_model.max_spread=0.05", "world_model.steps=20"], timeout=300)
+    assert "world model 2/2" in result.stdout
+    [(task, retrieval)] = json.loads(imagined.read_text())["prompt_retrieval"].items()
+    assert task == "drawer-close-v3" and retrieval["rule"] == "imagined"
+    assert set(retrieval["distances"]) == {"reach-v3", "button-press-topdown-v3", "unconditional"}
+    assert retrieval["chosen"] == min(retrieval["distances"], key=retrieval["distances"].get)
+
     wordings.write_text("drawer-close-v3: not a list\n")
     bad = subprocess.run(
         [sys.executable, "-m", "llmdpd", "eval", "smoke", "ckpt=last", *paths, "--descriptions", str(wordings)],
@@ -377,6 +392,7 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     assert imagination["agree"] == float(imagination["practice_choice"] == imagination["imagined_choice"])
     assert all(math.isfinite(imagination[k]) and imagination[k] >= 0
                for k in ("hand_error_50", "hand_error_end", "object_error", "object_moved"))
+    assert imagination["trusted_steps"] == 100  # one model: the whole of the smoke demonstration's 100 steps
     assert imagination["hand_error_end"] > 0  # a model fitted for 50 steps on four episodes is not the physics
     # Under eval.split=validation the held-out validation tasks take the unseen tasks' place.
     held_out = tmp_path / "held_out.json"

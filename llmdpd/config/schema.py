@@ -291,7 +291,8 @@ class EvalConfig:
     # Which prompt episode of an unseen task's prompt dataset conditions the agent.
     prompt_episode: int = 0
     # Condition every episode on this training task's descriptions and demonstration instead of its own task's
-    # ("": its own). What one training behaviour scores on other tasks: `llmdpd diagnose --retrieval`.
+    # ("": its own; "unconditional": the all-null condition). What one training behaviour scores on other tasks:
+    # `llmdpd diagnose --retrieval`.
     prompt_task: str = ""
     # Condition each unseen task on a training task chosen from its demonstration or descriptions
     # (llmdpd/evaluation/behaviour_retrieval.py): "demonstration" (the behaviour whose actions best imitate its

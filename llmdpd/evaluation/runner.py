@@ -15,7 +15,7 @@ import torch
 from llmdpd.config.load import ConfigError
 from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
-from llmdpd.evaluation.agent import PolicyAgent
+from llmdpd.evaluation.agent import UNCONDITIONAL, PolicyAgent
 from llmdpd.evaluation.environments import EpisodeEnvironments
 from llmdpd.evaluation.plan import plan_evaluation
 from llmdpd.evaluation.results import SPLITS, summarise
@@ -43,9 +43,9 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)  # the checkpoint's
     episodes = plan_evaluation(cfg.eval, dm.train_tasks, dm.unseen_tasks, cfg.data, held_out_tasks=dm.validation_tasks)
-    if cfg.eval.prompt_task and cfg.eval.prompt_task not in dm.train_tasks:
+    if cfg.eval.prompt_task and cfg.eval.prompt_task not in [*dm.train_tasks, UNCONDITIONAL]:
         raise ConfigError(f"eval.prompt_task: '{cfg.eval.prompt_task}' is not a training task of this experiment "
-                         f"({', '.join(dm.train_tasks)})")
+                         f"({', '.join(dm.train_tasks)}) nor '{UNCONDITIONAL}'")
     prompt_task: str | dict[str, str] | None = cfg.eval.prompt_task or None
     retrieved = {}
     if cfg.eval.prompt_retrieval != "none":
