@@ -83,6 +83,24 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long",
         "mlp_bc_prompts_rwr_wide_long": "ml45/mlp_bc_prompts_rwr_wide_long",
     },
+    # The ninth configuration on ML45 without its five validation tasks (base/ml45_validation_tasks.yaml): the
+    # policies on which rules meant for unseen tasks are chosen (`ml45_heldout_*` below).
+    "ml45_heldout": {"llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long_heldout"},
+}
+# Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's
+# unconditional behaviour, and each retrieval rule, imagined practice also with an ensemble of three transition
+# models compared over the steps they agree on, and the rules that consult the policy also offered the
+# unconditional behaviour.
+HELDOUT_RULES: dict[str, list[str]] = {
+    "own": [],
+    "unconditional": ["eval.prompt_task=unconditional"],
+    **{f"retrieval_{rule}": [f"eval.prompt_retrieval={rule}"] for rule in ("demonstration", "practice", "imagined")},
+    "retrieval_imagined_members3": ["eval.prompt_retrieval=imagined", "world_model.members=3"],
+    **{f"retrieval_imagined_members3_spread{spread}": ["eval.prompt_retrieval=imagined", "world_model.members=3",
+                                                      f"world_model.max_spread={spread}"]
+       for spread in ("0.02", "0.05", "0.1")},
+    **{f"retrieval_{rule}_unconditional": [f"eval.prompt_retrieval={rule}", "eval.prompt_retrieval_unconditional=true"]
+       for rule in ("demonstration", "practice", "imagined")},
 }
 # Benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): the same policies
 # scored on another task set, without training them again. ML10's policies on the 37 Meta-World tasks they
@@ -116,6 +134,9 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
                                                       "eval.prompt_retrieval_leave_one_out=true"])
        for rule in CHOICES["eval.prompt_retrieval"] if rule != "none"},
+    # The held-out validation tasks on their validation goals (16 episodes each), under each rule above.
+    **{f"ml45_heldout_{name}": ("ml45_heldout", ["eval.seen=false", "eval.episodes_per_task=16", *overrides])
+       for name, overrides in HELDOUT_RULES.items()},
 }
 COMPARISONS.update({name: COMPARISONS[trained] for name, (trained, _) in EVALUATIONS.items()})
 
