@@ -23,13 +23,11 @@ import torch
 
 from llmdpd.config.load import ConfigError
 from llmdpd.data.generate import dataset_id
-from llmdpd.envs.metaworld import is_metaworld_task
-from llmdpd.envs.metaworld import HAND, OBJECT
+from llmdpd.envs.metaworld import HAND, OBJECT, is_metaworld_task
 from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS, demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
 from llmdpd.world_model.fit import cached_transition_model
 from llmdpd.world_model.model import TransitionModel
-
 
 # Member k of an ensemble is fitted from the experiment's seed + `world_model.seed_offset` + k * MEMBER_SEED_STRIDE,
 # so member 1 of offset 0 is the fit of offset 100 (the `_refit` comparison's).
