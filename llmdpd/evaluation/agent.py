@@ -35,9 +35,8 @@ class PolicyAgent:
     task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
     which is all an unseen task gives the agent; with `prompt_task`, that task's description and demonstration
     instead, whatever the episode's task (a mapping: per task, the task whose prompt it is shown; `UNCONDITIONAL`:
-    the all-null condition). Observations
-    are raw; the module normalises them. `acting` overrides acting-time `policy.*` settings, passed to every
-    `module.plan` call.
+    the all-null condition). Observations are raw; the module normalises them. `acting` overrides acting-time
+    `policy.*` settings, passed to every `module.plan` call.
 
     With action chunks the agent executes the first `policy.action_execute` actions of each plan before it asks
     again, per episode: an episode is planned for when its queue is empty, all such episodes in one call. With
