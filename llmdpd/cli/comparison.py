@@ -105,20 +105,20 @@ HELDOUT_RULES: dict[str, list[str]] = {
 # Chosen by the decision rule fixed before the held-out figures (README): imagined practice with one transition
 # model (the ensembles scored lower), offered the unconditional behaviour too (it scored the same: never chosen).
 CHOSEN_HELDOUT_RULE = "retrieval_imagined_unconditional"
+# ML10's policies on the 37 Meta-World tasks they never saw, 128 environments at a time (about 2.5 GB) instead of
+# 256: results do not depend on it (evaluation/rollout.py).
+UNSEEN37 = ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128"]
 # Benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): the same policies
 # scored on another task set, without training them again. ML10's policies on the 37 Meta-World tasks they
 # never saw (llmdpd/tasks/metaworld.yaml), where ML10's five unseen tasks are too few to rank methods.
 EVALUATIONS: dict[str, tuple[str, list[str]]] = {
-    # 128 environments at a time (about 2.5 GB) instead of 256: results do not depend on it (evaluation/rollout.py).
-    "ml10_unseen37": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128"]),
+    "ml10_unseen37": ("ml10", UNSEEN37),
     # The same, each unseen task shown the training task whose behaviour best imitates its demonstration.
-    "ml10_unseen37_retrieval": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128",
-                                         "eval.prompt_retrieval=demonstration"]),
+    "ml10_unseen37_retrieval": ("ml10", [*UNSEEN37, "eval.prompt_retrieval=demonstration"]),
     # The same, each unseen task shown the training task whose behaviour, tried once from its demonstration's start
     # without reward, moves most like the demonstration: in the task's environment (`practice`, one reward-free
     # episode per training task) or in a transition model learned from the training data (`imagined`, zero-shot).
-    **{f"ml10_unseen37_retrieval_{rule}": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false",
-                                                    "eval.max_envs=128", f"eval.prompt_retrieval={rule}"])
+    **{f"ml10_unseen37_retrieval_{rule}": ("ml10", [*UNSEEN37, f"eval.prompt_retrieval={rule}"])
        for rule in ("practice", "imagined")},
     # ML10's and ML45's own unseen tasks (the seen ones are not affected), each shown the training behaviour that
     # best imitates its demonstration: the rule chosen on the validation below.
@@ -126,8 +126,7 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
        for bench in ("ml10", "ml45")},
     # The same imagined practice with the transition model fitted again from another seed (the run's seed + 100):
     # whether its gains depend on one fit.
-    "ml10_unseen37_retrieval_imagined_refit": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false",
-                                                        "eval.max_envs=128", "eval.prompt_retrieval=imagined",
+    "ml10_unseen37_retrieval_imagined_refit": ("ml10", [*UNSEEN37, "eval.prompt_retrieval=imagined",
                                                         "world_model.seed_offset=100"]),
     # ML10's and ML45's own unseen tasks under the practice rules (on ML10, the same episodes as their share of
     # ml10_unseen37_*).
@@ -137,7 +136,7 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     # unseen tasks.
     **{f"{bench}_{CHOSEN_HELDOUT_RULE}": (trained, [*overrides, *HELDOUT_RULES[CHOSEN_HELDOUT_RULE]])
        for bench, (trained, overrides) in {
-           "ml10_unseen37": ("ml10", ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128"]),
+           "ml10_unseen37": ("ml10", UNSEEN37),
            "ml10": ("ml10", ["eval.seen=false"]), "ml45": ("ml45", ["eval.seen=false"])}.items()},
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
     # task the rule chooses among the nine others (never itself), as if it were unseen.
