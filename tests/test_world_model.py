@@ -187,3 +187,47 @@ def test_an_ensemble_averages_its_members_distances_over_the_trusted_steps(fitte
     head = [nearest_motion(demonstration[: window + 1], dict(zip(candidates, m[:, : window + 1])),
                            scale_with_query=True) for m in (moving, still)]
     assert gated == pytest.approx({c: (head[0][c] + head[1][c]) / 2 for c in candidates})
+
+
+def test_adapting_to_one_demonstration_predicts_the_new_tasks_other_goals_better(fitted):
+    """A model fitted on push-v3 alone meets drawer-close-v3's drawer: adapted on one demonstration (goal 0), it
+    predicts the drawer on two other goals at least twice as well; the fitted model is left as it was, and the
+    adaptation runs under inference mode (as evaluation does) and is seeded."""
+    from llmdpd.world_model.fit import adapt_transition_model, measure_fit
+
+    model, _ = fitted
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    demonstration = noisy_expert_episodes("drawer-close-v3", [0], noise=0.0, seed=0)[0]
+    others = noisy_expert_episodes("drawer-close-v3", [5, 6], noise=0.0, seed=0)
+    fitted_fit = measure_fit(model, others)
+    with torch.inference_mode():
+        adapted = adapt_transition_model(model, demonstration, steps=200, lr=1e-3, unroll=8, sequences=64, seed=0)
+    adapted_fit = measure_fit(adapted, others)
+    assert adapted_fit.one_step < 0.5 * fitted_fit.one_step
+    assert adapted_fit.object_error["50"] < 0.5 * fitted_fit.object_error["50"]
+    assert all(torch.equal(model.state_dict()[k], before[k]) for k in before)
+    again = adapt_transition_model(model, demonstration, steps=200, lr=1e-3, unroll=8, sequences=64, seed=0)
+    assert all(torch.equal(again.state_dict()[k], adapted.state_dict()[k]) for k in before)
+
+
+def test_an_adapting_ensemble_imagines_each_task_in_copies_adapted_to_its_demonstration(fitted):
+    """With adaptation steps 0 the members are the fitted models themselves; with steps, one adapted copy per member,
+    each its own (member k seeded apart), and the demonstration-fit diagnosis reports both parts for the task."""
+    from llmdpd.evaluation.imagined_practice import demonstration_fit
+
+    model, _ = fitted
+    episodes = noisy_expert_episodes("drawer-close-v3", [0, 5], noise=0.0, seed=0)
+    assert WorldModelEnsemble([model, model]).for_demonstration(episodes[0]) == [model, model]
+    adapting = WorldModelEnsemble([model, model], adaptation={"steps": 20, "lr": 1e-3, "unroll": 8, "sequences": 64})
+    first, second = adapting.for_demonstration(episodes[0])
+    assert first is not model and not torch.equal(first.net[0].weight, model.net[0].weight)
+    assert not torch.equal(first.net[0].weight, second.net[0].weight)
+
+    class Source:
+        def prompt_episodes(self, task):
+            return episodes
+
+    fits = demonstration_fit(adapting, Source(), ["drawer-close-v3"], prompt_episode=0)
+    assert set(fits["drawer-close-v3"]) == {"other_demonstrations_hand_50", "other_demonstrations_object_50"}
+    assert demonstration_fit(adapting, type("One", (), {"prompt_episodes": lambda self, t: episodes[:1]})(),
+                             ["drawer-close-v3"], 0) == {"drawer-close-v3": {}}

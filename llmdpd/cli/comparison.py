@@ -101,6 +101,11 @@ HELDOUT_RULES: dict[str, list[str]] = {
        for spread in ("0.02", "0.05", "0.1")},
     **{f"retrieval_{rule}_unconditional": [f"eval.prompt_retrieval={rule}", "eval.prompt_retrieval_unconditional=true"]
        for rule in ("demonstration", "practice", "imagined")},
+    # The chosen rule below with the transition model first adapted to each task's demonstration, at the rate that
+    # best predicted the held-out tasks' other prompt episodes (`llmdpd diagnose --demonstration-fit`).
+    **{f"retrieval_imagined_unconditional_adapt{steps}": [
+        "eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true",
+        f"world_model.adapt_steps={steps}", "world_model.adapt_lr=0.0003"] for steps in (50, 200)},
 }
 # Chosen by the decision rule fixed before the held-out figures (README): imagined practice with one transition
 # model (the ensembles scored lower), offered the unconditional behaviour too (it scored the same: never chosen).

@@ -23,7 +23,10 @@ policy that only calls up training behaviours could score there, chosen on one e
 and each retrieval rule's choices scored on that table (`rules`); run again on the same output file, it reads the
 rollouts back and scores the rules only. With `--imagination`, how far imagined practice episodes (in the transition
 model learned from the training data) lie from the real practice episodes of the same conditions on the unseen
-tasks, and how often the two rules choose the same training task (`imagination_fidelity`).
+tasks, and how often the two rules choose the same training task (`imagination_fidelity`). With
+`--demonstration-fit`, only how well the transition models, adapted to each unseen task's demonstration where
+`world_model.adapt_steps` says so, predict the task's other prompt episodes (`demonstration_fit`): no policy
+rollouts, so that the adaptation's settings are checked in a minute.
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -40,7 +43,8 @@ TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
 TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")
 MODES = ("bimodality_coefficient", "bimodal", "separation", "principal_share")
 RETRIEVAL = ("own", "best", "oracle", "best_task")
-IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "object_moved", "trusted_steps", "agree")
+IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "object_moved", "trusted_steps", "agree",
+               "other_demonstrations_hand_50", "other_demonstrations_object_50")
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -66,6 +70,9 @@ def register(sub) -> None:
     parser.add_argument("--imagination", action="store_true", help="also, on the unseen tasks (the held-out "
                         "validation tasks under eval.split=validation), how far imagined practice episodes lie from "
                         "the real ones and whether the two rules choose alike")
+    parser.add_argument("--demonstration-fit", action="store_true", help="only how well the transition models "
+                        "(adapted to each unseen task's demonstration under world_model.adapt_steps) predict the "
+                        "task's other prompt episodes; nothing else is measured")
     parser.add_argument("--out", type=Path, help="where to write the results (default: diagnose_<ckpt name>.json "
                         "beside the run's eval.json)")
     parser.set_defaults(run=run)
@@ -103,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     module = load_policy(cfg, ckpt).eval()
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)
+    if args.demonstration_fit:
+        return run_demonstration_fit(cfg, ckpt, dm, args.out)
     states = validation_state_sets(dm.train_tasks, goals, seed=cfg.data.seed)
     if not states:
         raise ConfigError("llmdpd diagnose needs Meta-World training tasks (their scripted experts give the reference)")
@@ -179,6 +188,24 @@ def run(args: argparse.Namespace) -> int:
         rules = summary["retrieval"]["rules"]
         print(format_table(rules, {"success": summary["retrieval"]["mean"]["oracle"]}, ("success", "best_task_picks"))
               .replace("**mean**", "**oracle**"))
+    print(f"written: {out}")
+    return 0
+
+
+def run_demonstration_fit(cfg, ckpt: str, dm, out: Path | None) -> int:
+    """`--demonstration-fit`: written and printed like the other parts, under "demonstration_fit"."""
+    from llmdpd.evaluation.imagined_practice import demonstration_fit, training_world_models
+    from llmdpd.evaluation.results import write_eval_json
+    from llmdpd.runs import results_directory
+
+    held_out = dm.validation_tasks if cfg.eval.split == "validation" else dm.unseen_tasks
+    fits = demonstration_fit(training_world_models(dm), dm, held_out, cfg.eval.prompt_episode)
+    columns = IMAGINATION[-2:]
+    summary = {"checkpoint": str(Path(ckpt).resolve()), "world_model": dict(cfg.world_model),
+               "demonstration_fit": {"tasks": fits, "mean": _mean(fits, columns)}}
+    out = out or results_directory(ckpt) / f"diagnose_demonstration_fit_{Path(ckpt).stem}.json"
+    write_eval_json(out, summary)
+    print(format_table(fits, summary["demonstration_fit"]["mean"], columns))
     print(f"written: {out}")
     return 0
 
@@ -264,7 +291,9 @@ def policy_rollouts(module, conditions: dict, goals, episodes_per_goal: int, cfg
 
 
 def _mean(per_task: dict[str, dict], keys) -> dict[str, float]:
-    return {k: sum(e[k] for e in per_task.values()) / len(per_task) for k in keys}
+    """Each key's mean over the tasks that report it (keys no task reports are left out)."""
+    values = {k: [e[k] for e in per_task.values() if k in e] for k in keys}
+    return {k: sum(v) / len(v) for k, v in values.items() if v}
 
 
 def format_table(per_task: dict[str, dict], mean: dict[str, float], columns) -> str:

@@ -295,8 +295,12 @@ def check_choices(cfg: DictConfig) -> None:
     if cfg.world_model.holdout_episodes < 0:
         raise ConfigError(f"Invalid value for 'world_model.holdout_episodes': {cfg.world_model.holdout_episodes}; "
                           "expected at least 0")
-    if not cfg.world_model.lr > 0:
-        raise ConfigError(f"Invalid value for 'world_model.lr': {cfg.world_model.lr}; expected a positive rate")
+    for key in ("lr", "adapt_lr"):
+        if not cfg.world_model[key] > 0:
+            raise ConfigError(f"Invalid value for 'world_model.{key}': {cfg.world_model[key]}; expected a positive rate")
+    if cfg.world_model.adapt_steps < 0:
+        raise ConfigError(f"Invalid value for 'world_model.adapt_steps': {cfg.world_model.adapt_steps}; expected at "
+                          "least 0 (0: no adaptation)")
     if not cfg.world_model.max_spread >= 0:
         raise ConfigError(f"Invalid value for 'world_model.max_spread': {cfg.world_model.max_spread}; expected a "
                           "distance of at least 0 (0: no limit)")

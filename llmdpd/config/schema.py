@@ -347,6 +347,11 @@ class WorldModelConfig:
     # The comparison stops where the members' imagined hand and object positions spread more than this (m, the std
     # across members; llmdpd/evaluation/imagined_practice.py): 0 compares the whole window.
     max_spread: float = 0.0
+    # Before imagining a task's candidates, fine-tune a copy of each member on the task's demonstration for this many
+    # steps (the fit's unrolled loss, `unroll` and `sequences`, at the constant rate `adapt_lr`): the demonstration
+    # is the one record of the new task's objects. 0: imagine in the models as fitted.
+    adapt_steps: int = 0
+    adapt_lr: float = 1e-4
 
 
 @dataclass

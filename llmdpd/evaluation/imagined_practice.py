@@ -11,11 +11,14 @@ With an ensemble (`world_model.members` > 1, each member fitted from its own see
 every member and its distance is the members' mean, so that one fit's errors weigh less in the choice; with
 `world_model.max_spread` the comparison stops where the members' imagined hand and object positions spread more
 than that (`trusted_steps`), so that the choice is made on the part of the motion the models agree on.
+
+With `world_model.adapt_steps` every member is first fine-tuned on the task's demonstration (a copy per task,
+`adapt_transition_model`): still zero-shot, since the demonstration is what the agent is given.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -26,7 +29,7 @@ from llmdpd.data.generate import dataset_id
 from llmdpd.envs.metaworld import HAND, OBJECT, is_metaworld_task
 from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS, demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
-from llmdpd.world_model.fit import cached_transition_model
+from llmdpd.world_model.fit import Episode, adapt_transition_model, cached_transition_model, measure_fit
 from llmdpd.world_model.model import TransitionModel
 
 # Member k of an ensemble is fitted from the experiment's seed + `world_model.seed_offset` + k * MEMBER_SEED_STRIDE,
@@ -36,11 +39,22 @@ MEMBER_SEED_STRIDE = 100
 
 @dataclass
 class WorldModelEnsemble:
-    """The transition models imagined practice rolls every candidate out in (`world_model.members`), and the spread
-    of their imagined positions beyond which the comparison stops (`world_model.max_spread`, m; 0: never)."""
+    """The transition models imagined practice rolls every candidate out in (`world_model.members`), the spread
+    of their imagined positions beyond which the comparison stops (`world_model.max_spread`, m; 0: never), and
+    how each is adapted to a task's demonstration first (`adapt_transition_model`'s settings; steps 0: not)."""
 
     models: list[TransitionModel]
     max_spread: float = 0.0
+    adaptation: dict[str, Any] = field(default_factory=lambda: {"steps": 0})
+    seed: int = 0
+
+    def for_demonstration(self, episode: Episode) -> list[TransitionModel]:
+        """The members to imagine a task in: as fitted, or copies adapted to its demonstration `episode` (member k
+        drawing its windows from seed + k * `MEMBER_SEED_STRIDE`)."""
+        if not self.adaptation["steps"]:
+            return self.models
+        return [adapt_transition_model(model, episode, seed=self.seed + k * MEMBER_SEED_STRIDE, **self.adaptation)
+                for k, model in enumerate(self.models)]
 
 
 def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsemble:
@@ -53,6 +67,8 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
     seed = int(cfg.seed) + int(settings.pop("seed_offset"))
     members = int(settings.pop("members"))
     settings.pop("max_spread")
+    adaptation = {"steps": int(settings.pop("adapt_steps")), "lr": float(settings.pop("adapt_lr")),
+                  **{key: settings[key] for key in ("unroll", "sequences", "weight_decay")}}
     others = [task for task in source.train_tasks if not is_metaworld_task(task)]
     if others:
         raise ConfigError(f"eval.prompt_retrieval=imagined models Meta-World observations; '{others[0]}' is not a "
@@ -79,7 +95,7 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
                   f"{fit.hand_error[h] * 100:.1f} cm after {h} steps (travelled {fit.hand_travel[h] * 100:.1f})"
                   for h in fit.hand_error))
         models.append(model)
-    return WorldModelEnsemble(models, float(cfg.world_model.max_spread))
+    return WorldModelEnsemble(models, float(cfg.world_model.max_spread), adaptation, seed)
 
 
 @torch.no_grad()
@@ -105,10 +121,12 @@ def imagined_episodes(module, ensemble: WorldModelEnsemble, source: Any, task: s
                       candidates: Sequence[str], prompt_episode: int, acting: Mapping[str, Any] | None = None
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(demonstration [T + 1, 39], imagined episodes [members, len(candidates), T + 1, 39]): one imagined episode
-    per member and candidate's condition from the demonstration's first observation."""
+    per member and candidate's condition from the demonstration's first observation, in the members as the
+    ensemble adapts them to the demonstration."""
     demonstration = demonstration_observations(source, task, prompt_episode)
     conditions = task_conditions(module, source, candidates, prompt_episode)
-    rollouts = imagined_rollouts(module, ensemble.models, torch.cat([conditions[c] for c in candidates]),
+    models = ensemble.for_demonstration(source.prompt_episodes(task)[prompt_episode])
+    rollouts = imagined_rollouts(module, models, torch.cat([conditions[c] for c in candidates]),
                                  demonstration[0], len(demonstration) - 1, acting)
     return demonstration, rollouts
 
@@ -157,15 +175,20 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
     """Per task, how far imagined practice episodes lie from the real ones (the same candidates' conditions, the
     same start; `llmdpd diagnose --imagination`): the hand's distance (m) after 50 steps and at the end
     (`MOTION_STEPS`) and the object's at the end, averaged over candidates and members, with how far the real
-    episodes moved the object; the steps the comparison trusts (`trusted_steps`); and the candidate each rule
-    chooses (`practice_choice`, `imagined_choice`) and whether they agree."""
+    episodes moved the object; the steps the comparison trusts (`trusted_steps`); the candidate each rule
+    chooses (`practice_choice`, `imagined_choice`) and whether they agree; and how well the members (adapted to the
+    demonstration where the ensemble adapts) predict the task's other prompt episodes open loop: the hand's and
+    the object's distance (m) from the truth after 50 steps (`other_demonstrations_hand_50`, `..._object_50`)."""
     from llmdpd.evaluation.practice import practice_episodes
 
     out = {}
     for task in tasks:
         candidates = [other for other in training_tasks if other != task]
         demonstration, real = practice_episodes(module, source, task, candidates, prompt_episode, acting, env_seed)
-        _, imagined = imagined_episodes(module, ensemble, source, task, candidates, prompt_episode, acting)
+        prompts = source.prompt_episodes(task)
+        models = ensemble.for_demonstration(prompts[prompt_episode])
+        _, imagined = imagined_episodes(module, WorldModelEnsemble(models, ensemble.max_spread), source, task,
+                                        candidates, prompt_episode, acting)
         last = len(demonstration) - 1
 
         def error(step: int, part: slice) -> float:
@@ -181,5 +204,32 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
                    for rule, distances in (("practice", practice), ("imagined", imagined_scores))}
         entry.update(practice_choice=choices["practice"], imagined_choice=choices["imagined"],
                      agree=float(choices["practice"] == choices["imagined"]))
+        entry.update(other_demonstrations_fit(models, prompts, prompt_episode))
         out[task] = entry
+    return out
+
+
+def other_demonstrations_fit(models: Sequence[TransitionModel], prompts: Sequence[Episode], prompt_episode: int
+                             ) -> dict[str, float]:
+    """How well `models` predict a task's prompt episodes other than `prompt_episode` (the one they may have been
+    adapted to) open loop: the hand's and the object's distance (m) from the truth after 50 steps, averaged over
+    episodes and models (`other_demonstrations_hand_50`, `other_demonstrations_object_50`); empty with no other
+    episode."""
+    others = [episode for k, episode in enumerate(prompts) if k != prompt_episode]
+    if not others:
+        return {}
+    fits = [measure_fit(model, others) for model in models]
+    return {f"other_demonstrations_{name}_50": float(np.mean([getattr(fit, part)["50"] for fit in fits]))
+            for part, name in (("hand_error", "hand"), ("object_error", "object"))}
+
+
+def demonstration_fit(ensemble: WorldModelEnsemble, source: Any, tasks: Sequence[str], prompt_episode: int
+                      ) -> dict[str, dict[str, float]]:
+    """Per task, `other_demonstrations_fit` of the members as imagined practice would use them (adapted to the
+    task's demonstration where the ensemble adapts): no policy, no environment."""
+    out = {}
+    for task in tasks:
+        prompts = source.prompt_episodes(task)
+        out[task] = other_demonstrations_fit(ensemble.for_demonstration(prompts[prompt_episode]), prompts,
+                                             prompt_episode)
     return out

@@ -4,13 +4,16 @@ The fit takes a few minutes on one CPU core, so the fitted model is cached under
 `<paths.cache_dir>/world_models/`, keyed by the datasets, the seed and `world_model.*`: every evaluation of the
 same data shares it, whichever policy it evaluates. The cache file also keeps how well the model fits the
 held-out episodes (`WorldModelFit`), which `llmdpd eval` prints.
+
+`adapt_transition_model` fine-tunes a copy of a fitted model on one episode with the same loss: an unseen task's
+demonstration is the agent's one record of how the task's objects move.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +23,7 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from llmdpd.checkpoints import atomic_save
+from llmdpd.envs.metaworld import HAND, OBJECT
 from llmdpd.world_model.model import MODELLED, TransitionModel, transition_features
 
 Episode = dict[str, np.ndarray]
@@ -31,12 +35,15 @@ HORIZONS = (10, 50, 200)
 class WorldModelFit:
     """How well a fitted model predicts held-out episodes: the one-step error of obs[0:7] in units of each part's
     change std, against predicting no change; the hand's distance (m) from the truth after following the
-    episode's own actions open loop for each of `HORIZONS` steps, against how far the hand travelled."""
+    episode's own actions open loop for each of `HORIZONS` steps, against how far the hand travelled; the same for
+    the object (absent from fits cached before it was measured)."""
 
     one_step: float
     no_change: float
     hand_error: dict[str, float]
     hand_travel: dict[str, float]
+    object_error: dict[str, float] = field(default_factory=dict)
+    object_travel: dict[str, float] = field(default_factory=dict)
 
 
 def _sequences(episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,21 +73,46 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
     model.change_std.copy_((obs[:, 1:, MODELLED] - obs[:, :-1, MODELLED]).reshape(-1, 7).std(0) + 1e-6)
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
-    weights = 1.0 / torch.arange(1, unroll + 1, dtype=torch.float32) / unroll
     for _ in tqdm(range(steps), desc="world model", unit="step", leave=False, disable=not progress):
-        episode = torch.randint(len(obs), (sequences,), generator=generator)
-        start = torch.randint(actions.shape[1] - unroll + 1, (sequences,), generator=generator)
-        state, loss = obs[episode, start], 0.0
-        for k in range(unroll):
-            state = model.step(state, actions[episode, start + k])
-            error = (state[:, MODELLED] - obs[episode, start + k + 1, MODELLED]) / model.change_std
-            loss = loss + weights[k] * error.pow(2).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        _unrolled_step(model, optimizer, obs, actions, unroll, sequences, generator)
         schedule.step()
     model.eval()
     return model, measure_fit(model, held_out)
+
+
+def _unrolled_step(model: TransitionModel, optimizer: torch.optim.Optimizer, obs: torch.Tensor, actions: torch.Tensor,
+                   unroll: int, sequences: int, generator: torch.Generator) -> None:
+    """One optimiser step on `sequences` windows of `unroll` steps drawn from episodes `obs` [E, T + 1, 39] /
+    `actions` [E, T, 4], the model following its own predictions (step k weighted 1 / k)."""
+    weights = 1.0 / torch.arange(1, unroll + 1, dtype=torch.float32) / unroll
+    episode = torch.randint(len(obs), (sequences,), generator=generator)
+    start = torch.randint(actions.shape[1] - unroll + 1, (sequences,), generator=generator)
+    state, loss = obs[episode, start], 0.0
+    for k in range(unroll):
+        state = model.step(state, actions[episode, start + k])
+        error = (state[:, MODELLED] - obs[episode, start + k + 1, MODELLED]) / model.change_std
+        loss = loss + weights[k] * error.pow(2).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def adapt_transition_model(model: TransitionModel, episode: Episode, steps: int, lr: float, unroll: int = 16,
+                           sequences: int = 256, weight_decay: float = 1e-4, seed: int = 0) -> TransitionModel:
+    """A copy of `model` fine-tuned for `steps` steps on one episode with the fit's unrolled loss at the constant
+    rate `lr` (`model` is left as it is). Its standardisation statistics are kept: one episode is too few
+    transitions to estimate them, and the fit's scale is the one its weights were learned in."""
+    generator = torch.Generator().manual_seed(seed)
+    obs, actions = _sequences([episode])
+    with torch.inference_mode(False), torch.enable_grad():  # evaluation may run under inference mode
+        adapted = TransitionModel(**model.size)
+        adapted.load_state_dict({name: value.detach().clone() for name, value in model.state_dict().items()})
+        adapted.to(model.feature_mean.device).train()
+        obs, actions = obs.to(model.feature_mean.device), actions.to(model.feature_mean.device)
+        optimizer = torch.optim.AdamW(adapted.parameters(), lr, weight_decay=weight_decay)
+        for _ in range(steps):
+            _unrolled_step(adapted, optimizer, obs, actions, min(unroll, actions.shape[1]), sequences, generator)
+    return adapted.eval()
 
 
 @torch.no_grad()
@@ -102,11 +134,14 @@ def measure_fit(model: TransitionModel, episodes: Sequence[Episode]) -> WorldMod
     no_change = (change / model.change_std).pow(2).mean().item()
     horizon = min(max(HORIZONS), actions.shape[1])
     rollout = imagine(model, obs[:, 0], actions[:, :horizon])
-    error = (rollout[..., 0:3] - obs[:, : horizon + 1, 0:3]).norm(dim=-1)
-    travel = (obs[:, : horizon + 1, 0:3] - obs[:, :1, 0:3]).norm(dim=-1)
     at = [h for h in HORIZONS if h <= horizon]
-    return WorldModelFit(one_step, no_change, {str(h): error[:, h].mean().item() for h in at},
-                         {str(h): travel[:, h].mean().item() for h in at})
+
+    def error_and_travel(part: slice) -> tuple[dict[str, float], dict[str, float]]:
+        error = (rollout[..., part] - obs[:, : horizon + 1, part]).norm(dim=-1)
+        travel = (obs[:, : horizon + 1, part] - obs[:, :1, part]).norm(dim=-1)
+        return {str(h): error[:, h].mean().item() for h in at}, {str(h): travel[:, h].mean().item() for h in at}
+
+    return WorldModelFit(one_step, no_change, *error_and_travel(HAND), *error_and_travel(OBJECT))
 
 
 def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Episode], held_out: Sequence[Episode],
