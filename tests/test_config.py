@@ -137,6 +137,16 @@ def test_the_unconditional_candidate_needs_a_rule_that_consults_the_policy():
     assert load_config("smoke", ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true"])
 
 
+def test_the_own_prompt_candidate_needs_a_rule_that_consults_the_policy_and_unseen_tasks():
+    with pytest.raises(ConfigError, match="eval.prompt_retrieval_own needs a retrieval rule that consults the "
+                                          "policy .*not 'text'"):
+        load_config("smoke", ["eval.prompt_retrieval=text", "eval.prompt_retrieval_own=true"])
+    with pytest.raises(ConfigError, match="every training task would be offered itself"):
+        load_config("smoke", ["eval.prompt_retrieval=practice", "eval.prompt_retrieval_own=true",
+                              "eval.prompt_retrieval_leave_one_out=true"])
+    assert load_config("smoke", ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_own=true"])
+
+
 def test_one_prompt_chooser_at_a_time():
     with pytest.raises(ConfigError, match="eval.prompt_task and eval.prompt_retrieval both choose the prompt"):
         load_config("smoke", ["eval.prompt_task=reach-v3", "eval.prompt_retrieval=demonstration"])

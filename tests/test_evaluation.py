@@ -567,6 +567,17 @@ def test_behaviour_retrieval_shows_the_training_task_whose_actions_imitate_the_d
                                                          "unconditional": 0.0})
     with pytest.raises(ValueError, match="'motion' does not consult the policy"):
         retrieve_behaviours("motion", Policy(), Source(), ["drawer-open-v3"], ["reach-v3"], 0, unconditional=True)
+    # Offered too, a task's own prompt is kept where its behaviour imitates the demonstration best, and passed over
+    # where a training task's does.
+    Source.tasks["door-close-v3"] = 0.4
+    Policy.prompt_condition = lambda self, text_emb, prompt: text_emb
+    chosen = retrieve_behaviours("demonstration", Policy(), Source(), ["door-close-v3", "drawer-open-v3"],
+                                 ["reach-v3", "push-v3"], 0, own=True)
+    assert chosen["door-close-v3"][0] == "door-close-v3" and chosen["door-close-v3"][1]["door-close-v3"] == 0.0
+    assert chosen["drawer-open-v3"] == ("push-v3", pytest.approx({"reach-v3": 4 * 0.4**2, "push-v3": 4 * 0.1**2,
+                                                                  "drawer-open-v3": 4 * 0.6**2}))
+    with pytest.raises(ValueError, match="'text' does not consult the policy"):
+        retrieve_behaviours("text", Policy(), Source(), ["drawer-open-v3"], ["reach-v3"], 0, own=True)
 
 
 def _moving_demonstration(hand_step, object_step, gripper=1.0, steps=250):

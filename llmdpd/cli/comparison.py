@@ -106,6 +106,10 @@ HELDOUT_RULES: dict[str, list[str]] = {
     **{f"retrieval_imagined_unconditional_adapt{steps}": [
         "eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true",
         f"world_model.adapt_steps={steps}", "world_model.adapt_lr=0.0003"] for steps in (50, 200)},
+    # The chosen rule, and real practice, also offered the task's own prompt.
+    "retrieval_imagined_unconditional_own": ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true",
+                                             "eval.prompt_retrieval_own=true"],
+    "retrieval_practice_own": ["eval.prompt_retrieval=practice", "eval.prompt_retrieval_own=true"],
 }
 # Chosen by the decision rule fixed before the held-out figures (README): imagined practice with one transition
 # model (the ensembles scored lower), offered the unconditional behaviour too (it scored the same: never chosen).

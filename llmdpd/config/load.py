@@ -284,9 +284,13 @@ def check_choices(cfg: DictConfig) -> None:
         raise ConfigError("eval.prompt_task and eval.prompt_retrieval both choose the prompt; set one of them")
     if cfg.eval.prompt_retrieval_leave_one_out and cfg.eval.prompt_retrieval == "none":
         raise ConfigError("eval.prompt_retrieval_leave_one_out needs a retrieval rule (eval.prompt_retrieval)")
-    if cfg.eval.prompt_retrieval_unconditional and cfg.eval.prompt_retrieval not in POLICY_RETRIEVAL_RULES:
-        raise ConfigError("eval.prompt_retrieval_unconditional needs a retrieval rule that consults the policy "
-                          f"({', '.join(POLICY_RETRIEVAL_RULES)}), not '{cfg.eval.prompt_retrieval}'")
+    for key in ("prompt_retrieval_unconditional", "prompt_retrieval_own"):
+        if cfg.eval[key] and cfg.eval.prompt_retrieval not in POLICY_RETRIEVAL_RULES:
+            raise ConfigError(f"eval.{key} needs a retrieval rule that consults the policy "
+                              f"({', '.join(POLICY_RETRIEVAL_RULES)}), not '{cfg.eval.prompt_retrieval}'")
+    if cfg.eval.prompt_retrieval_own and cfg.eval.prompt_retrieval_leave_one_out:
+        raise ConfigError("eval.prompt_retrieval_own offers a task its own prompt; under "
+                          "eval.prompt_retrieval_leave_one_out every training task would be offered itself")
     if cfg.eval.prompt_retrieval == "text" and not cfg.text.enabled:
         raise ConfigError("eval.prompt_retrieval=text needs the text prompt (text.enabled is false)")
     for key in ("width", "layers", "steps", "unroll", "sequences", "members"):

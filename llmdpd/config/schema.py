@@ -309,6 +309,10 @@ class EvalConfig:
     # no task in particular) as one more candidate, named "unconditional", to the rules that consult the policy
     # (demonstration, practice, imagined).
     prompt_retrieval_unconditional: bool = False
+    # Offer the task's own prompt (its description and demonstration, as without retrieval) as one more candidate,
+    # named as the task, to the rules that consult the policy: the rule keeps it where it serves best. Unseen tasks
+    # only (under leave-one-out a training task would be offered itself).
+    prompt_retrieval_own: bool = False
     # Override the descriptions of a task at evaluation time: task -> list of texts.
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1000

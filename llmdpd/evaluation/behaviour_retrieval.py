@@ -22,10 +22,11 @@ descriptions and its one demonstration, the prompt episode it is shown), the tra
   (llmdpd/evaluation/imagined_practice.py) instead of the task's environment: zero-shot.
 
 With `unconditional` (`eval.prompt_retrieval_unconditional`) the policy's unconditional behaviour (the all-null
-condition, `UNCONDITIONAL`) is one more candidate of the rules that consult the policy.
+condition, `UNCONDITIONAL`) is one more candidate of the rules that consult the policy, and with `own`
+(`eval.prompt_retrieval_own`) so is the task's own prompt (the candidate named as the task itself).
 
-A task is never offered itself: on training tasks (`eval.prompt_retrieval_leave_one_out`, the validation of
-a rule) each chooses among the others, as an unseen task would.
+Otherwise a task is never offered itself: on training tasks (`eval.prompt_retrieval_leave_one_out`, the validation
+of a rule) each chooses among the others, as an unseen task would.
 """
 
 from __future__ import annotations
@@ -47,16 +48,17 @@ MOTION_POINTS = 20
 
 def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], training_tasks: Sequence[str],
                         prompt_episode: int, acting: Mapping[str, Any] | None = None, env_seed: int = 0,
-                        ensemble=None, unconditional: bool = False) -> dict[str, tuple[str, dict[str, float]]]:
+                        ensemble=None, unconditional: bool = False, own: bool = False
+                        ) -> dict[str, tuple[str, dict[str, float]]]:
     """task -> (the training task chosen for it by `rule`, each candidate's distance), each task choosing
     among the training tasks other than itself. `env_seed`: the MT1 seed of the datasets (`practice` only);
     `ensemble`: the `WorldModelEnsemble` of `imagined` (default: `training_world_models(source)`); `unconditional`:
-    offer `UNCONDITIONAL` too (rules that consult the policy only)."""
+    offer `UNCONDITIONAL` too, `own`: the task's own prompt too (rules that consult the policy only)."""
     if rule not in RULES:
         raise ValueError(f"unknown retrieval rule '{rule}' (expected one of {', '.join(RULES)})")
-    if unconditional and rule not in POLICY_RETRIEVAL_RULES:
-        raise ValueError(f"retrieval rule '{rule}' does not consult the policy: it cannot offer its unconditional "
-                         "behaviour")
+    if (unconditional or own) and rule not in POLICY_RETRIEVAL_RULES:
+        raise ValueError(f"retrieval rule '{rule}' does not consult the policy: it cannot offer the unconditional "
+                         "behaviour or the task's own prompt")
     if rule == "imagined" and ensemble is None:
         from llmdpd.evaluation.imagined_practice import training_world_models
 
@@ -64,6 +66,7 @@ def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], tr
     out = {}
     for task in tasks:
         candidates = [other for other in training_tasks if other != task] + [UNCONDITIONAL] * unconditional
+        candidates += [task] * own
         if rule == "demonstration":
             distances = behaviour_distances(module, source, task, candidates, prompt_episode, acting)
         elif rule == "motion":

@@ -57,7 +57,8 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
         tasks = sorted({ep.task for ep in episodes if ep.split in splits})
         retrieved = retrieve_behaviours(cfg.eval.prompt_retrieval, module, dm, tasks, dm.train_tasks,
                                         cfg.eval.prompt_episode, acting, env_seed=cfg.data.seed,
-                                        unconditional=cfg.eval.prompt_retrieval_unconditional)
+                                        unconditional=cfg.eval.prompt_retrieval_unconditional,
+                                        own=cfg.eval.prompt_retrieval_own)
         prompt_task = {task: chosen for task, (chosen, _) in retrieved.items()}
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting,
                         prompt_task=prompt_task)
