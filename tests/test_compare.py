@@ -308,6 +308,7 @@ def test_comparison_copies_from_the_run_that_ckpt_last_continued(tmp_path, monke
         new = base / "version_1"
         new.mkdir()
         (new / "config.yaml").write_text("name: mlp_bc\nnote: new\n")
+        (new / "provenance.json").write_text('[{"command": "llmdpd train mlp_bc seed=0 ckpt=last"}]')
         write_eval_json(new / "eval.json", _eval_json(0, [0.9, 0.9], [0.9]))
         return 0
 
@@ -318,6 +319,7 @@ def test_comparison_copies_from_the_run_that_ckpt_last_continued(tmp_path, monke
     assert exit_.value.code == 0, capsys.readouterr().err
     target = results / "ml10" / "mlp_bc" / "seed0"
     assert (target / "config.yaml").read_text() == "name: mlp_bc\nnote: new\n"
+    assert json.loads((target / "provenance.json").read_text())[0]["command"].endswith("ckpt=last")
     assert "ckpt=last" in calls[0]
 
 
@@ -330,6 +332,7 @@ def test_an_evaluation_benchmark_scores_finished_runs_without_touching_their_res
     finished = runs / "mlp_bc" / "seed0" / "version_0"
     finished.mkdir(parents=True)
     (finished / "config.yaml").write_text("name: mlp_bc\ndata:\n  split: ml10\neval:\n  seen: true\n")
+    (finished / "provenance.json").write_text('[{"command": "llmdpd train mlp_bc seed=0"}]')
     own = _eval_json(0, [0.5, 0.5], [0.5])
     write_eval_json(finished / "eval.json", own)
     calls = []
@@ -352,6 +355,10 @@ def test_an_evaluation_benchmark_scores_finished_runs_without_touching_their_res
     assert config["data"]["split"] == "ml10_unseen37" and config["eval"]["seen"] is False
     assert json.loads((finished / "eval.json").read_text()) == json.loads(json.dumps(own))  # its own results kept
     assert (finished / "eval_wide.json").is_file()
+    # The training's provenance entries and this evaluation's, which names the evaluation's overrides.
+    entries = json.loads((target / "provenance.json").read_text())
+    assert [entry["command"].split()[1] for entry in entries] == ["train", "eval"]
+    assert "data.split=ml10_unseen37" in entries[1]["command"] and "torch" in entries[1]["libraries"]
 
 
 MUJOCO = ["mujoco/halfcheetah/medium-v0", "mujoco/hopper/medium-v0"]

@@ -64,6 +64,10 @@ def test_llmdpd_train_smoke_leaves_a_complete_run_directory(smoke_data_dir, tmp_
     assert saved.name == "smoke" and saved.seed == 0
     assert saved.paths.data_dir == str(smoke_data_dir) and saved.trainer.max_steps == 60
     assert OmegaConf.to_container(load_config(str(run / "config.yaml"))) == OmegaConf.to_container(saved)
+    # provenance.json: this invocation's commit, libraries and threads.
+    [entry] = json.loads((run / "provenance.json").read_text())
+    assert entry["command"].startswith("llmdpd train smoke") and entry["libraries"]["torch"] == torch.__version__
+    assert len(entry["commit"]) == 40 and isinstance(entry["torch_threads"], int) and entry["device"]
 
     # last.ckpt: the final policy with its normaliser and config.
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from llmdpd.config.schema import CHOICES
+from llmdpd.provenance import PROVENANCE, read_provenance, record_provenance
 
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
@@ -234,13 +235,25 @@ def _evaluate(benchmark: str, experiment: str, overrides: list[str], run: Path, 
 
     evaluation = EVALUATIONS[benchmark][1]
     out = run / f"eval_{benchmark}.json"
-    if not out.is_file() and _llmdpd("eval", experiment, *overrides, *evaluation, "--out", str(out)) != 0:
+    command = ["eval", experiment, *overrides, *evaluation, "--out", str(out)]
+    evaluated_now = not out.is_file()
+    if evaluated_now and _llmdpd(*command) != 0:
         return False
     config = OmegaConf.merge(OmegaConf.load(run / "config.yaml"), OmegaConf.from_dotlist(evaluation))
     target.mkdir(parents=True, exist_ok=True)
     write_text_atomic(target / "config.yaml", OmegaConf.to_yaml(config))
+    # The training invocations' entries, and this evaluation's when it ran here (same process environment).
+    if evaluated_now:
+        record_provenance(target, "llmdpd " + " ".join(command), read_provenance(run))
+    else:
+        _copy_provenance(run, target)
     shutil.copy2(out, target / "eval.json")
     return True
+
+
+def _copy_provenance(run: Path, target: Path) -> None:
+    if (run / PROVENANCE).is_file():
+        shutil.copy2(run / PROVENANCE, target / PROVENANCE)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -291,6 +304,7 @@ def run(args: argparse.Namespace) -> int:
                 target.mkdir(parents=True, exist_ok=True)
                 for name in ("config.yaml", "eval.json"):
                     shutil.copy2(directory / name, target / name)
+                _copy_provenance(directory, target)
                 done = True
             if not done:
                 print(f"comparison: {method} seed {seed}: evaluation failed; rerun to resume it", file=sys.stderr)

@@ -3,6 +3,7 @@
 Each `llmdpd train` writes its own run directory (`llmdpd.runs`: `paths.runs_dir/<name>/seed<seed>/version_<n>`,
 or continues one in place with `ckpt=last` / `ckpt=PATH`):
     config.yaml             the resolved experiment config
+    provenance.json         commit, library versions, threads and device of each invocation (llmdpd.provenance)
     checkpoints/            last.ckpt and step<N>.ckpt of the policy stage; align/ for stage 1
     tb/                     TensorBoard event files of both stages
     eval.json               final evaluation (seen and unseen tasks)
@@ -28,6 +29,7 @@ from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.data.generate import generate
 from llmdpd.files import write_text_atomic
+from llmdpd.provenance import record_provenance
 from llmdpd.prompts.alignment import uses_alignment
 from llmdpd.prompts.text_embeddings import make_text_embedder
 from llmdpd.runs import RUN_DIR_ENV, RunPlan, global_rank, latest_checkpoint, plan_run
@@ -200,6 +202,7 @@ def train(cfg: ExperimentConfig) -> Path:
         os.environ[RUN_DIR_ENV] = str(directory.resolve())
         directory.mkdir(parents=True, exist_ok=True)
         write_config(directory, cfg, plan.continuing)
+        record_provenance(directory)
         how = f"continuing from {plan.ckpt}" if plan.ckpt else ("continuing in place" if plan.continuing else "new run")
         print(f"Run directory: {directory} ({how})", flush=True)
     prepare_data(cfg)
