@@ -87,6 +87,10 @@ COMPARISONS: dict[str, dict[str, str]] = {
     # The ninth configuration on ML45 without its five validation tasks (base/ml45_validation_tasks.yaml): the
     # policies on which rules meant for unseen tasks are chosen (`ml45_heldout_*` below).
     "ml45_heldout": {"llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long_heldout"},
+    # The frozen configuration and both weighted MLPs trained again without five ML45 training tasks and scored on
+    # them (the split ml45_fold1): five more unseen tasks for ML45.
+    "ml45_fold1": {method: f"ml45/{method}_fold1" for method in (
+        "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "mlp_bc_prompts_rwr_long")},
 }
 # Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's
 # unconditional behaviour, and each retrieval rule, imagined practice also with an ensemble of three transition
