@@ -151,7 +151,10 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     **{f"{bench}_{CHOSEN_HELDOUT_RULE}": (trained, [*overrides, *HELDOUT_RULES[CHOSEN_HELDOUT_RULE]])
        for bench, (trained, overrides) in {
            "ml10_unseen37": ("ml10", UNSEEN37),
-           "ml10": ("ml10", ["eval.seen=false"]), "ml45": ("ml45", ["eval.seen=false"])}.items()},
+           "ml10": ("ml10", ["eval.seen=false"]), "ml45": ("ml45", ["eval.seen=false"]),
+           "ml45_fold1": ("ml45_fold1", [])}.items()},
+    # ML45 fold 1's unseen tasks under real practice (few-shot), for reference.
+    "ml45_fold1_retrieval_practice": ("ml45_fold1", ["eval.prompt_retrieval=practice"]),
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
     # task the rule chooses among the nine others (never itself), as if it were unseen.
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
