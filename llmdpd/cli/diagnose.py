@@ -43,8 +43,9 @@ TRANSFER = ("own_error", "null_error", "best_training_error", "behaviour_gap")
 TRANSFER_TASKS = ("best_training_task", "behaves_like", "nearest_text", "nearest_trajectory")
 MODES = ("bimodality_coefficient", "bimodal", "separation", "principal_share")
 RETRIEVAL = ("own", "best", "oracle", "best_task")
+DEMONSTRATION_FIT = ("other_demonstrations_hand_50", "other_demonstrations_object_50")
 IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "object_moved", "trusted_steps", "agree",
-               "other_demonstrations_hand_50", "other_demonstrations_object_50")
+               *DEMONSTRATION_FIT)
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")
 
@@ -200,12 +201,11 @@ def run_demonstration_fit(cfg, ckpt: str, dm, out: Path | None) -> int:
 
     held_out = dm.validation_tasks if cfg.eval.split == "validation" else dm.unseen_tasks
     fits = demonstration_fit(training_world_models(dm), dm, held_out, cfg.eval.prompt_episode)
-    columns = IMAGINATION[-2:]
     summary = {"checkpoint": str(Path(ckpt).resolve()), "world_model": dict(cfg.world_model),
-               "demonstration_fit": {"tasks": fits, "mean": _mean(fits, columns)}}
+               "demonstration_fit": {"tasks": fits, "mean": _mean(fits, DEMONSTRATION_FIT)}}
     out = out or results_directory(ckpt) / f"diagnose_demonstration_fit_{Path(ckpt).stem}.json"
     write_eval_json(out, summary)
-    print(format_table(fits, summary["demonstration_fit"]["mean"], columns))
+    print(format_table(fits, summary["demonstration_fit"]["mean"], DEMONSTRATION_FIT))
     print(f"written: {out}")
     return 0
 
