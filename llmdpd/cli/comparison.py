@@ -32,6 +32,9 @@ from pathlib import Path
 from llmdpd.config.schema import CHOICES
 from llmdpd.provenance import PROVENANCE, read_provenance, record_provenance
 
+# ML45's folds: five ML45 training tasks each, held out of training and scored as unseen tasks (the splits
+# ml45_fold<k> in llmdpd/tasks/metaworld.yaml).
+FOLDS = ("fold1", "fold2")
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
     "ml10": {
@@ -88,9 +91,10 @@ COMPARISONS: dict[str, dict[str, str]] = {
     # policies on which rules meant for unseen tasks are chosen (`ml45_heldout_*` below).
     "ml45_heldout": {"llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long_heldout"},
     # The frozen configuration and both weighted MLPs trained again without five ML45 training tasks and scored on
-    # them (the split ml45_fold1): five more unseen tasks for ML45.
-    "ml45_fold1": {method: f"ml45/{method}_fold1" for method in (
-        "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "mlp_bc_prompts_rwr_long")},
+    # them (the splits ml45_fold1, ml45_fold2): five more unseen tasks for ML45 per fold.
+    **{f"ml45_{fold}": {method: f"ml45/{method}_{fold}" for method in (
+        "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "mlp_bc_prompts_rwr_long")}
+       for fold in FOLDS},
 }
 # Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's
 # unconditional behaviour, and each retrieval rule, imagined practice also with an ensemble of three transition
@@ -152,7 +156,7 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
        for bench, (trained, overrides) in {
            "ml10_unseen37": ("ml10", UNSEEN37),
            "ml10": ("ml10", ["eval.seen=false"]), "ml45": ("ml45", ["eval.seen=false"]),
-           "ml45_fold1": ("ml45_fold1", [])}.items()},
+           **{f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}}.items()},
     # ML45 fold 1's unseen tasks under real practice (few-shot), for reference; and ML45's five and fold 1's under
     # practice offered the own prompt too (the best few-shot rule on the held-out tasks).
     "ml45_fold1_retrieval_practice": ("ml45_fold1", ["eval.prompt_retrieval=practice"]),
