@@ -475,3 +475,46 @@ def test_compare_runs_lacking_the_metric_show_dashes_and_are_not_paired(tmp_path
     assert lines[0].startswith("| method | seeds | seen success (%) | unseen success (%) |")
     assert "| llmdpd | 2 | 60.0 ± 14.1 | 30.0 ± 14.1 | 20/10 | 10 | 300 |" in lines
     assert "| iql | 2 | - | - | 10/0 | 5 | - |" in lines
+
+
+def _fold_json(seed, successes, episodes_per_task=10):
+    tasks = {task: {"split": "unseen", "success": value, "final_success": value, "return": 1.0,
+                    "episodes": episodes_per_task} for task, value in successes.items()}
+    from llmdpd.evaluation.results import split_summaries
+
+    return {"tasks": tasks, **split_summaries(tasks), "eval_split": "test", "seed": seed,
+            "episodes_per_task": episodes_per_task}
+
+
+def test_compare_pools_the_folds_of_a_benchmark(tmp_path, capsys):
+    # Two folds, each holding out other tasks; one method's seed scored 2 tasks in fold 1 and 3 in fold 2.
+    folds = {
+        "fold1": {("llmdpd", 0): {"a": 1.0, "b": 0.5}, ("llmdpd", 1): {"a": 0.5, "b": 0.5},
+                  ("mlp", 0): {"a": 0.0, "b": 0.5}, ("mlp", 1): {"a": 0.5, "b": 0.0}},
+        "fold2": {("llmdpd", 0): {"c": 0.0, "d": 1.0, "e": 1.0}, ("llmdpd", 1): {"c": 1.0, "d": 0.0, "e": 0.0},
+                  ("mlp", 0): {"c": 0.0, "d": 0.0, "e": 0.5}, ("mlp", 1): {"c": 0.5, "d": 0.0, "e": 0.0}},
+    }
+    for fold, runs in folds.items():
+        for (method, seed), successes in runs.items():
+            _write_run(tmp_path / fold, method, seed, _fold_json(seed, successes))
+    paths = [str(tmp_path / "fold1"), str(tmp_path / "fold2")]
+    # Without --pool the two folds' runs of one seed count twice: refused.
+    assert _run_cli([*paths, "--group-by", "parent"]) == 2
+    assert "method 'llmdpd' seed 0" in capsys.readouterr().err
+    assert _run_cli([*paths, "--group-by", "parent", "--pool", "--per-task", "--baseline", "llmdpd"]) == 0
+    out = capsys.readouterr().out
+    # Seed 0: (1 + .5 + 0 + 1 + 1) / 5 = 70 %; seed 1: (.5 + .5 + 1) / 5 = 40 %; each task weighs the same.
+    assert "| llmdpd | 2 | 55.0 ± 21.2 | 50 | 10 | - |" in out
+    assert "| mlp | 2 | 20.0 ± 0.0 | 50 | 10 | - |" in out
+    assert "| e | unseen | 50.0 ± 70.7 | 25.0 ± 35.4 |" in out
+    assert re.search(r"\| mlp \| unseen \| 2 \| 5 \| -35\.0 \|", out)
+
+    # A task scored in two folds is refused with one line naming the run.
+    _write_run(tmp_path / "fold3", "llmdpd", 0, _fold_json(0, {"a": 0.0}))
+    assert _run_cli([*paths, str(tmp_path / "fold3"), "--group-by", "parent", "--pool"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("compare: cannot pool") and "also scored a" in err and "\n" not in err
+    # So are folds evaluated with different episodes per task.
+    _write_run(tmp_path / "fold4", "mlp", 0, _fold_json(0, {"f": 0.0}, episodes_per_task=20))
+    assert _run_cli([*paths, str(tmp_path / "fold4"), "--group-by", "parent", "--pool"]) == 2
+    assert "episodes_per_task 20 vs 10" in capsys.readouterr().err

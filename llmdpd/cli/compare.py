@@ -1,4 +1,5 @@
-"""`llmdpd compare RUN_DIR ... [--per-task] [--out results.png] [--baseline METHOD [--bootstrap N]] [--metric M]`:
+"""`llmdpd compare RUN_DIR ... [--per-task] [--out results.png] [--baseline METHOD [--bootstrap N]] [--metric M]
+[--pool]`:
 tabulate and plot finished runs on one metric (success, or normalised return or return for environments that
 report no success), and bound each method's difference to a baseline by a paired bootstrap."""
 
@@ -39,6 +40,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="the evaluation file of each run (default eval.json; e.g. eval_last_validation.json from "
         "`llmdpd eval EXP ckpt=last eval.split=validation`)",
     )
+    parser.add_argument(
+        "--pool", action="store_true",
+        help="merge the runs of one method and seed that scored disjoint tasks (e.g. the folds of a benchmark, "
+        "with --group-by parent) into one run over all of their tasks",
+    )
     parser.add_argument("--baseline", default=None, metavar="METHOD",
                         help="add paired differences of every other method to this one")
     parser.add_argument("--bootstrap", type=int, default=None, metavar="N",
@@ -56,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         find_runs,
         group_methods,
         markdown_table,
+        pool_runs,
     )
 
     if args.bootstrap is not None and (args.baseline is None or args.bootstrap < 1):
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     try:
-        methods = group_methods(runs)
+        methods = group_methods(pool_runs(runs) if args.pool else runs)
     except ValueError as err:
         print(f"compare: {err}", file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from llmdpd.config.load import ConfigError
-from llmdpd.evaluation.results import SPLITS, read_eval_json
+from llmdpd.evaluation.results import SPLITS, read_eval_json, split_summaries
 from llmdpd.runs import version_number
 
 DEFAULT_BOOTSTRAP = 10_000
@@ -166,6 +166,40 @@ def last_step(run_dir: Path) -> int | None:
         for tag in accumulator.Tags()[SCALARS]:
             steps.extend(event.step for event in accumulator.Scalars(tag))
     return max(steps) if steps else None
+
+
+def pool_runs(runs: Sequence[Run]) -> list[Run]:
+    """Runs of one method and seed that scored disjoint tasks (the folds of a benchmark, each trained without its
+    own held-out tasks) merged into one run whose tasks are all of theirs; split means are recomputed over the
+    pooled tasks, each task weighing the same. Other runs are returned as they are, in their order.
+
+    Raises ValueError when runs to pool share a task or ran different episodes per task or evaluation splits.
+    """
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.method, str(run.seed)), []).append(run)
+    pooled = []
+    for (method, seed), members in groups.items():
+        if len(members) == 1:
+            pooled.append(members[0])
+            continue
+        tasks: dict[str, dict[str, Any]] = {}
+        for run in members:
+            shared = sorted(set(tasks) & set(run.summary["tasks"]))
+            if shared:
+                raise ValueError(f"cannot pool {run.path} into method '{method}' seed {seed}: another of its runs "
+                                 f"also scored {', '.join(shared)}")
+            tasks.update(run.summary["tasks"])
+        first = members[0]
+        for run in members[1:]:
+            for key in ("episodes_per_task", "eval_split"):
+                if run.summary.get(key) != first.summary.get(key):
+                    raise ValueError(f"cannot pool {run.path} with {first.path}: {key} {run.summary.get(key)} vs "
+                                     f"{first.summary.get(key)}")
+        summary = {**first.summary, "tasks": tasks, **split_summaries(tasks)}
+        steps = [run.steps for run in members if run.steps is not None]
+        pooled.append(Run(first.path, method, first.seed, summary, max(steps) if steps else None))
+    return pooled
 
 
 def group_methods(runs: Sequence[Run]) -> list[Method]:

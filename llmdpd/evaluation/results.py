@@ -61,18 +61,7 @@ def summarise(
         normalized = _mean_or_none([row.normalized_return for row in rows])
         if normalized is not None:
             tasks[task]["normalized_return"] = 100.0 * normalized
-    summary: dict[str, Any] = {"tasks": tasks}
-    for split in SPLITS:
-        members = [entry for entry in tasks.values() if entry["split"] == split]
-        summary[split] = {
-            "success_mean": _mean([entry["success"] for entry in members if entry["success"] is not None]),
-            "final_success_mean": _mean(
-                [entry["final_success"] for entry in members if entry["final_success"] is not None]
-            ),
-            "return_mean": _mean([entry["return"] for entry in members]),
-            "tasks": len(members),
-            "episodes": sum(entry["episodes"] for entry in members),
-        }
+    summary: dict[str, Any] = {"tasks": tasks, **split_summaries(tasks)}
     if eval_split is None:
         eval_split = "validation" if any(entry["split"].startswith("validation") for entry in tasks.values()) else "test"
     summary["eval_split"] = eval_split
@@ -81,6 +70,24 @@ def summarise(
         episodes_per_task if episodes_per_task is not None else max((e["episodes"] for e in tasks.values()), default=0)
     )
     return summary
+
+
+def split_summaries(tasks: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """eval.json's block of each split from its per-task entries: means over the split's tasks, each task
+    weighing the same, and the split's task and episode counts."""
+    blocks = {}
+    for split in SPLITS:
+        members = [entry for entry in tasks.values() if entry["split"] == split]
+        blocks[split] = {
+            "success_mean": _mean([entry["success"] for entry in members if entry["success"] is not None]),
+            "final_success_mean": _mean(
+                [entry["final_success"] for entry in members if entry["final_success"] is not None]
+            ),
+            "return_mean": _mean([entry["return"] for entry in members]),
+            "tasks": len(members),
+            "episodes": sum(entry["episodes"] for entry in members),
+        }
+    return blocks
 
 
 def _mean(values: list[float]) -> float | None:
