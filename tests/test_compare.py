@@ -509,6 +509,12 @@ def test_compare_pools_the_folds_of_a_benchmark(tmp_path, capsys):
     assert "| e | unseen | 50.0 ± 70.7 | 25.0 ± 35.4 |" in out
     assert re.search(r"\| mlp \| unseen \| 2 \| 5 \| -35\.0 \|", out)
 
+    # A seed whose second fold is missing is pooled over fewer tasks, and compare says so.
+    (tmp_path / "fold2" / "mlp" / "seed1" / "eval.json").unlink()
+    assert _run_cli([*paths, "--group-by", "parent", "--pool"]) == 0
+    assert "method 'mlp' covers different tasks by seed (seed 0: 5 tasks, seed 1: 2 tasks)" in capsys.readouterr().err
+    write_eval_json(tmp_path / "fold2" / "mlp" / "seed1" / "eval.json", _fold_json(1, folds["fold2"][("mlp", 1)]))
+
     # A task scored in two folds is refused with one line naming the run.
     _write_run(tmp_path / "fold3", "llmdpd", 0, _fold_json(0, {"a": 0.0}))
     assert _run_cli([*paths, str(tmp_path / "fold3"), "--group-by", "parent", "--pool"]) == 2

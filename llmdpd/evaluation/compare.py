@@ -196,9 +196,16 @@ def pool_runs(runs: Sequence[Run]) -> list[Run]:
                 if run.summary.get(key) != first.summary.get(key):
                     raise ValueError(f"cannot pool {run.path} with {first.path}: {key} {run.summary.get(key)} vs "
                                      f"{first.summary.get(key)}")
-        summary = {**first.summary, "tasks": tasks, **split_summaries(tasks)}
+        # Only what a comparison reads: per-run extras (a retrieval rule's choices) belong to one fold.
+        summary = {"tasks": tasks, **split_summaries(tasks),
+                   **{key: first.summary.get(key) for key in ("eval_split", "seed", "episodes_per_task")}}
         steps = [run.steps for run in members if run.steps is not None]
         pooled.append(Run(first.path, method, first.seed, summary, max(steps) if steps else None))
+    for method in {run.method for run in pooled}:  # a fold still missing leaves seeds over other tasks
+        counts = {str(run.seed): len(run.summary["tasks"]) for run in pooled if run.method == method}
+        if len(set(counts.values())) > 1:
+            print(f"compare: --pool: method '{method}' covers different tasks by seed ("
+                  + ", ".join(f"seed {seed}: {n} tasks" for seed, n in sorted(counts.items())) + ")", file=sys.stderr)
     return pooled
 
 
