@@ -157,12 +157,12 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
            "ml10_unseen37": ("ml10", UNSEEN37),
            "ml10": ("ml10", ["eval.seen=false"]), "ml45": ("ml45", ["eval.seen=false"]),
            **{f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}}.items()},
-    # ML45 fold 1's unseen tasks under real practice (few-shot), for reference; and ML45's five and fold 1's under
+    # ML45 fold 1's unseen tasks under real practice (few-shot), for reference; and ML45's five and the folds' under
     # practice offered the own prompt too (the best few-shot rule on the held-out tasks).
     "ml45_fold1_retrieval_practice": ("ml45_fold1", ["eval.prompt_retrieval=practice"]),
     **{f"{bench}_retrieval_practice_own": (trained, [*overrides, *HELDOUT_RULES["retrieval_practice_own"]])
        for bench, (trained, overrides) in {"ml45": ("ml45", ["eval.seen=false"]),
-                                           "ml45_fold1": ("ml45_fold1", [])}.items()},
+                                           **{f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}}.items()},
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
     # task the rule chooses among the nine others (never itself), as if it were unseen.
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
