@@ -35,6 +35,9 @@ from llmdpd.provenance import PROVENANCE, read_provenance, record_provenance
 # ML45's folds: five ML45 training tasks each, held out of training and scored as unseen tasks (the splits
 # ml45_fold<k> in llmdpd/tasks/metaworld.yaml).
 FOLDS = ("fold1", "fold2", "fold3")
+# Each fold's benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): itself, as
+# it was trained (its experiments already leave the seen test out).
+FOLD_EVALUATIONS = {f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
     "ml10": {
@@ -156,13 +159,13 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
        for bench, (trained, overrides) in {
            "ml10_unseen37": ("ml10", UNSEEN37),
            "ml10": ("ml10", ["eval.seen=false"]), "ml45": ("ml45", ["eval.seen=false"]),
-           **{f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}}.items()},
+           **FOLD_EVALUATIONS}.items()},
     # ML45 fold 1's unseen tasks under real practice (few-shot), for reference; and ML45's five and the folds' under
     # practice offered the own prompt too (the best few-shot rule on the held-out tasks).
     "ml45_fold1_retrieval_practice": ("ml45_fold1", ["eval.prompt_retrieval=practice"]),
     **{f"{bench}_retrieval_practice_own": (trained, [*overrides, *HELDOUT_RULES["retrieval_practice_own"]])
        for bench, (trained, overrides) in {"ml45": ("ml45", ["eval.seen=false"]),
-                                           **{f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}}.items()},
+                                           **FOLD_EVALUATIONS}.items()},
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
     # task the rule chooses among the nine others (never itself), as if it were unseen.
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
