@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from llmdpd.config.load import EXPERIMENTS_DIR, ConfigError, load_config
-from llmdpd.data.tasks import registry, split_tasks
+from llmdpd.data.tasks import registry, resolve_splits, split_tasks
 
 
 EXPERIMENTS = sorted(
@@ -111,6 +111,36 @@ def test_the_wider_unseen_split_holds_every_task_ml10_never_trained_or_tuned_on(
     expected = set(registry()["tasks"]) - set(splits["ml10"]["train"]) - (tuned_on - set(splits["ml10"]["test"]))
     assert set(wide["test"]) == expected and len(wide["test"]) == len(expected) == 37
     assert set(splits["ml10"]["test"]) | set(splits["ml45"]["test"]) <= set(wide["test"])
+
+
+def test_ml45_folds_are_the_recorded_draws_held_out_of_ml45():
+    import numpy as np
+
+    splits = registry()["splits"]
+    ml45 = splits["ml45"]["train"]
+    tuned_on = set(load_config("ml45/llmdpd_x0_rwr_t15_long_heldout").data.validation_tasks)
+    eligible = [task for task in ml45 if task not in tuned_on and task not in splits["ml10"]["train"]]
+    assert len(eligible) == 30
+    for k in (1, 2, 3):
+        fold = splits[f"ml45_fold{k}"]
+        drawn = [str(task) for task in np.random.default_rng(k).choice(eligible, 5, replace=False)]
+        assert sorted(fold["test"]) == sorted(drawn), k
+        assert fold["train"] == [task for task in ml45 if task not in drawn] and len(fold["train"]) == 40
+        eligible = [task for task in eligible if task not in drawn]
+
+
+def test_a_split_held_out_of_another_is_written_out_or_refused():
+    splits = {"base": {"train": ["a", "b", "c"], "test": ["z"]}, "fold": {"holds_out_of": "base", "test": ["b"]}}
+    assert resolve_splits(splits)["fold"] == {"train": ["a", "c"], "test": ["b"]}
+    assert resolve_splits(splits)["base"] == splits["base"]
+    bad = {"fold": {"holds_out_of": "base", "test": ["z"]},
+           "both": {"holds_out_of": "base", "train": ["a"], "test": ["b"]},
+           "orphan": {"holds_out_of": "nowhere", "test": ["b"]}}
+    messages = {"fold": "holds out tasks that 'base' does not train on: \\['z'\\]",
+                "both": "gives both 'train' and 'holds_out_of'", "orphan": "'nowhere', which is not a split"}
+    for name, split in bad.items():
+        with pytest.raises(ValueError, match=messages[name]):
+            resolve_splits({"base": splits["base"], name: split})
 
 
 @pytest.mark.parametrize("override", ["policy.acting=best", "policy.critic=mc", "eval.split=train", "policy.kind=gpt",

@@ -15,7 +15,30 @@ from llmdpd.config.schema import DataConfig
 def registry() -> dict:
     """The parsed `llmdpd/tasks/metaworld.yaml`."""
     text = resources.files("llmdpd").joinpath("tasks/metaworld.yaml").read_text()
-    return yaml.safe_load(text)
+    parsed = yaml.safe_load(text)
+    return {**parsed, "splits": resolve_splits(parsed["splits"])}
+
+
+def resolve_splits(splits: dict) -> dict:
+    """The splits with each `holds_out_of: <split>` written out: such a split trains on that split's training
+    tasks less its own `test`, in their order, so a benchmark's folds are not copies of its task list."""
+    resolved = {}
+    for name, split in splits.items():
+        base = split.get("holds_out_of")
+        if base is None:
+            resolved[name] = split
+            continue
+        where = f"split '{name}' of llmdpd/tasks/metaworld.yaml"
+        if "train" in split:
+            raise ValueError(f"{where} gives both 'train' and 'holds_out_of'; give one")
+        if base not in splits or "train" not in splits[base]:
+            raise ValueError(f"{where} holds out of '{base}', which is not a split with a 'train' list")
+        strangers = [task for task in split["test"] if task not in splits[base]["train"]]
+        if strangers:
+            raise ValueError(f"{where} holds out tasks that '{base}' does not train on: {strangers}")
+        train = [task for task in splits[base]["train"] if task not in split["test"]]
+        resolved[name] = {"train": train, "test": list(split["test"])}
+    return resolved
 
 
 def all_tasks() -> list[str]:
