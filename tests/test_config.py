@@ -121,12 +121,13 @@ def test_ml45_folds_are_the_recorded_draws_held_out_of_ml45():
     tuned_on = set(load_config("ml45/llmdpd_x0_rwr_t15_long_heldout").data.validation_tasks)
     eligible = [task for task in ml45 if task not in tuned_on and task not in splits["ml10"]["train"]]
     assert len(eligible) == 30
-    for k in (1, 2, 3):
+    for k in range(1, 7):
         fold = splits[f"ml45_fold{k}"]
         drawn = [str(task) for task in np.random.default_rng(k).choice(eligible, 5, replace=False)]
         assert sorted(fold["test"]) == sorted(drawn), k
         assert fold["train"] == [task for task in ml45 if task not in drawn] and len(fold["train"]) == 40
         eligible = [task for task in eligible if task not in drawn]
+    assert eligible == []  # the six folds partition the eligible tasks
 
 
 def test_a_split_held_out_of_another_is_written_out_or_refused():

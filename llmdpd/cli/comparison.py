@@ -34,7 +34,7 @@ from llmdpd.provenance import PROVENANCE, read_provenance, record_provenance
 
 # ML45's folds: five ML45 training tasks each, held out of training and scored as unseen tasks (the splits
 # ml45_fold<k> in llmdpd/tasks/metaworld.yaml).
-FOLDS = ("fold1", "fold2", "fold3")
+FOLDS = tuple(f"fold{k}" for k in range(1, 7))
 # Each fold's benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): itself, as
 # it was trained (its experiments already leave the seen test out).
 FOLD_EVALUATIONS = {f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}
@@ -94,7 +94,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
     # policies on which rules meant for unseen tasks are chosen (`ml45_heldout_*` below).
     "ml45_heldout": {"llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long_heldout"},
     # The frozen configuration and both weighted MLPs trained again without five ML45 training tasks and scored on
-    # them (the splits ml45_fold1-3): five more unseen tasks for ML45 per fold.
+    # them (the splits ml45_fold1-6): five more unseen tasks for ML45 per fold.
     **{f"ml45_{fold}": {method: f"ml45/{method}_{fold}" for method in (
         "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "mlp_bc_prompts_rwr_long")}
        for fold in FOLDS},
