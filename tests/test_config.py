@@ -168,6 +168,16 @@ def test_the_unconditional_candidate_needs_a_rule_that_consults_the_policy():
     assert load_config("smoke", ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true"])
 
 
+def test_reading_half_an_unseen_prompt_is_its_own_choice_of_prompt():
+    assert load_config("smoke", ["eval.prompt_parts=text"]).eval.prompt_parts == "text"
+    with pytest.raises(ConfigError, match="eval.prompt_parts=trajectory reads part of an unseen task's own prompt"):
+        load_config("smoke", ["eval.prompt_parts=trajectory", "eval.prompt_retrieval=motion"])
+    with pytest.raises(ConfigError, match="eval.prompt_parts=text needs both prompts"):
+        load_config("smoke", ["eval.prompt_parts=text", "trajectory.enabled=false"])
+    with pytest.raises(ConfigError, match=r"Invalid value for 'eval.prompt_parts': .*expected one of"):
+        load_config("smoke", ["eval.prompt_parts=demonstration"])
+
+
 def test_the_own_prompt_candidate_needs_a_rule_that_consults_the_policy_and_unseen_tasks():
     with pytest.raises(ConfigError, match="eval.prompt_retrieval_own needs a retrieval rule that consults the "
                                           "policy .*not 'text'"):

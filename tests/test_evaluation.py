@@ -491,7 +491,10 @@ class _FakePolicy(torch.nn.Module):
     def prompt_condition(self, text_emb, prompt):
         if text_emb is None and prompt is None:  # the all-null condition
             return torch.full((1, 4), -1.0)
-        return torch.cat([text_emb, prompt["prompt_obs"].mean(dim=(1, 2))[:, None], torch.zeros(len(text_emb), 1)], 1)
+        n = len(text_emb) if text_emb is not None else len(prompt["prompt_obs"])
+        text = text_emb if text_emb is not None else torch.full((n, 2), -2.0)  # a missing half: its null vector
+        trajectory = prompt["prompt_obs"].mean(dim=(1, 2))[:, None] if prompt is not None else torch.full((n, 1), -3.0)
+        return torch.cat([text, trajectory, torch.zeros(n, 1)], 1)
 
     def plan(self, obs_raw, cond, acting=None):
         """Chunks whose action k is the first action plus k (so the executed position is visible)."""
@@ -533,6 +536,20 @@ def test_policy_agent_shown_the_unconditional_behaviour_acts_on_the_all_null_con
                         prompt_task={"drawer-open-v3": UNCONDITIONAL})
     own = PolicyAgent(_FakePolicy(), _FakeSource(), episodes, prompt_episode=2).condition
     torch.testing.assert_close(agent.condition, torch.cat([own[:3], torch.full((3, 4), -1.0)]))
+
+
+@pytest.mark.parametrize("parts", ["text", "trajectory"])
+def test_policy_agent_reads_one_half_of_an_unseen_tasks_prompt(parts):
+    episodes = plan_episodes(["reach-v3"], ["drawer-open-v3"], 3, **GOALS, seed=0)
+    agent = PolicyAgent(_FakePolicy(), _FakeSource(), episodes, prompt_episode=2, unseen_parts=parts)
+    own = PolicyAgent(_FakePolicy(), _FakeSource(), episodes, prompt_episode=2).condition
+    torch.testing.assert_close(agent.condition[:3], own[:3])  # training tasks read both halves
+    unseen = own[3:].clone()
+    if parts == "text":
+        unseen[:, 2] = -3.0  # the demonstration's half is its null vector; each episode keeps its paraphrase
+    else:
+        unseen[:, :2] = -2.0
+    torch.testing.assert_close(agent.condition[3:], unseen)
 
 
 def test_behaviour_retrieval_shows_the_training_task_whose_actions_imitate_the_demonstration():

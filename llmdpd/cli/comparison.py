@@ -122,6 +122,8 @@ HELDOUT_RULES: dict[str, list[str]] = {
     "retrieval_imagined_unconditional_own": ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true",
                                              "eval.prompt_retrieval_own=true"],
     "retrieval_practice_own": ["eval.prompt_retrieval=practice", "eval.prompt_retrieval_own=true"],
+    # The task's own prompt read by one half only (its description, or its demonstration).
+    **{f"prompt_{parts}": [f"eval.prompt_parts={parts}"] for parts in ("text", "trajectory")},
 }
 # Chosen by the decision rule fixed before the held-out figures (README): imagined practice with one transition
 # model (the ensembles scored lower), offered the unconditional behaviour too (it scored the same: never chosen).

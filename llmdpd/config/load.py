@@ -282,6 +282,12 @@ def check_choices(cfg: DictConfig) -> None:
                           f"'{cfg.policy.critic}' bootstraps at the next one; set policy.critic to none")
     if cfg.eval.prompt_task and cfg.eval.prompt_retrieval != "none":
         raise ConfigError("eval.prompt_task and eval.prompt_retrieval both choose the prompt; set one of them")
+    if cfg.eval.prompt_parts != "both" and (cfg.eval.prompt_task or cfg.eval.prompt_retrieval != "none"):
+        raise ConfigError(f"eval.prompt_parts={cfg.eval.prompt_parts} reads part of an unseen task's own prompt; "
+                          "it cannot be combined with eval.prompt_task or eval.prompt_retrieval")
+    if cfg.eval.prompt_parts != "both" and not (cfg.text.enabled and cfg.trajectory.enabled):
+        raise ConfigError(f"eval.prompt_parts={cfg.eval.prompt_parts} needs both prompts (text.enabled and "
+                          "trajectory.enabled)")
     if cfg.eval.prompt_retrieval_leave_one_out and cfg.eval.prompt_retrieval == "none":
         raise ConfigError("eval.prompt_retrieval_leave_one_out needs a retrieval rule (eval.prompt_retrieval)")
     for key in ("prompt_retrieval_unconditional", "prompt_retrieval_own"):

@@ -36,6 +36,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "trajectory.read": ("pooled", "per_state"),
     "eval.split": ("test", "validation"),
     "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice", "imagined"),
+    "eval.prompt_parts": ("both", "text", "trajectory"),
 }
 # The retrieval rules that consult the policy (and so can offer its unconditional behaviour as a candidate).
 POLICY_RETRIEVAL_RULES = ("demonstration", "practice", "imagined")
@@ -313,6 +314,10 @@ class EvalConfig:
     # named as the task, to the rules that consult the policy: the rule keeps it where it serves best. Unseen tasks
     # only (under leave-one-out a training task would be offered itself).
     prompt_retrieval_own: bool = False
+    # Which half of an unseen task's own prompt the policy reads: "both", "text" (the description only) or
+    # "trajectory" (the demonstration only); the other half is its learned null vector, which prompt dropout
+    # trains for each half alone. Training tasks always read both.
+    prompt_parts: str = "both"
     # Override the descriptions of a task at evaluation time: task -> list of texts.
     descriptions: dict[str, list[str]] = field(default_factory=dict)
     seed: int = 1000

@@ -11,11 +11,13 @@ from tensordict import TensorDict
 
 from llmdpd.config.load import check_chunk_acting
 from llmdpd.envs.metaworld import scripted_expert
-from llmdpd.evaluation.plan import EvalEpisode
+from llmdpd.evaluation.plan import EPISODE_SPLITS, EvalEpisode
 
 # The name of the policy's unconditional behaviour where a task's prompt is named (`prompt_task`, a retrieval's
 # candidates): the all-null condition, which prompt dropout trains.
 UNCONDITIONAL = "unconditional"
+# The split labels of episodes on tasks the policy was not trained on.
+UNSEEN_SPLITS = {labels[1] for labels in EPISODE_SPLITS.values()}
 
 
 class PromptSource(Protocol):
@@ -35,7 +37,8 @@ class PolicyAgent:
     task's paraphrase e % P, and shown trajectory prompt episode `prompt_episode` (offset 0) of that task,
     which is all an unseen task gives the agent; with `prompt_task`, that task's description and demonstration
     instead, whatever the episode's task (a mapping: per task, the task whose prompt it is shown; `UNCONDITIONAL`:
-    the all-null condition). Observations are raw; the module normalises them. `acting` overrides acting-time
+    the all-null condition). `unseen_parts` ("both", "text" or "trajectory"): the half of an unseen task's prompt
+    read, the other replaced by its null vector. Observations are raw; the module normalises them. `acting` overrides acting-time
     `policy.*` settings, passed to every `module.plan` call.
 
     With action chunks the agent executes the first `policy.action_execute` actions of each plan before it asks
@@ -52,6 +55,7 @@ class PolicyAgent:
         prompt_episode: int = 0,
         acting: Mapping[str, Any] | None = None,
         prompt_task: str | Mapping[str, str] | None = None,
+        unseen_parts: str = "both",
     ) -> None:
         self.module = module
         # Acting-time settings (`policy.acting`, `num_candidates`, ...) that replace the trained config's.
@@ -67,10 +71,10 @@ class PolicyAgent:
         self.queue: dict[int, np.ndarray] = {}
         self.plans: dict[int, list[np.ndarray]] = {}
         with torch.no_grad():
-            self.condition = self._conditions(source, list(episodes), prompt_episode, prompt_task)
+            self.condition = self._conditions(source, list(episodes), prompt_episode, prompt_task, unseen_parts)
 
     def _conditions(self, source: PromptSource, episodes: list[EvalEpisode], prompt_episode: int,
-                    prompt_task: str | Mapping[str, str] | None) -> torch.Tensor:
+                    prompt_task: str | Mapping[str, str] | None, unseen_parts: str) -> torch.Tensor:
         tasks = list(dict.fromkeys(ep.task for ep in episodes))
         shown = {task: prompt_task.get(task, task) if isinstance(prompt_task, Mapping) else prompt_task or task
                  for task in tasks}
@@ -87,6 +91,12 @@ class PolicyAgent:
         if all(prompts[ep.task] is not None for ep in episodes):
             prompt = torch.stack([prompts[ep.task] for ep in episodes]).to(self.device)
         condition = self.module.prompt_condition(text_emb, prompt)
+        unseen = [row for row, ep in enumerate(episodes) if ep.split in UNSEEN_SPLITS]
+        if unseen_parts != "both" and unseen:
+            text_part = text_emb[unseen] if unseen_parts == "text" and text_emb is not None else None
+            trajectory_part = prompt[unseen] if unseen_parts == "trajectory" and prompt is not None else None
+            part = self.module.prompt_condition(text_part, trajectory_part)
+            condition[unseen] = part.expand(len(unseen), -1).to(condition.dtype)
         if unconditional:
             condition[unconditional] = self.module.prompt_condition(None, None).to(condition.dtype)
         return condition

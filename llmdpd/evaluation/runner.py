@@ -61,7 +61,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
                                         own=cfg.eval.prompt_retrieval_own)
         prompt_task = {task: chosen for task, (chosen, _) in retrieved.items()}
     agent = PolicyAgent(module, dm, episodes, prompt_episode=cfg.eval.prompt_episode, acting=acting,
-                        prompt_task=prompt_task)
+                        prompt_task=prompt_task, unseen_parts=cfg.eval.prompt_parts)
     environments = EpisodeEnvironments(
         metaworld_seed=cfg.data.seed, minari_ids=dict(cfg.data.minari_ids), data_dir=str(cfg.paths.data_dir),
         video_size=cfg.eval.video_size,
