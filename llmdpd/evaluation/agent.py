@@ -38,8 +38,8 @@ class PolicyAgent:
     which is all an unseen task gives the agent; with `prompt_task`, that task's description and demonstration
     instead, whatever the episode's task (a mapping: per task, the task whose prompt it is shown; `UNCONDITIONAL`:
     the all-null condition). `unseen_parts` ("both", "text" or "trajectory"): the half of an unseen task's prompt
-    read, the other replaced by its null vector. Observations are raw; the module normalises them. `acting` overrides acting-time
-    `policy.*` settings, passed to every `module.plan` call.
+    read, the other replaced by its null vector. Observations are raw; the module normalises them. `acting`
+    overrides acting-time `policy.*` settings, passed to every `module.plan` call.
 
     With action chunks the agent executes the first `policy.action_execute` actions of each plan before it asks
     again, per episode: an episode is planned for when its queue is empty, all such episodes in one call. With
