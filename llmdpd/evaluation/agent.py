@@ -11,13 +11,11 @@ from tensordict import TensorDict
 
 from llmdpd.config.load import check_chunk_acting
 from llmdpd.envs.metaworld import scripted_expert
-from llmdpd.evaluation.plan import EPISODE_SPLITS, EvalEpisode
+from llmdpd.evaluation.plan import UNSEEN_SPLITS, EvalEpisode
 
 # The name of the policy's unconditional behaviour where a task's prompt is named (`prompt_task`, a retrieval's
 # candidates): the all-null condition, which prompt dropout trains.
 UNCONDITIONAL = "unconditional"
-# The split labels of episodes on tasks the policy was not trained on.
-UNSEEN_SPLITS = {labels[1] for labels in EPISODE_SPLITS.values()}
 
 
 class PromptSource(Protocol):

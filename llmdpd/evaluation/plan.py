@@ -37,6 +37,8 @@ from llmdpd.envs.metaworld import NUM_GOALS
 # The kinds of evaluation (`eval.split`), and the split labels of their episodes.
 EVAL_SPLITS = ("validation", "test")
 EPISODE_SPLITS = {"validation": ("validation", "validation_unseen"), "test": ("seen", "unseen")}
+# The split labels of episodes on tasks the policy was not trained on.
+UNSEEN_SPLITS = frozenset({"unseen", "validation_unseen"})
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data.datamodule import MetaWorldDataModule
 from llmdpd.evaluation.agent import UNCONDITIONAL, PolicyAgent
 from llmdpd.evaluation.environments import EpisodeEnvironments
-from llmdpd.evaluation.plan import plan_evaluation
+from llmdpd.evaluation.plan import UNSEEN_SPLITS, plan_evaluation
 from llmdpd.evaluation.results import SPLITS, summarise
 from llmdpd.evaluation.rollout import evaluate_episodes
 from llmdpd.evaluation.videos import log_videos, plan_videos
@@ -51,7 +51,7 @@ def evaluate_checkpoint(cfg: ExperimentConfig, ckpt: str) -> dict[str, Any]:
     if cfg.eval.prompt_retrieval != "none":
         from llmdpd.evaluation.behaviour_retrieval import retrieve_behaviours
 
-        splits = {"unseen", "validation_unseen"}
+        splits = set(UNSEEN_SPLITS)
         if cfg.eval.prompt_retrieval_leave_one_out:  # the training tasks too, each as if it were unseen
             splits |= {"seen", "validation"}
         tasks = sorted({ep.task for ep in episodes if ep.split in splits})
