@@ -166,6 +166,14 @@ def test_the_unconditional_candidate_needs_a_rule_that_consults_the_policy():
                                           "the policy .*not 'motion'"):
         load_config("smoke", ["eval.prompt_retrieval=motion", "eval.prompt_retrieval_unconditional=true"])
     assert load_config("smoke", ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true"])
+    with pytest.raises(ConfigError, match="needs a retrieval rule that consults the policy .*not 'distilled'"):
+        load_config("smoke", ["eval.prompt_retrieval=distilled", "eval.prompt_retrieval_unconditional=true"])
+
+
+def test_distilled_practice_has_no_leave_one_out_validation():
+    assert load_config("smoke", ["eval.prompt_retrieval=distilled"]).eval.prompt_retrieval == "distilled"
+    with pytest.raises(ConfigError, match="distilled fits its ranker on the training tasks; .*among its own targets"):
+        load_config("smoke", ["eval.prompt_retrieval=distilled", "eval.prompt_retrieval_leave_one_out=true"])
 
 
 def test_reading_half_an_unseen_prompt_is_its_own_choice_of_prompt():

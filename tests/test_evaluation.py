@@ -933,3 +933,24 @@ def test_retrieval_rules_are_scored_on_the_oracle_table():
     assert scored["right"]["success"] == pytest.approx(0.6) and scored["right"]["best_task_picks"] == 2
     assert scored["wrong"]["success"] == pytest.approx(0.1) and scored["wrong"]["best_task_picks"] == 0
     assert scored["wrong"]["choices"] == {"U": "B", "V": "A"}
+
+
+def test_distilled_practice_ranker_learns_which_signal_predicts_practice():
+    """Twelve tasks whose practice distance follows their object-motion signal (and nothing else) up to noise: the
+    ranker puts its weight there, and on a new task it picks the candidate that signal names."""
+    from llmdpd.evaluation.distilled_practice import SIGNALS, fit_ranker, standardised
+
+    rng = np.random.default_rng(0)
+    signals = [rng.uniform(0.1, 2.0, (9, len(SIGNALS))) for _ in range(12)]
+    targets = [s[:, 1] ** 2 * rng.uniform(0.9, 1.1, len(s)) for s in signals]
+    ranker = fit_ranker(signals, targets)
+    assert np.argmax(np.abs(ranker.weights)) == 1 and ranker.weights[1] > 0.9
+    assert np.abs(np.delete(ranker.weights, 1)).max() < 0.1
+    assert ranker.held_out_regret < -1.3  # the chosen candidates are near each task's best
+    new = rng.uniform(0.1, 2.0, (9, len(SIGNALS)))
+    assert int(np.argmin(ranker.scores(new))) == int(np.argmin(new[:, 1]))
+    z = standardised(np.array([[1.0, 3.0], [np.e, 3.0], [np.e**2, 3.0]]))
+    np.testing.assert_allclose(z[:, 0], [-1.2247449, 0.0, 1.2247449], atol=1e-6)  # log, then z-scored
+    np.testing.assert_allclose(z[:, 1], 0.0)  # a constant signal carries nothing
+    with pytest.raises(ValueError, match="at least two training tasks"):
+        fit_ranker(signals[:1], targets[:1])

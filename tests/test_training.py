@@ -328,6 +328,15 @@ def test_llmdpd_eval_rescores_a_checkpoint_with_other_wordings(smoke_data_dir, t
     assert task == "drawer-close-v3" and retrieval["rule"] == "imagined"
     assert set(retrieval["distances"]) == {"reach-v3", "button-press-topdown-v3", "unconditional"}
     assert retrieval["chosen"] == min(retrieval["distances"], key=retrieval["distances"].get)
+    # Distilled practice: its ranker learns from the training tasks imagined leave-one-out, then chooses.
+    distilled = tmp_path / "distilled.json"
+    result = run_command([sys.executable, "-m", "llmdpd", "eval", "smoke", "ckpt=last", *paths, *quick, "--out",
+                          str(distilled), "eval.prompt_retrieval=distilled", "world_model.steps=20"], timeout=300)
+    assert "distilled practice: ranker on 2 training tasks" in result.stdout
+    [(task, retrieval)] = json.loads(distilled.read_text())["prompt_retrieval"].items()
+    assert task == "drawer-close-v3" and retrieval["rule"] == "distilled"
+    assert set(retrieval["distances"]) == {"reach-v3", "button-press-topdown-v3"}
+    assert retrieval["chosen"] == min(retrieval["distances"], key=retrieval["distances"].get)
 
     wordings.write_text("drawer-close-v3: not a list\n")
     bad = subprocess.run(

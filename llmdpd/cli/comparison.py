@@ -122,6 +122,8 @@ HELDOUT_RULES: dict[str, list[str]] = {
     "retrieval_imagined_unconditional_own": ["eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true",
                                              "eval.prompt_retrieval_own=true"],
     "retrieval_practice_own": ["eval.prompt_retrieval=practice", "eval.prompt_retrieval_own=true"],
+    # Imagined practice's choices on the training tasks, learned as a ranking of prompt-only signals.
+    "retrieval_distilled": ["eval.prompt_retrieval=distilled"],
     # The task's own prompt read by one half only (its description, or its demonstration).
     **{f"prompt_{parts}": [f"eval.prompt_parts={parts}"] for parts in ("text", "trajectory")},
 }
@@ -169,10 +171,11 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
        for bench, (trained, overrides) in {"ml45": ("ml45", ["eval.seen=false"]),
                                            **FOLD_EVALUATIONS}.items()},
     # The validation of a retrieval rule: each ML10 training task on its validation goals, shown the training
-    # task the rule chooses among the nine others (never itself), as if it were unseen.
+    # task the rule chooses among the nine others (never itself), as if it were unseen (`distilled` learns from
+    # the training tasks, so it has no such validation).
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
                                                       "eval.prompt_retrieval_leave_one_out=true"])
-       for rule in CHOICES["eval.prompt_retrieval"] if rule != "none"},
+       for rule in CHOICES["eval.prompt_retrieval"] if rule not in ("none", "distilled")},
     # The held-out validation tasks on their validation goals (16 episodes each), under each rule above.
     **{f"ml45_heldout_{name}": ("ml45_heldout", ["eval.seen=false", "eval.episodes_per_task=16", *overrides])
        for name, overrides in HELDOUT_RULES.items()},

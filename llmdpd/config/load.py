@@ -297,6 +297,9 @@ def check_choices(cfg: DictConfig) -> None:
     if cfg.eval.prompt_retrieval_own and cfg.eval.prompt_retrieval_leave_one_out:
         raise ConfigError("eval.prompt_retrieval_own offers a task its own prompt; under "
                           "eval.prompt_retrieval_leave_one_out every training task would be offered itself")
+    if cfg.eval.prompt_retrieval == "distilled" and cfg.eval.prompt_retrieval_leave_one_out:
+        raise ConfigError("eval.prompt_retrieval=distilled fits its ranker on the training tasks; under "
+                          "eval.prompt_retrieval_leave_one_out a training task would be among its own targets")
     if cfg.eval.prompt_retrieval == "text" and not cfg.text.enabled:
         raise ConfigError("eval.prompt_retrieval=text needs the text prompt (text.enabled is false)")
     for key in ("width", "layers", "steps", "unroll", "sequences", "members"):

@@ -35,7 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "text.pooling": ("mean", "last", "cls"),
     "trajectory.read": ("pooled", "per_state"),
     "eval.split": ("test", "validation"),
-    "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice", "imagined"),
+    "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice", "imagined", "distilled"),
     "eval.prompt_parts": ("both", "text", "trajectory"),
 }
 # The retrieval rules that consult the policy (and so can offer its unconditional behaviour as a candidate).
@@ -301,7 +301,8 @@ class EvalConfig:
     # description); "practice" (the behaviour whose own rollout, one reward-free practice episode per candidate from
     # the demonstration's start, moves most like the demonstration); "imagined" (the same, with the episodes
     # rolled out in a transition model learned from the training data instead of the task's environment:
-    # zero-shot); "none": on its own prompt.
+    # zero-shot); "distilled" (imagined practice's choices on the training tasks, learned as a ranking of the
+    # prompt-only signals: zero-shot, nothing imagined on the unseen task); "none": on its own prompt.
     prompt_retrieval: str = "none"
     # Retrieve for the training tasks too, each among the other training tasks: with eval.split=validation,
     # a retrieval rule's validation (how well the behaviour it calls up serves a task it was not trained for).

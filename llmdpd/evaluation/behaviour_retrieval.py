@@ -20,6 +20,9 @@ descriptions and its one demonstration, the prompt episode it is shown), the tra
   `MOTION_STEPS` steps per candidate and reads no reward: few-shot interaction, not zero-shot transfer.
 - `imagined`: practice in a transition model learned from the training data
   (llmdpd/evaluation/imagined_practice.py) instead of the task's environment: zero-shot.
+- `distilled`: imagined practice's choices on the training tasks (where its transition model is accurate), learned
+  as a ranking of the prompt-only signals above (llmdpd/evaluation/distilled_practice.py): zero-shot, and on the
+  unseen task neither its environment nor the transition model is consulted.
 
 With `unconditional` (`eval.prompt_retrieval_unconditional`) the policy's unconditional behaviour (the all-null
 condition, `UNCONDITIONAL`) is one more candidate of the rules that consult the policy, and with `own`
@@ -52,17 +55,22 @@ def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], tr
                         ) -> dict[str, tuple[str, dict[str, float]]]:
     """task -> (the training task chosen for it by `rule`, each candidate's distance), each task choosing
     among the training tasks other than itself. `env_seed`: the MT1 seed of the datasets (`practice` only);
-    `ensemble`: the `WorldModelEnsemble` of `imagined` (default: `training_world_models(source)`); `unconditional`:
-    offer `UNCONDITIONAL` too, `own`: the task's own prompt too (rules that consult the policy only)."""
+    `ensemble`: the `WorldModelEnsemble` of `imagined` and `distilled` (default: `training_world_models(source)`);
+    `unconditional`: offer `UNCONDITIONAL` too, `own`: the task's own prompt too (rules that consult the policy,
+    `POLICY_RETRIEVAL_RULES`, only)."""
     if rule not in RULES:
         raise ValueError(f"unknown retrieval rule '{rule}' (expected one of {', '.join(RULES)})")
     if (unconditional or own) and rule not in POLICY_RETRIEVAL_RULES:
         raise ValueError(f"retrieval rule '{rule}' does not consult the policy: it cannot offer the unconditional "
                          "behaviour or the task's own prompt")
-    if rule == "imagined" and ensemble is None:
+    if rule in ("imagined", "distilled") and ensemble is None:
         from llmdpd.evaluation.imagined_practice import training_world_models
 
         ensemble = training_world_models(source)
+    if rule == "distilled":
+        from llmdpd.evaluation.distilled_practice import distilled_distances, training_ranker
+
+        ranker = training_ranker(module, source, training_tasks, prompt_episode, ensemble, acting)
     out = {}
     for task in tasks:
         candidates = [other for other in training_tasks if other != task] + [UNCONDITIONAL] * unconditional
@@ -79,6 +87,8 @@ def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], tr
             from llmdpd.evaluation.imagined_practice import imagined_distances
 
             distances = imagined_distances(module, ensemble, source, task, candidates, prompt_episode, acting)
+        elif rule == "distilled":
+            distances = distilled_distances(ranker, module, source, task, candidates, prompt_episode, acting)
         else:
             distances = description_distances(source, task, candidates)
         out[task] = (min(distances, key=distances.__getitem__), distances)
@@ -126,15 +136,23 @@ def motion_distances(source: Any, task: str, candidates: Sequence[str], prompt_e
 
 def nearest_motion(query: np.ndarray, references: Mapping[str, np.ndarray], scale_with_query: bool = False
                    ) -> dict[str, float]:
-    """Each reference trajectory's distance to the query's motion (observations [T, 39] each): the squared
-    distance of each part of `motion_descriptor`, scaled by that part's root mean square over the references
-    (and the query, with `scale_with_query`: then a part that no reference moves, as when no practice episode
-    touches the object, is still on the scale of the query's), summed over parts."""
+    """Each reference trajectory's distance to the query's motion (observations [T, 39] each): the sum over parts
+    of `motion_part_distances`."""
+    return {name: float(parts.sum())
+            for name, parts in motion_part_distances(query, references, scale_with_query).items()}
+
+
+def motion_part_distances(query: np.ndarray, references: Mapping[str, np.ndarray], scale_with_query: bool = False
+                          ) -> dict[str, np.ndarray]:
+    """Each reference trajectory's distance to the query's motion per part of `motion_descriptor` ([4]): the
+    squared distance, scaled by that part's root mean square over the references (and the query, with
+    `scale_with_query`: then a part that no reference moves, as when no practice episode touches the object, is
+    still on the scale of the query's)."""
     query_parts = motion_descriptor(query)
     parts = {name: motion_descriptor(obs) for name, obs in references.items()}
     scaled = [*parts.values(), query_parts] if scale_with_query else list(parts.values())
     scales = [np.sqrt(np.mean([np.mean(p[i] ** 2) for p in scaled])) + 1e-8 for i in range(len(query_parts))]
-    return {name: float(sum(np.mean((q - r) ** 2) / s**2 for q, r, s in zip(query_parts, p, scales)))
+    return {name: np.array([np.mean((q - r) ** 2) / s**2 for q, r, s in zip(query_parts, p, scales)])
             for name, p in parts.items()}
 
 
