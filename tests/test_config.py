@@ -155,7 +155,8 @@ def test_a_value_outside_its_choices_is_one_line(override):
 @pytest.mark.parametrize("override", ["world_model.unroll=0", "world_model.width=-1", "world_model.lr=0",
                                       "world_model.holdout_episodes=-1", "world_model.members=0",
                                       "world_model.max_spread=-0.1", "world_model.adapt_steps=-1",
-                                      "world_model.adapt_lr=0"])
+                                      "world_model.adapt_lr=0", "world_model.adapt_replay=1.0",
+                                      "world_model.adapt_replay=-0.5"])
 def test_world_model_sizes_must_be_positive(override):
     with pytest.raises(ConfigError, match=rf"Invalid value for '{re.escape(override.split('=')[0])}': "):
         load_config("smoke", [override, "eval.prompt_retrieval=imagined"])

@@ -210,6 +210,25 @@ def test_adapting_to_one_demonstration_predicts_the_new_tasks_other_goals_better
     assert all(torch.equal(again.state_dict()[k], adapted.state_dict()[k]) for k in before)
 
 
+def test_adapting_with_the_training_episodes_replayed_forgets_less_of_them(fitted, push_episodes):
+    """Adapted hard to drawer-close's demonstration, the push model forgets push; with half of each step's windows
+    drawn from the push episodes it was fitted on, it predicts held-out push episodes better than without, and
+    still predicts the drawer on other goals better than before adapting. A share of 0 is the plain adaptation."""
+    from llmdpd.world_model.fit import adapt_transition_model, measure_fit, stack_episodes
+
+    model, _ = fitted
+    train, held_out = push_episodes
+    demonstration = noisy_expert_episodes("drawer-close-v3", [0], noise=0.0, seed=0)[0]
+    others = noisy_expert_episodes("drawer-close-v3", [5, 6], noise=0.0, seed=0)
+    adapt = dict(steps=200, lr=3e-3, unroll=8, sequences=64, seed=0)
+    plain = adapt_transition_model(model, demonstration, **adapt)
+    replayed = adapt_transition_model(model, demonstration, replay=stack_episodes(train), replay_share=0.5, **adapt)
+    assert measure_fit(replayed, held_out).one_step < measure_fit(plain, held_out).one_step
+    assert measure_fit(replayed, others).object_error["50"] < measure_fit(model, others).object_error["50"]
+    none = adapt_transition_model(model, demonstration, replay=stack_episodes(train), replay_share=0.0, **adapt)
+    assert all(torch.equal(none.state_dict()[k], plain.state_dict()[k]) for k in plain.state_dict())
+
+
 def test_an_adapting_ensemble_imagines_each_task_in_copies_adapted_to_its_demonstration(fitted):
     """With adaptation steps 0 the members are the fitted models themselves; with steps, one adapted copy per member,
     each its own (member k seeded apart), and the demonstration-fit diagnosis reports both parts for the task."""

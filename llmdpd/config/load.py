@@ -314,6 +314,9 @@ def check_choices(cfg: DictConfig) -> None:
     if cfg.world_model.adapt_steps < 0:
         raise ConfigError(f"Invalid value for 'world_model.adapt_steps': {cfg.world_model.adapt_steps}; expected at "
                           "least 0 (0: no adaptation)")
+    if not 0.0 <= cfg.world_model.adapt_replay < 1.0:
+        raise ConfigError(f"Invalid value for 'world_model.adapt_replay': {cfg.world_model.adapt_replay}; expected a "
+                          "share in [0, 1) (the demonstration keeps the rest of each step)")
     if not cfg.world_model.max_spread >= 0:
         raise ConfigError(f"Invalid value for 'world_model.max_spread': {cfg.world_model.max_spread}; expected a "
                           "distance of at least 0 (0: no limit)")

@@ -362,6 +362,9 @@ class WorldModelConfig:
     # is the one record of the new task's objects. 0: imagine in the models as fitted.
     adapt_steps: int = 0
     adapt_lr: float = 1e-4
+    # The share of each adaptation step's windows drawn from the training episodes the model was fitted on instead of
+    # the demonstration, so that the copy learns the new object without forgetting the rest. 0: the demonstration only.
+    adapt_replay: float = 0.0
 
 
 @dataclass

@@ -13,7 +13,8 @@ every member and its distance is the members' mean, so that one fit's errors wei
 than that (`trusted_steps`), so that the choice is made on the part of the motion the models agree on.
 
 With `world_model.adapt_steps` every member is first fine-tuned on the task's demonstration (a copy per task,
-`adapt_transition_model`): still zero-shot, since the demonstration is what the agent is given.
+`adapt_transition_model`), with `world_model.adapt_replay` of each step's windows drawn from the training episodes
+it was fitted on: still zero-shot, since the demonstration is what the agent is given.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from llmdpd.data.generate import dataset_id
 from llmdpd.envs.metaworld import HAND, OBJECT, is_metaworld_task
 from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS, demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
-from llmdpd.world_model.fit import Episode, adapt_transition_model, cached_transition_model, measure_fit
+from llmdpd.world_model.fit import (
+    Episode, adapt_transition_model, cached_transition_model, measure_fit, stack_episodes,
+)
 from llmdpd.world_model.model import TransitionModel
 
 # Member k of an ensemble is fitted from the experiment's seed + `world_model.seed_offset` + k * MEMBER_SEED_STRIDE,
@@ -68,6 +71,7 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
     members = int(settings.pop("members"))
     settings.pop("max_spread")
     adaptation = {"steps": int(settings.pop("adapt_steps")), "lr": float(settings.pop("adapt_lr")),
+                  "replay_share": float(settings.pop("adapt_replay")),
                   **{key: settings[key] for key in ("unroll", "sequences", "weight_decay")}}
     others = [task for task in source.train_tasks if not is_metaworld_task(task)]
     if others:
@@ -82,6 +86,8 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
         held_out += episodes[len(episodes) - holdout:]
     key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
            "data_dir": str(source.root.resolve()), "holdout_episodes": holdout}
+    if adaptation["steps"] and adaptation["replay_share"]:  # the episodes the fit learned from, replayed beside it
+        adaptation["replay"] = stack_episodes(train)
     models = []
     for member in range(members):
         try:

@@ -6,7 +6,8 @@ same data shares it, whichever policy it evaluates. The cache file also keeps ho
 held-out episodes (`WorldModelFit`), which `llmdpd eval` prints.
 
 `adapt_transition_model` fine-tunes a copy of a fitted model on one episode with the same loss: an unseen task's
-demonstration is the agent's one record of how the task's objects move.
+demonstration is the agent's one record of how the task's objects move. With the training episodes replayed beside
+it, the copy learns the new object without forgetting how the hand and the known objects move.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class WorldModelFit:
     object_travel: dict[str, float] = field(default_factory=dict)
 
 
-def _sequences(episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_episodes(episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
     """observations [E, T + 1, 39] and actions [E, T, 4] of equally long episodes (the shortest length)."""
     steps = min(len(ep["actions"]) for ep in episodes)
     obs = np.stack([np.asarray(ep["observations"][: steps + 1], np.float32) for ep in episodes])
@@ -62,7 +63,7 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
     steps (AdamW, cosine learning rate), and its `WorldModelFit` on `held_out`."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    obs, actions = _sequences(train)
+    obs, actions = stack_episodes(train)
     if unroll >= actions.shape[1]:
         raise ValueError(f"world_model.unroll ({unroll}) must be shorter than the episodes ({actions.shape[1]} steps)")
     model = TransitionModel(width, layers)
@@ -80,10 +81,10 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
     return model, measure_fit(model, held_out)
 
 
-def _unrolled_step(model: TransitionModel, optimizer: torch.optim.Optimizer, obs: torch.Tensor, actions: torch.Tensor,
-                   unroll: int, sequences: int, generator: torch.Generator) -> None:
-    """One optimiser step on `sequences` windows of `unroll` steps drawn from episodes `obs` [E, T + 1, 39] /
-    `actions` [E, T, 4], the model following its own predictions (step k weighted 1 / k)."""
+def _unrolled_loss(model: TransitionModel, obs: torch.Tensor, actions: torch.Tensor, unroll: int, sequences: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """The loss of `sequences` windows of `unroll` steps drawn from episodes `obs` [E, T + 1, 39] / `actions`
+    [E, T, 4], the model following its own predictions (step k weighted 1 / k)."""
     weights = 1.0 / torch.arange(1, unroll + 1, dtype=torch.float32) / unroll
     episode = torch.randint(len(obs), (sequences,), generator=generator)
     start = torch.randint(actions.shape[1] - unroll + 1, (sequences,), generator=generator)
@@ -92,26 +93,46 @@ def _unrolled_step(model: TransitionModel, optimizer: torch.optim.Optimizer, obs
         state = model.step(state, actions[episode, start + k])
         error = (state[:, MODELLED] - obs[episode, start + k + 1, MODELLED]) / model.change_std
         loss = loss + weights[k] * error.pow(2).mean()
+    return loss
+
+
+def _unrolled_step(model: TransitionModel, optimizer: torch.optim.Optimizer, obs: torch.Tensor, actions: torch.Tensor,
+                   unroll: int, sequences: int, generator: torch.Generator) -> None:
+    """One optimiser step on `_unrolled_loss`."""
+    loss = _unrolled_loss(model, obs, actions, unroll, sequences, generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
 def adapt_transition_model(model: TransitionModel, episode: Episode, steps: int, lr: float, unroll: int = 16,
-                           sequences: int = 256, weight_decay: float = 1e-4, seed: int = 0) -> TransitionModel:
+                           sequences: int = 256, weight_decay: float = 1e-4, seed: int = 0,
+                           replay: tuple[torch.Tensor, torch.Tensor] | None = None, replay_share: float = 0.0
+                           ) -> TransitionModel:
     """A copy of `model` fine-tuned for `steps` steps on one episode with the fit's unrolled loss at the constant
-    rate `lr` (`model` is left as it is). Its standardisation statistics are kept: one episode is too few
-    transitions to estimate them, and the fit's scale is the one its weights were learned in."""
+    rate `lr` (`model` is left as it is); with `replay` (the episodes the model was fitted on, as `stack_episodes`
+    stacks them) a share `replay_share` of each step's windows is drawn from those instead, each part's loss
+    weighted by its share. Its standardisation statistics are kept: one episode is too few transitions to
+    estimate them, and the fit's scale is the one its weights were learned in."""
     generator = torch.Generator().manual_seed(seed)
-    obs, actions = _sequences([episode])
+    device = model.feature_mean.device
+    obs, actions = (part.to(device) for part in stack_episodes([episode]))
+    replayed = round(sequences * replay_share) if replay is not None else 0
+    if replayed:
+        replay = tuple(part.to(device) for part in replay)
     with torch.inference_mode(False), torch.enable_grad():  # evaluation may run under inference mode
         adapted = TransitionModel(**model.size)
         adapted.load_state_dict({name: value.detach().clone() for name, value in model.state_dict().items()})
-        adapted.to(model.feature_mean.device).train()
-        obs, actions = obs.to(model.feature_mean.device), actions.to(model.feature_mean.device)
+        adapted.to(device).train()
         optimizer = torch.optim.AdamW(adapted.parameters(), lr, weight_decay=weight_decay)
         for _ in range(steps):
-            _unrolled_step(adapted, optimizer, obs, actions, min(unroll, actions.shape[1]), sequences, generator)
+            loss = _unrolled_loss(adapted, obs, actions, min(unroll, actions.shape[1]), sequences - replayed,
+                                  generator) * (1 - replayed / sequences)
+            if replayed:
+                loss = loss + _unrolled_loss(adapted, *replay, unroll, replayed, generator) * replayed / sequences
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
     return adapted.eval()
 
 
@@ -127,7 +148,7 @@ def imagine(model: TransitionModel, first: torch.Tensor, actions: torch.Tensor) 
 @torch.no_grad()
 def measure_fit(model: TransitionModel, episodes: Sequence[Episode]) -> WorldModelFit:
     """`WorldModelFit` of `model` on `episodes`."""
-    obs, actions = _sequences(episodes)
+    obs, actions = stack_episodes(episodes)
     change = obs[:, 1:, MODELLED] - obs[:, :-1, MODELLED]
     predicted = model.change(obs[:, :-1], actions)
     one_step = ((predicted - change) / model.change_std).pow(2).mean().item()
