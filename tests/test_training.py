@@ -424,7 +424,7 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
     unseen = table["retrieval"]["tasks"]["drawer-close-v3"]
     assert table["retrieval"]["plans"] == [1000, 1001]
     assert set(unseen["by_prompt"]) == {"reach-v3", "button-press-topdown-v3"}
-    assert set(table["retrieval"]["rules"]) == {"demonstration", "motion", "text", "practice", "imagined"}
+    assert set(table["retrieval"]["rules"]) == {"demonstration", "motion", "text", "practice", "imagined", "distilled"}
     for rule in table["retrieval"]["rules"].values():
         assert rule["success"] == unseen["by_prompt"][rule["choices"]["drawer-close-v3"]]
     unseen["by_prompt"] = {"reach-v3": 0.25, "button-press-topdown-v3": 0.75}
