@@ -214,7 +214,8 @@ def retrieval_diagnosis(cfg, ckpt: str, module, dm, episodes_per_task: int, out:
     """The retrieval oracle of `ckpt` with every retrieval rule's choices scored on it. The oracle's rollouts
     (22 evaluations) are read back from `out` when it already holds them for this checkpoint, plan and episode
     count, so that scoring a new rule costs no rollouts."""
-    from llmdpd.evaluation.behaviour_retrieval import RULES, retrieve_behaviours
+    from llmdpd.evaluation.behaviour_retrieval import MODEL_RULES, RULES, retrieve_behaviours
+    from llmdpd.evaluation.imagined_practice import training_world_models
     from llmdpd.evaluation.results import read_eval_json
     from llmdpd.evaluation.retrieval_oracle import checkpoint_evaluator, retrieval_oracle, score_rules
     from llmdpd.evaluation.runner import ACTING_KEYS
@@ -228,9 +229,11 @@ def retrieval_diagnosis(cfg, ckpt: str, module, dm, episodes_per_task: int, out:
         oracle = retrieval_oracle(checkpoint_evaluator(cfg, ckpt, episodes_per_task), dm.train_tasks, cfg.eval.seed)
     acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
     rules = [rule for rule in RULES if rule != "text" or cfg.text.enabled]
+    # One set of transition models for every rule that reads them, read once.
+    ensemble = training_world_models(dm) if set(rules) & set(MODEL_RULES) else None
     choices = {rule: {task: chosen for task, (chosen, _) in retrieve_behaviours(
         rule, module, dm, list(oracle["tasks"]), dm.train_tasks, cfg.eval.prompt_episode, acting,
-        env_seed=cfg.data.seed).items()}
+        env_seed=cfg.data.seed, ensemble=ensemble).items()}
         for rule in rules}
     return {"episodes_per_task": episodes_per_task, **oracle, "rules": score_rules(oracle, choices)}
 

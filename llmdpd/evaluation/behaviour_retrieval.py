@@ -45,6 +45,8 @@ from llmdpd.evaluation.agent import UNCONDITIONAL
 from llmdpd.evaluation.diagnostics import task_conditions
 
 RULES = tuple(rule for rule in CHOICES["eval.prompt_retrieval"] if rule != "none")
+# The rules that read the transition models of the training data (`ensemble`).
+MODEL_RULES = ("imagined", "distilled")
 MOTION_STEPS = 200  # the scripted experts finish most tasks within this many steps
 MOTION_POINTS = 20
 
@@ -63,7 +65,7 @@ def retrieve_behaviours(rule: str, module, source: Any, tasks: Sequence[str], tr
     if (unconditional or own) and rule not in POLICY_RETRIEVAL_RULES:
         raise ValueError(f"retrieval rule '{rule}' does not consult the policy: it cannot offer the unconditional "
                          "behaviour or the task's own prompt")
-    if rule in ("imagined", "distilled") and ensemble is None:
+    if rule in MODEL_RULES and ensemble is None:
         from llmdpd.evaluation.imagined_practice import training_world_models
 
         ensemble = training_world_models(source)
@@ -128,10 +130,18 @@ def motion_descriptor(observations: np.ndarray) -> list[np.ndarray]:
 
 def motion_distances(source: Any, task: str, candidates: Sequence[str], prompt_episode: int) -> dict[str, float]:
     """Each candidate's scaled squared distance between its demonstration's motion and `task`'s."""
+    return {name: float(parts.sum())
+            for name, parts in demonstration_motion_parts(source, task, candidates, prompt_episode).items()}
+
+
+def demonstration_motion_parts(source: Any, task: str, candidates: Sequence[str], prompt_episode: int
+                               ) -> dict[str, np.ndarray]:
+    """Each candidate's `motion_part_distances` between its demonstration and `task`'s (prompt episode
+    `prompt_episode` of each)."""
     def observations(name: str) -> np.ndarray:
         return source.prompt_episodes(name)[prompt_episode]["observations"]
 
-    return nearest_motion(observations(task), {other: observations(other) for other in candidates})
+    return motion_part_distances(observations(task), {other: observations(other) for other in candidates})
 
 
 def nearest_motion(query: np.ndarray, references: Mapping[str, np.ndarray], scale_with_query: bool = False

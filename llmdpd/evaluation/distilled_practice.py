@@ -8,7 +8,7 @@ episode comes to the task's demonstration. On an unseen task the ranker alone ch
 environment nor the transition model is consulted.
 
 The signals per (task, candidate) pair (`SIGNALS`): the four parts of the motion distance between the task's
-demonstration and the candidate's (`motion_part_distances`), the imitation error of the policy under the
+demonstration and the candidate's (`demonstration_motion_parts`), the imitation error of the policy under the
 candidate's condition on the demonstration's states (`behaviour_distances`), and the cosine distance of their
 mean descriptions (`description_distances`). Each signal and the target are log-transformed and standardised
 across a task's candidates, so the ranker compares candidates of one task and never tasks with each other. The
@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from llmdpd.evaluation.behaviour_retrieval import (
-    behaviour_distances, description_distances, motion_part_distances,
+    behaviour_distances, demonstration_motion_parts, description_distances,
 )
 
 SIGNALS = ("hand_motion", "object_motion", "gripper", "hand_to_object", "imitation", "description")
@@ -41,10 +41,7 @@ def pair_signals(module, source: Any, task: str, candidates: Sequence[str], prom
                  acting: Mapping[str, Any] | None = None) -> np.ndarray:
     """The raw signals [len(candidates), len(SIGNALS)] of `task` against each candidate (module docstring); the
     description column is zeros without text embeddings."""
-    def demonstration(name: str) -> np.ndarray:
-        return source.prompt_episodes(name)[prompt_episode]["observations"]
-
-    motion = motion_part_distances(demonstration(task), {other: demonstration(other) for other in candidates})
+    motion = demonstration_motion_parts(source, task, candidates, prompt_episode)
     imitation = behaviour_distances(module, source, task, candidates, prompt_episode, acting)
     has_text = source.text_embeddings(task) is not None
     description = description_distances(source, task, candidates) if has_text else dict.fromkeys(candidates, 0.0)

@@ -38,7 +38,7 @@ from llmdpd.envs.metaworld import NUM_GOALS
 EVAL_SPLITS = ("validation", "test")
 EPISODE_SPLITS = {"validation": ("validation", "validation_unseen"), "test": ("seen", "unseen")}
 # The split labels of episodes on tasks the policy was not trained on.
-UNSEEN_SPLITS = frozenset({"unseen", "validation_unseen"})
+UNSEEN_SPLITS = frozenset(labels[1] for labels in EPISODE_SPLITS.values())
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in tqdm(range(steps), desc="world model", unit="step", leave=False, disable=not progress):
-        _unrolled_step(model, optimizer, obs, actions, unroll, sequences, generator)
+        _descend(optimizer, _unrolled_loss(model, obs, actions, unroll, sequences, generator))
         schedule.step()
     model.eval()
     return model, measure_fit(model, held_out)
@@ -96,10 +96,8 @@ def _unrolled_loss(model: TransitionModel, obs: torch.Tensor, actions: torch.Ten
     return loss
 
 
-def _unrolled_step(model: TransitionModel, optimizer: torch.optim.Optimizer, obs: torch.Tensor, actions: torch.Tensor,
-                   unroll: int, sequences: int, generator: torch.Generator) -> None:
-    """One optimiser step on `_unrolled_loss`."""
-    loss = _unrolled_loss(model, obs, actions, unroll, sequences, generator)
+def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimiser step on `loss`."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -117,7 +115,8 @@ def adapt_transition_model(model: TransitionModel, episode: Episode, steps: int,
     generator = torch.Generator().manual_seed(seed)
     device = model.feature_mean.device
     obs, actions = (part.to(device) for part in stack_episodes([episode]))
-    replayed = round(sequences * replay_share) if replay is not None else 0
+    # At least one window from the demonstration, whatever the rounding of the share.
+    replayed = min(round(sequences * replay_share), sequences - 1) if replay is not None else 0
     if replayed:
         replay = tuple(part.to(device) for part in replay)
     with torch.inference_mode(False), torch.enable_grad():  # evaluation may run under inference mode
@@ -130,9 +129,7 @@ def adapt_transition_model(model: TransitionModel, episode: Episode, steps: int,
                                   generator) * (1 - replayed / sequences)
             if replayed:
                 loss = loss + _unrolled_loss(adapted, *replay, unroll, replayed, generator) * replayed / sequences
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _descend(optimizer, loss)
     return adapted.eval()
 
 
