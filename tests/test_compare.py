@@ -524,3 +524,23 @@ def test_compare_pools_the_folds_of_a_benchmark(tmp_path, capsys):
     _write_run(tmp_path / "fold4", "mlp", 0, _fold_json(0, {"f": 0.0}, episodes_per_task=20))
     assert _run_cli([*paths, str(tmp_path / "fold4"), "--group-by", "parent", "--pool"]) == 2
     assert "episodes_per_task 20 vs 10" in capsys.readouterr().err
+
+
+def test_per_seed_table_names_the_prompt_each_rule_chose(tmp_path, capsys):
+    own = {0: {"a": 0.5, "b": 0.0}, 1: {"a": 1.0, "b": 0.25}}
+    for seed, successes in own.items():
+        _write_run(tmp_path / "own", "llmdpd", seed, _fold_json(seed, successes))
+    retrieved = _fold_json(0, {"a": 0.75, "b": 0.5})
+    retrieved["prompt_retrieval"] = {"a": {"rule": "imagined", "chosen": "a"}, "b": {"rule": "imagined",
+                                                                                   "chosen": "push-v3"}}
+    _write_run(tmp_path / "imagined", "llmdpd", 0, retrieved)
+    assert _run_cli([str(tmp_path / "own"), str(tmp_path / "imagined"), "--group-by", "benchmark",
+                     "--per-seed"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("| seed | task | split | imagined/llmdpd | own/llmdpd |")
+    assert lines[start + 2:] == [
+        "| 0 | a | unseen | 75.0 (own) | 50.0 |",
+        "| 0 | b | unseen | 50.0 (push-v3) | 0.0 |",
+        "| 1 | a | unseen | - | 100.0 |",  # the retrieval rule has no seed-1 run
+        "| 1 | b | unseen | - | 25.0 |",
+    ]

@@ -1,4 +1,4 @@
-"""`llmdpd compare RUN_DIR ... [--per-task] [--out results.png] [--baseline METHOD [--bootstrap N]] [--metric M]
+"""`llmdpd compare RUN_DIR ... [--per-task] [--per-seed] [--out results.png] [--baseline METHOD [--bootstrap N]] [--metric M]
 [--pool]`:
 tabulate and plot finished runs on one metric (success, or normalised return or return for environments that
 report no success), and bound each method's difference to a baseline by a paired bootstrap."""
@@ -23,6 +23,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     parser.add_argument("--per-task", action="store_true", help="also a table of the metric per task")
+    parser.add_argument("--per-seed", action="store_true",
+                        help="also a table of the metric per seed and task, with the training task whose prompt "
+                        "a retrieval rule chose")
     parser.add_argument("--out", default=None, metavar="PNG", help="write a bar chart of the metric per method")
     # The names of llmdpd.evaluation.compare.METRICS, spelled out so that registering imports nothing heavy.
     parser.add_argument(
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         find_runs,
         group_methods,
         markdown_table,
+        per_seed_table,
         pool_runs,
     )
 
@@ -84,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     metric = choose_metric(methods, args.metric)  # a ConfigError (exit 2, one line) when no run has it
     print(markdown_table(methods, per_task=args.per_task, metric=metric))
+    if args.per_seed:
+        print()
+        print(per_seed_table(methods, metric=metric))
     if args.baseline is not None:
         n = args.bootstrap if args.bootstrap is not None else DEFAULT_BOOTSTRAP
         print()

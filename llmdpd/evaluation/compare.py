@@ -291,6 +291,34 @@ def markdown_table(methods: Sequence[Method], per_task: bool = False, metric: st
     return "\n".join(lines)
 
 
+def per_seed_table(methods: Sequence[Method], metric: str = "success") -> str:
+    """`metric` per seed and task for every method, as a markdown table. Where a run's prompt was chosen by a
+    retrieval rule (eval.json's `prompt_retrieval`), the chosen training task follows the value in parentheses,
+    "own" where the rule kept the task's own prompt; '-' where a method has no run of that seed or task."""
+    names = [method.name for method in methods]
+    tasks: dict[str, str] = {}
+    for method in methods:
+        for run in method.runs:
+            for task, entry in run.summary["tasks"].items():
+                tasks.setdefault(task, entry["split"])
+    ordered = [task for split in SPLITS for task in sorted(t for t, s in tasks.items() if s == split)]
+    seeds = sorted({run.seed for method in methods for run in method.runs}, key=str)
+    lines = ["| seed | task | split | " + " | ".join(names) + " |", "| --- | --- | --- |" + " --- |" * len(names)]
+    for seed in seeds:
+        for task in ordered:
+            cells = []
+            for method in methods:
+                run = next((run for run in method.runs if str(run.seed) == str(seed)), None)
+                value = ((run.summary["tasks"].get(task) or {}).get(metric)) if run is not None else None
+                cell = "-" if value is None else format_values([value], metric)
+                chosen = ((run.summary.get("prompt_retrieval") or {}).get(task) or {}).get("chosen") if run else None
+                if value is not None and chosen is not None:
+                    cell += " (own)" if chosen == task else f" ({chosen})"
+                cells.append(cell)
+            lines.append(f"| {seed} | {task} | {tasks[task]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def paired_bootstrap_difference(
     a: Any, b: Any, n: int = DEFAULT_BOOTSTRAP, rng: np.random.Generator | None = None, confidence: float = 0.95
 ) -> tuple[float, float, float]:
