@@ -255,6 +255,16 @@ def _episodes_per_task(method: Method) -> str:
     return ",".join("-" if count is None else str(count) for count in counts)
 
 
+def task_splits(methods: Sequence[Method]) -> dict[str, str]:
+    """Every task any run scored -> its split, in SPLITS order and by name within a split."""
+    tasks: dict[str, str] = {}
+    for method in methods:
+        for run in method.runs:
+            for task, entry in run.summary["tasks"].items():
+                tasks.setdefault(task, entry["split"])
+    return {task: split for split in SPLITS for task in sorted(t for t, s in tasks.items() if s == split)}
+
+
 def markdown_table(methods: Sequence[Method], per_task: bool = False, metric: str = "success") -> str:
     """`metric` per method and split (and per task with `per_task`), as a markdown table.
 
@@ -278,16 +288,10 @@ def markdown_table(methods: Sequence[Method], per_task: bool = False, metric: st
         )
     if per_task:
         names = [method.name for method in methods]
-        tasks: dict[str, str] = {}
-        for method in methods:
-            for run in method.runs:
-                for task, entry in run.summary["tasks"].items():
-                    tasks.setdefault(task, entry["split"])
         lines += ["", "| task | split | " + " | ".join(names) + " |", "| --- | --- |" + " --- |" * len(names)]
-        for split in SPLITS:
-            for task in sorted(t for t, s in tasks.items() if s == split):
-                cells = " | ".join(format_values(method.task_values(task, metric), metric) for method in methods)
-                lines.append(f"| {task} | {split} | {cells} |")
+        for task, split in task_splits(methods).items():
+            cells = " | ".join(format_values(method.task_values(task, metric), metric) for method in methods)
+            lines.append(f"| {task} | {split} | {cells} |")
     return "\n".join(lines)
 
 
@@ -296,16 +300,11 @@ def per_seed_table(methods: Sequence[Method], metric: str = "success") -> str:
     retrieval rule (eval.json's `prompt_retrieval`), the chosen training task follows the value in parentheses,
     "own" where the rule kept the task's own prompt; '-' where a method has no run of that seed or task."""
     names = [method.name for method in methods]
-    tasks: dict[str, str] = {}
-    for method in methods:
-        for run in method.runs:
-            for task, entry in run.summary["tasks"].items():
-                tasks.setdefault(task, entry["split"])
-    ordered = [task for split in SPLITS for task in sorted(t for t, s in tasks.items() if s == split)]
+    tasks = task_splits(methods)
     seeds = sorted({run.seed for method in methods for run in method.runs}, key=str)
     lines = ["| seed | task | split | " + " | ".join(names) + " |", "| --- | --- | --- |" + " --- |" * len(names)]
     for seed in seeds:
-        for task in ordered:
+        for task, split in tasks.items():
             cells = []
             for method in methods:
                 run = next((run for run in method.runs if str(run.seed) == str(seed)), None)
@@ -315,7 +314,7 @@ def per_seed_table(methods: Sequence[Method], metric: str = "success") -> str:
                 if value is not None and chosen is not None:
                     cell += " (own)" if chosen == task else f" ({chosen})"
                 cells.append(cell)
-            lines.append(f"| {seed} | {task} | {tasks[task]} | " + " | ".join(cells) + " |")
+            lines.append(f"| {seed} | {task} | {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
