@@ -346,6 +346,30 @@ def test_llmdpd_eval_rescores_a_checkpoint_with_other_wordings(smoke_data_dir, t
     assert bad.returncode == 2 and "expected a mapping task -> non-empty list" in bad.stderr
 
 
+def test_llmdpd_diagnose_demonstration_fit_needs_no_checkpoint(smoke_data_dir, tmp_path):
+    """The transition models' fit to the unseen task's other demonstrations, in both object frames, from the data
+    alone: no run exists under paths.runs_dir."""
+    paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={tmp_path / 'runs'}",
+             f"paths.cache_dir={tmp_path / 'cache'}", "world_model.steps=20"]
+    fits = {}
+    for frame in ("absolute", "hand"):
+        out = tmp_path / f"fit_{frame}.json"
+        result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", *paths, "--demonstration-fit",
+                              f"world_model.object_frame={frame}", "--out", str(out)], timeout=300)
+        assert f"written: {out}" in result.stdout
+        summary = json.loads(out.read_text())
+        assert summary["checkpoint"] is None and summary["world_model"]["object_frame"] == frame
+        [(task, fits[frame])] = summary["demonstration_fit"]["tasks"].items()
+        assert task == "drawer-close-v3"
+        assert all(math.isfinite(v) and v > 0 for v in fits[frame].values()) and len(fits[frame]) == 2
+    assert fits["absolute"] != fits["hand"]  # two models, not one read twice
+    assert len(list((tmp_path / "cache" / "world_models").glob("*.pt"))) == 2
+    refused = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", *paths, "--demonstration-fit"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--demonstration-fit needs --out FILE" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
 def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir, tmp_path):
     runs = tmp_path / "runs"
     paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={runs}"]

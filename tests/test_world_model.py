@@ -98,6 +98,42 @@ def test_the_model_is_fitted_once_and_read_back_and_a_corrupt_cache_is_fitted_ag
     assert torch.load(cached, weights_only=True)["size"] == {"width": FIT["width"], "layers": FIT["layers"]}
 
 
+def test_in_the_hand_frame_the_object_moves_the_same_wherever_hand_and_object_stand(push_episodes, tmp_path):
+    """object_frame=hand: the object's predicted change is unchanged when hand and object (and the previous frame)
+    are moved together, while the hand's may change; the fit still predicts held-out push episodes; its cache is
+    its own, and the default frame keeps the cache key and state dict that models fitted before it had."""
+    torch.manual_seed(0)
+    hand_frame, absolute = TransitionModel(16, 1, "hand"), TransitionModel(16, 1)
+    for model in (hand_frame, absolute):  # non-trivial standardisation, as after a fit
+        model.feature_mean.normal_()
+        model.feature_std.uniform_(0.5, 2.0)
+    obs, action = torch.randn(6, 39), torch.randn(6, 4)
+    moved = obs.clone()
+    shift = torch.tensor([0.3, -0.2, 0.1])
+    for part in (slice(0, 3), slice(4, 7), slice(18, 21), slice(22, 25)):
+        moved[:, part] += shift
+    assert torch.allclose(hand_frame.change(moved, action)[:, 4:7], hand_frame.change(obs, action)[:, 4:7], atol=1e-6)
+    assert not torch.allclose(absolute.change(moved, action)[:, 4:7], absolute.change(obs, action)[:, 4:7])
+    assert not torch.allclose(hand_frame.change(moved, action)[:, 0:3], hand_frame.change(obs, action)[:, 0:3])
+    with pytest.raises(ValueError, match="object_frame"):
+        TransitionModel(16, 1, "sideways")
+
+    train, held_out = push_episodes
+    model, fit = fit_transition_model(train, held_out, seed=0, progress=False, object_frame="hand", **FIT)
+    assert model.size == {"width": FIT["width"], "layers": FIT["layers"], "object_frame": "hand"}
+    assert fit.one_step < 0.3 * fit.no_change and fit.hand_error["50"] < 0.5 * fit.hand_travel["50"]
+    settings = dict(FIT, steps=5)
+    cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False, **settings)
+    cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False, object_frame="absolute",
+                            **settings)  # the default frame named: the same file
+    assert len(list((tmp_path / "world_models").glob("*.pt"))) == 1
+    hand_model, _ = cached_transition_model(tmp_path, {"data": "push"}, train, held_out, progress=False,
+                                      object_frame="hand", **settings)
+    assert len(list((tmp_path / "world_models").glob("*.pt"))) == 2 and hand_model.object_frame == "hand"
+    assert {name.split(".")[0] for name in absolute.state_dict()} == {"net", "feature_mean", "feature_std",
+                                                                     "change_std"}
+
+
 def test_imagined_retrieval_chooses_the_behaviour_whose_imagined_rollout_moves_like_the_demonstration(fitted):
     """As practice's test, without the environment: candidates are push-v3's expert, its actions reversed, and
     standing still, rolled out in a model fitted on other goals; the demonstration is the expert on goal 3."""

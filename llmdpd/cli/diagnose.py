@@ -25,8 +25,8 @@ rollouts back and scores the rules only. With `--imagination`, how far imagined 
 model learned from the training data) lie from the real practice episodes of the same conditions on the unseen
 tasks, and how often the two rules choose the same training task (`imagination_fidelity`). With
 `--demonstration-fit`, only how well the transition models, adapted to each unseen task's demonstration where
-`world_model.adapt_steps` says so, predict the task's other prompt episodes (`demonstration_fit`): no policy
-rollouts, so that the adaptation's settings are checked in a minute.
+`world_model.adapt_steps` says so, predict the task's other prompt episodes (`demonstration_fit`): no policy, so
+no checkpoint is needed (`--out FILE`), and the adaptation's or the fit's settings are checked in minutes.
 
 Written to diagnose_<ckpt name>.json beside the run's eval.json. Meta-World tasks only (the scripted expert
 gives the reference actions).
@@ -107,12 +107,12 @@ def run(args: argparse.Namespace) -> int:
     goals = goal_layout(cfg.data).validation
     if not len(goals):
         raise ConfigError("llmdpd diagnose uses the validation goals, but data.validation_goals is 0")
+    if args.demonstration_fit:  # the transition models only: a checkpoint just names where to write
+        return run_demonstration_fit(cfg, MetaWorldDataModule(cfg), args.out)
     ckpt = checkpoint_for_evaluation(cfg)
     module = load_policy(cfg, ckpt).eval()
     dm = MetaWorldDataModule(cfg, make_text_embedder(cfg))
     dm.setup_for_evaluation(module.normalizer)
-    if args.demonstration_fit:
-        return run_demonstration_fit(cfg, ckpt, dm, args.out)
     states = validation_state_sets(dm.train_tasks, goals, seed=cfg.data.seed)
     if not states:
         raise ConfigError("llmdpd diagnose needs Meta-World training tasks (their scripted experts give the reference)")
@@ -193,15 +193,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demonstration_fit(cfg, ckpt: str, dm, out: Path | None) -> int:
-    """`--demonstration-fit`: written and printed like the other parts, under "demonstration_fit"."""
+def run_demonstration_fit(cfg, dm, out: Path | None) -> int:
+    """`--demonstration-fit`: written and printed like the other parts, under "demonstration_fit". It needs no
+    policy: without `--out`, `ckpt=` names the run beside whose eval.json it is written."""
+    from llmdpd.config.load import ConfigError
     from llmdpd.evaluation.imagined_practice import demonstration_fit, training_world_models
     from llmdpd.evaluation.results import write_eval_json
-    from llmdpd.runs import results_directory
+    from llmdpd.runs import checkpoint_for_evaluation, results_directory
 
+    if out is None and cfg.ckpt is None:
+        raise ConfigError("--demonstration-fit needs --out FILE, or ckpt=... to write beside that run's eval.json")
+    ckpt = checkpoint_for_evaluation(cfg) if cfg.ckpt is not None else None
     held_out = dm.validation_tasks if cfg.eval.split == "validation" else dm.unseen_tasks
     fits = demonstration_fit(training_world_models(dm), dm, held_out, cfg.eval.prompt_episode)
-    summary = {"checkpoint": str(Path(ckpt).resolve()), "world_model": dict(cfg.world_model),
+    summary = {"checkpoint": str(Path(ckpt).resolve()) if ckpt else None, "world_model": dict(cfg.world_model),
                "demonstration_fit": {"tasks": fits, "mean": _mean(fits, DEMONSTRATION_FIT)}}
     out = out or results_directory(ckpt) / f"diagnose_demonstration_fit_{Path(ckpt).stem}.json"
     write_eval_json(out, summary)

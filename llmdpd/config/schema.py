@@ -21,6 +21,8 @@ ACTING_RULES = ("sample", "mean", "softmax", "argmax")
 # The acting rules that choose among candidates by the critic's Q.
 Q_ACTING_RULES = ("softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
+# How the transition model of imagined practice sees the object (llmdpd/world_model/model.py).
+OBJECT_FRAMES = ("absolute", "hand")
 CHOICES: dict[str, tuple[str, ...]] = {
     "policy.kind": POLICY_KINDS,
     "policy.critic": CRITIC_KINDS,
@@ -37,6 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.split": ("test", "validation"),
     "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice", "imagined", "distilled"),
     "eval.prompt_parts": ("both", "text", "trajectory"),
+    "world_model.object_frame": OBJECT_FRAMES,
 }
 # The retrieval rules that consult the policy (and so can offer its unconditional behaviour as a candidate).
 POLICY_RETRIEVAL_RULES = ("demonstration", "practice", "imagined")
@@ -365,6 +368,11 @@ class WorldModelConfig:
     # The share of each adaptation step's windows drawn from the training episodes the model was fitted on instead of
     # the demonstration, so that the copy learns the new object without forgetting the rest. 0: the demonstration only.
     adapt_replay: float = 0.0
+    # "absolute": one network predicts the hand's, the gripper's and the object's change from every input. "hand":
+    # the object's change has a network of its own that sees no absolute position (the object relative to the
+    # hand, the gripper, the last changes, the action), so that object dynamics learned on the training objects can
+    # carry to a new object wherever it stands.
+    object_frame: str = "absolute"
 
 
 @dataclass

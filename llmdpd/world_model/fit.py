@@ -28,6 +28,8 @@ from llmdpd.envs.metaworld import HAND, OBJECT
 from llmdpd.world_model.model import MODELLED, TransitionModel, transition_features
 
 Episode = dict[str, np.ndarray]
+# Fit settings added after models were first cached, with their defaults (see `cached_transition_model`).
+LATER_DEFAULTS = {"object_frame": "absolute"}
 # Open-loop horizons (steps) at which the held-out hand error is reported.
 HORIZONS = (10, 50, 200)
 
@@ -57,16 +59,16 @@ def stack_episodes(episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Ten
 
 def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], width: int = 256, layers: int = 3,
                          steps: int = 4000, unroll: int = 16, sequences: int = 256, lr: float = 1e-3,
-                         weight_decay: float = 1e-4, seed: int = 0, progress: bool = True
-                         ) -> tuple[TransitionModel, WorldModelFit]:
-    """A `TransitionModel` fitted on `train` with the loss unrolled through its own predictions for `unroll`
-    steps (AdamW, cosine learning rate), and its `WorldModelFit` on `held_out`."""
+                         weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
+                         object_frame: str = "absolute") -> tuple[TransitionModel, WorldModelFit]:
+    """A `TransitionModel` (seeing the object in `object_frame`) fitted on `train` with the loss unrolled through
+    its own predictions for `unroll` steps (AdamW, cosine learning rate), and its `WorldModelFit` on `held_out`."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     obs, actions = stack_episodes(train)
     if unroll >= actions.shape[1]:
         raise ValueError(f"world_model.unroll ({unroll}) must be shorter than the episodes ({actions.shape[1]} steps)")
-    model = TransitionModel(width, layers)
+    model = TransitionModel(width, layers, object_frame)
     flat_obs, flat_actions = obs[:, :-1].reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1])
     features = transition_features(flat_obs, flat_actions)
     model.feature_mean.copy_(features.mean(0))
@@ -166,7 +168,10 @@ def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Ep
                             progress: bool = True, **fit_args) -> tuple[TransitionModel, WorldModelFit]:
     """The model fitted with `fit_args` on these episodes, from `<cache_dir>/world_models/<hash of key>.pt` when
     another run has fitted it already, else fitted and cached (atomically, one process fitting at a time)."""
-    digest = hashlib.sha256(json.dumps({**key, **fit_args}, sort_keys=True).encode()).hexdigest()[:16]
+    # Settings added after the first caches enter the key only where they differ from their default, so that the
+    # models fitted before them are still found.
+    keyed = {name: value for name, value in fit_args.items() if LATER_DEFAULTS.get(name, object()) != value}
+    digest = hashlib.sha256(json.dumps({**key, **keyed}, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "world_models" / f"{digest}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

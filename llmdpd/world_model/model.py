@@ -6,6 +6,12 @@ it is set from the current one, not predicted), the goal is constant, and the ob
 second object's pose mean different things in different tasks. The inputs are built to transfer across tasks:
 the modelled parts, their last change (the hand lags its mocap target, so velocity matters) and the object's
 position relative to the hand (contact), with the action; no task identity.
+
+With `object_frame="hand"` the object's change has a network of its own whose inputs hold no absolute position:
+the gripper, the last changes, the object relative to the hand and the action. How an object moves is then a
+function of where the hand is relative to it and what the hand does, so that what the training objects teach about
+pushing, pulling and grasping can carry to a new object wherever it stands; the hand and gripper keep every input
+(the workspace's limits are absolute).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from llmdpd.config.schema import OBJECT_FRAMES
 from llmdpd.envs.metaworld import OBS_DIM
 
 # obs[0:7]: hand (3), gripper (1), first object's position (3); obs[18:25] the same one step earlier.
@@ -21,6 +28,9 @@ PREVIOUS = slice(18, 25)
 FRAME = slice(0, 18)
 PREVIOUS_FRAME = slice(18, 36)
 FEATURES = 7 + 7 + 3 + 4
+# The features with no absolute position in them: the gripper, the last changes, the object relative to the hand
+# and the action (everything but the hand's and the object's positions, features 0:3 and 4:7).
+RELATIVE = [3, *range(7, FEATURES)]
 
 
 def transition_features(obs: Tensor, action: Tensor) -> Tensor:
@@ -34,14 +44,20 @@ class TransitionModel(nn.Module):
     """s' = s + f(s, a) on obs[0:7], with the frame stack shifted and everything else held (see the module
     docstring). Inputs and outputs are standardised with statistics of the data it was fitted on."""
 
-    def __init__(self, width: int = 256, layers: int = 3) -> None:
+    def __init__(self, width: int = 256, layers: int = 3, object_frame: str = "absolute") -> None:
         super().__init__()
-        self.size = {"width": width, "layers": layers}  # what rebuilds it from a state dict
-        dims = [FEATURES] + [width] * layers
-        blocks: list[nn.Module] = []
-        for fan_in, fan_out in zip(dims[:-1], dims[1:]):
-            blocks += [nn.Linear(fan_in, fan_out), nn.SiLU()]
-        self.net = nn.Sequential(*blocks, nn.Linear(dims[-1], MODELLED.stop - MODELLED.start))
+        if object_frame not in OBJECT_FRAMES:
+            raise ValueError(f"object_frame must be one of {', '.join(OBJECT_FRAMES)}, got '{object_frame}'")
+        # What rebuilds it from a state dict (the frame only where it is not the default: older caches lack it).
+        self.size = {"width": width, "layers": layers, **({"object_frame": object_frame} if object_frame != "absolute"
+                                                          else {})}
+        self.object_frame = object_frame
+        modelled = MODELLED.stop - MODELLED.start
+        if object_frame == "hand":  # hand and gripper from every feature, the object from the relative ones
+            self.net = _mlp(FEATURES, width, layers, 4)
+            self.object_net = _mlp(len(RELATIVE), width, layers, 3)
+        else:
+            self.net = _mlp(FEATURES, width, layers, modelled)
         self.register_buffer("feature_mean", torch.zeros(FEATURES))
         self.register_buffer("feature_std", torch.ones(FEATURES))
         self.register_buffer("change_std", torch.ones(MODELLED.stop - MODELLED.start))
@@ -49,6 +65,8 @@ class TransitionModel(nn.Module):
     def change(self, obs: Tensor, action: Tensor) -> Tensor:
         """The predicted change of obs[0:7] after `action`."""
         features = (transition_features(obs, action) - self.feature_mean) / self.feature_std
+        if self.object_frame == "hand":
+            return torch.cat([self.net(features), self.object_net(features[..., RELATIVE])], -1) * self.change_std
         return self.net(features) * self.change_std
 
     def step(self, obs: Tensor, action: Tensor) -> Tensor:
@@ -59,3 +77,11 @@ class TransitionModel(nn.Module):
         following[..., MODELLED] = obs[..., MODELLED] + self.change(obs, action)
         following[..., PREVIOUS_FRAME] = obs[..., FRAME]
         return following
+
+
+def _mlp(inputs: int, width: int, layers: int, outputs: int) -> nn.Sequential:
+    dims = [inputs] + [width] * layers
+    blocks: list[nn.Module] = []
+    for fan_in, fan_out in zip(dims[:-1], dims[1:]):
+        blocks += [nn.Linear(fan_in, fan_out), nn.SiLU()]
+    return nn.Sequential(*blocks, nn.Linear(dims[-1], outputs))
