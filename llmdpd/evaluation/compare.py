@@ -301,21 +301,24 @@ def per_seed_table(methods: Sequence[Method], metric: str = "success") -> str:
     "own" where the rule kept the task's own prompt; '-' where a method has no run of that seed or task."""
     names = [method.name for method in methods]
     tasks = task_splits(methods)
-    seeds = sorted({run.seed for method in methods for run in method.runs}, key=str)
+    by_seed = [{str(run.seed): run for run in method.runs} for method in methods]  # one run per seed (group_methods)
+    seeds = sorted({seed for runs in by_seed for seed in runs})
     lines = ["| seed | task | split | " + " | ".join(names) + " |", "| --- | --- | --- |" + " --- |" * len(names)]
     for seed in seeds:
         for task, split in tasks.items():
-            cells = []
-            for method in methods:
-                run = next((run for run in method.runs if str(run.seed) == str(seed)), None)
-                value = ((run.summary["tasks"].get(task) or {}).get(metric)) if run is not None else None
-                cell = "-" if value is None else format_values([value], metric)
-                chosen = ((run.summary.get("prompt_retrieval") or {}).get(task) or {}).get("chosen") if run else None
-                if value is not None and chosen is not None:
-                    cell += " (own)" if chosen == task else f" ({chosen})"
-                cells.append(cell)
-            lines.append(f"| {seed} | {task} | {split} | " + " | ".join(cells) + " |")
+            cells = " | ".join(_seed_cell(runs.get(seed), task, metric) for runs in by_seed)
+            lines.append(f"| {seed} | {task} | {split} | {cells} |")
     return "\n".join(lines)
+
+
+def _seed_cell(run: Run | None, task: str, metric: str) -> str:
+    """One run's `metric` on `task`, with the training task a retrieval rule chose for it; '-' without a value."""
+    value = (run.summary["tasks"].get(task) or {}).get(metric) if run is not None else None
+    if value is None:
+        return "-"
+    chosen = ((run.summary.get("prompt_retrieval") or {}).get(task) or {}).get("chosen")
+    cell = format_values([value], metric)
+    return cell if chosen is None else cell + (" (own)" if chosen == task else f" ({chosen})")
 
 
 def paired_bootstrap_difference(
