@@ -283,6 +283,51 @@ def test_an_adapting_ensemble_imagines_each_task_in_copies_adapted_to_its_demons
             return episodes
 
     fits = demonstration_fit(adapting, Source(), ["drawer-close-v3"], prompt_episode=0)
-    assert set(fits["drawer-close-v3"]) == {"other_demonstrations_hand_50", "other_demonstrations_object_50"}
+    assert set(fits["drawer-close-v3"]) == {"other_demonstrations_hand_50", "other_demonstrations_object_50",
+                                            "other_demonstrations_object_travel_50"}
+    # How far the drawer truly moved in the other episode's first 50 steps.
+    moved = np.linalg.norm(episodes[1]["observations"][50, 4:7] - episodes[1]["observations"][0, 4:7])
+    assert fits["drawer-close-v3"]["other_demonstrations_object_travel_50"] == pytest.approx(moved, rel=1e-5)
     assert demonstration_fit(adapting, type("One", (), {"prompt_episodes": lambda self, t: episodes[:1]})(),
                              ["drawer-close-v3"], 0) == {"drawer-close-v3": {}}
+
+
+def test_the_nearest_point_of_a_path_is_on_its_segments_and_never_beyond_its_ends():
+    from llmdpd.world_model.path import nearest_on_path
+
+    path = torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0]])
+    points = torch.tensor([[[0.5, 0.3, 0.2], [2.0, 0.5, 0.0], [-1.0, 0.0, 0.0]]] * 2)
+    expected = torch.tensor([[0.5, 0, 0], [1, 0.5, 0], [0, 0, 0]]).expand(2, 3, 3)
+    assert torch.allclose(nearest_on_path(points, path), expected)
+    assert torch.allclose(nearest_on_path(path, path), path)  # points on the path stay where they are
+    assert torch.equal(nearest_on_path(points, path[:1]), torch.zeros(2, 3, 3))
+
+
+def test_a_path_constrained_model_keeps_the_imagined_drawer_on_the_demonstrations_path(fitted):
+    """The push model meets drawer-close's drawer: held on the path the drawer took in a demonstration on goal 0,
+    the drawer imagined on two other goals stays on that path placed at its own start, and lies nearer the truth
+    after 50 steps than where the free model sends it; the hand is the model's. An imagining ensemble wraps its
+    members so where `world_model.object_path` says, and a rollout must say where it starts."""
+    from llmdpd.world_model.fit import measure_fit, stack_episodes
+    from llmdpd.world_model.path import PathConstrainedModel, nearest_on_path, object_path
+
+    model, _ = fitted
+    demonstration = noisy_expert_episodes("drawer-close-v3", [0], noise=0.0, seed=0)[0]
+    others = noisy_expert_episodes("drawer-close-v3", [5, 6], noise=0.0, seed=0)
+    path = object_path(demonstration["observations"])
+    held = PathConstrainedModel(model, path)
+    obs, actions = stack_episodes(others)
+    imagined = imagine(held, obs[:, 0], actions[:, :50])
+    relative = imagined[..., 4:7] - obs[:, :1, 4:7]
+    assert torch.allclose(nearest_on_path(relative, path), relative, atol=1e-6)
+    free = imagine(model, obs[:, 0], actions[:, :50])
+    free_relative = free[..., 4:7] - obs[:, :1, 4:7]
+    assert not torch.allclose(nearest_on_path(free_relative, path), free_relative, atol=1e-4)
+    assert measure_fit(held, others).object_error["50"] < measure_fit(model, others).object_error["50"]
+    assert torch.allclose(imagined[:, 1, 0:4], free[:, 1, 0:4])  # one step in, the hand is the model's
+
+    members = WorldModelEnsemble([model, model], object_path="demonstration").for_demonstration(demonstration)
+    assert all(isinstance(m, PathConstrainedModel) and m.model is model for m in members)
+    assert torch.equal(members[0].path, path)
+    with pytest.raises(RuntimeError, match="starting_at"):
+        held.step(obs[:, 0], actions[:, 0])

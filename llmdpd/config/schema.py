@@ -23,6 +23,8 @@ Q_ACTING_RULES = ("softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
 # How the transition model of imagined practice sees the object (llmdpd/world_model/model.py).
 OBJECT_FRAMES = ("absolute", "hand")
+# Where imagined practice lets the imagined object go (llmdpd/world_model/path.py).
+OBJECT_PATHS = ("free", "demonstration")
 CHOICES: dict[str, tuple[str, ...]] = {
     "policy.kind": POLICY_KINDS,
     "policy.critic": CRITIC_KINDS,
@@ -40,6 +42,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.prompt_retrieval": ("none", "demonstration", "motion", "text", "practice", "imagined", "distilled"),
     "eval.prompt_parts": ("both", "text", "trajectory"),
     "world_model.object_frame": OBJECT_FRAMES,
+    "world_model.object_path": OBJECT_PATHS,
 }
 # The retrieval rules that consult the policy (and so can offer its unconditional behaviour as a candidate).
 POLICY_RETRIEVAL_RULES = ("demonstration", "practice", "imagined")
@@ -373,6 +376,10 @@ class WorldModelConfig:
     # hand, the gripper, the last changes, the action), so that object dynamics learned on the training objects can
     # carry to a new object wherever it stands.
     object_frame: str = "absolute"
+    # "free": the object goes where the model moves it. "demonstration": after each imagined step the object is moved
+    # to the nearest point of the path the task's demonstration moved its object along (relative to the object's
+    # start), since Meta-World's objects are held by absolute constraints (hinges, slides) the model cannot know.
+    object_path: str = "free"
 
 
 @dataclass

@@ -15,6 +15,9 @@ than that (`trusted_steps`), so that the choice is made on the part of the motio
 With `world_model.adapt_steps` every member is first fine-tuned on the task's demonstration (a copy per task,
 `adapt_transition_model`), with `world_model.adapt_replay` of each step's windows drawn from the training episodes
 it was fitted on: still zero-shot, since the demonstration is what the agent is given.
+
+With `world_model.object_path=demonstration` each member holds the imagined object on the path the
+demonstration's object took (llmdpd/world_model/path.py), placed where the object stands at the rollout's start.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from llmdpd.world_model.fit import (
     Episode, adapt_transition_model, cached_transition_model, measure_fit, stack_episodes,
 )
 from llmdpd.world_model.model import TransitionModel
+from llmdpd.world_model.path import PathConstrainedModel, object_path
 
 # Member k of an ensemble is fitted from the experiment's seed + `world_model.seed_offset` + k * MEMBER_SEED_STRIDE,
 # so member 1 of offset 0 is the fit of offset 100 (the `_refit` comparison's).
@@ -43,21 +47,28 @@ MEMBER_SEED_STRIDE = 100
 @dataclass
 class WorldModelEnsemble:
     """The transition models imagined practice rolls every candidate out in (`world_model.members`), the spread
-    of their imagined positions beyond which the comparison stops (`world_model.max_spread`, m; 0: never), and
-    how each is adapted to a task's demonstration first (`adapt_transition_model`'s settings; steps 0: not)."""
+    of their imagined positions beyond which the comparison stops (`world_model.max_spread`, m; 0: never), how
+    each is adapted to a task's demonstration first (`adapt_transition_model`'s settings; steps 0: not) and whether
+    the imagined object is then held on the demonstration's object path (`world_model.object_path`)."""
 
     models: list[TransitionModel]
     max_spread: float = 0.0
     adaptation: dict[str, Any] = field(default_factory=lambda: {"steps": 0})
     seed: int = 0
+    object_path: str = "free"
 
-    def for_demonstration(self, episode: Episode) -> list[TransitionModel]:
+    def for_demonstration(self, episode: Episode) -> list[TransitionModel | PathConstrainedModel]:
         """The members to imagine a task in: as fitted, or copies adapted to its demonstration `episode` (member k
-        drawing its windows from seed + k * `MEMBER_SEED_STRIDE`)."""
-        if not self.adaptation["steps"]:
-            return self.models
-        return [adapt_transition_model(model, episode, seed=self.seed + k * MEMBER_SEED_STRIDE, **self.adaptation)
-                for k, model in enumerate(self.models)]
+        drawing its windows from seed + k * `MEMBER_SEED_STRIDE`), each holding the object on the demonstration's
+        object path where `object_path` is "demonstration"."""
+        models = self.models
+        if self.adaptation["steps"]:
+            models = [adapt_transition_model(model, episode, seed=self.seed + k * MEMBER_SEED_STRIDE,
+                                             **self.adaptation) for k, model in enumerate(models)]
+        if self.object_path == "demonstration":
+            path = object_path(episode["observations"])
+            models = [PathConstrainedModel(model, path) for model in models]
+        return models
 
 
 def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsemble:
@@ -70,6 +81,7 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
     seed = int(cfg.seed) + int(settings.pop("seed_offset"))
     members = int(settings.pop("members"))
     settings.pop("max_spread")
+    path = str(settings.pop("object_path"))
     adaptation = {"steps": int(settings.pop("adapt_steps")), "lr": float(settings.pop("adapt_lr")),
                   "replay_share": float(settings.pop("adapt_replay")),
                   **{key: settings[key] for key in ("unroll", "sequences", "weight_decay")}}
@@ -101,7 +113,7 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
                   f"{fit.hand_error[h] * 100:.1f} cm after {h} steps (travelled {fit.hand_travel[h] * 100:.1f})"
                   for h in fit.hand_error))
         models.append(model)
-    return WorldModelEnsemble(models, float(cfg.world_model.max_spread), adaptation, seed)
+    return WorldModelEnsemble(models, float(cfg.world_model.max_spread), adaptation, seed, path)
 
 
 @torch.no_grad()
@@ -111,9 +123,9 @@ def imagined_rollouts(module, world_models: Sequence[TransitionModel], condition
     observation `first`, the policy acting for all of them in one call per step; every step acts on the first
     action of a fresh plan, as in the environment."""
     device, acting = module.obs_mean.device, dict(acting) if acting else None
-    world_models = [model.to(device) for model in world_models]
     n = len(conditions)
     obs = torch.as_tensor(np.asarray(first, np.float32), device=device).expand(len(world_models) * n, -1).clone()
+    world_models = [model.to(device).starting_at(obs[:n]) for model in world_models]
     conditions = conditions.repeat(len(world_models), *([1] * (conditions.dim() - 1)))
     observations = [obs]
     for _ in range(steps):
@@ -219,14 +231,15 @@ def other_demonstrations_fit(models: Sequence[TransitionModel], prompts: Sequenc
                              ) -> dict[str, float]:
     """How well `models` predict a task's prompt episodes other than `prompt_episode` (the one they may have been
     adapted to) open loop: the hand's and the object's distance (m) from the truth after 50 steps, averaged over
-    episodes and models (`other_demonstrations_hand_50`, `other_demonstrations_object_50`); empty with no other
-    episode."""
+    episodes and models (`other_demonstrations_hand_50`, `other_demonstrations_object_50`), and how far the object
+    truly moved in those steps (`other_demonstrations_object_travel_50`: an object error near it is an object the
+    model left standing or sent elsewhere); empty with no other episode."""
     others = [episode for k, episode in enumerate(prompts) if k != prompt_episode]
     if not others:
         return {}
     fits = [measure_fit(model, others) for model in models]
     return {f"other_demonstrations_{name}_50": float(np.mean([getattr(fit, part)["50"] for fit in fits]))
-            for part, name in (("hand_error", "hand"), ("object_error", "object"))}
+            for part, name in (("hand_error", "hand"), ("object_error", "object"), ("object_travel", "object_travel"))}
 
 
 def demonstration_fit(ensemble: WorldModelEnsemble, source: Any, tasks: Sequence[str], prompt_episode: int

@@ -138,7 +138,7 @@ def adapt_transition_model(model: TransitionModel, episode: Episode, steps: int,
 @torch.no_grad()
 def imagine(model: TransitionModel, first: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Observations [..., T + 1, 39] from `first` [..., 39] under `actions` [..., T, 4], open loop."""
-    states = [first]
+    model, states = model.starting_at(first), [first]
     for k in range(actions.shape[-2]):
         states.append(model.step(states[-1], actions[..., k, :]))
     return torch.stack(states, -2)

@@ -69,6 +69,11 @@ class TransitionModel(nn.Module):
             return torch.cat([self.net(features), self.object_net(features[..., RELATIVE])], -1) * self.change_std
         return self.net(features) * self.change_std
 
+    def starting_at(self, first: Tensor) -> TransitionModel:
+        """The model to roll out from observation `first`: itself (a constrained model places its constraint there,
+        llmdpd/world_model/path.py)."""
+        return self
+
     def step(self, obs: Tensor, action: Tensor) -> Tensor:
         """The next observation [..., 39]."""
         if obs.shape[-1] != OBS_DIM:
