@@ -147,6 +147,11 @@ def test_imagined_retrieval_chooses_the_behaviour_whose_imagined_rollout_moves_l
                                             ensemble=WorldModelEnsemble([model]))["push-v3"]
     assert chosen == EXPERT_CANDIDATE and set(distances) == set(SIGNS)
     assert distances[EXPERT_CANDIDATE] < 0.5 * min(distances["reach-v3"], distances["door-open-v3"])
+    # With the puck held on the demonstration's path the expert still retraces the demonstration best.
+    held, held_distances = retrieve_behaviours("imagined", policy, source, ["push-v3"], list(SIGNS), 0,
+                                               ensemble=WorldModelEnsemble([model], object_path="demonstration")
+                                               )["push-v3"]
+    assert held == EXPERT_CANDIDATE and held_distances != distances
 
 
 def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_episodes, tmp_path):
