@@ -117,8 +117,8 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
 
 
 @torch.no_grad()
-def imagined_rollouts(module, world_models: Sequence[TransitionModel], conditions: torch.Tensor, first: np.ndarray,
-                      steps: int, acting: Mapping[str, Any] | None = None) -> np.ndarray:
+def imagined_rollouts(module, world_models: Sequence[TransitionModel | PathConstrainedModel], conditions: torch.Tensor,
+                      first: np.ndarray, steps: int, acting: Mapping[str, Any] | None = None) -> np.ndarray:
     """Observations [members, n, steps + 1, 39] of one imagined episode per member and condition ([n, C]) from
     observation `first`, the policy acting for all of them in one call per step; every step acts on the first
     action of a fresh plan, as in the environment."""
@@ -227,8 +227,8 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
     return out
 
 
-def other_demonstrations_fit(models: Sequence[TransitionModel], prompts: Sequence[Episode], prompt_episode: int
-                             ) -> dict[str, float]:
+def other_demonstrations_fit(models: Sequence[TransitionModel | PathConstrainedModel], prompts: Sequence[Episode],
+                             prompt_episode: int) -> dict[str, float]:
     """How well `models` predict a task's prompt episodes other than `prompt_episode` (the one they may have been
     adapted to) open loop: the hand's and the object's distance (m) from the truth after 50 steps, averaged over
     episodes and models (`other_demonstrations_hand_50`, `other_demonstrations_object_50`), and how far the object
