@@ -192,19 +192,13 @@ def test_compare_baseline_table_pairs_seeds_and_refuses_other_plans(tmp_path, ca
     lines = out.splitlines()
     assert any(line.startswith("Paired bootstrap against llmdpd: method minus llmdpd in success points, 95 %")
                for line in lines)
-    assert "| method | split | paired seeds | tasks | difference (points) | 95 % interval |" in lines
-    rows = {}
-    for line in lines:
-        number = r"([+-]\d+\.\d)"
-        match = re.fullmatch(
-            rf"\| (\S+) \| (seen|unseen) \| (\d+) \| (\d+) \| {number} \| \[{number}, {number}\] \|", line
-        )
-        if match:
-            rows[match[1], match[2]] = (int(match[3]), int(match[4]), *map(float, match.groups()[4:]))
-    # mlp_bc minus llmdpd over seeds 0 and 1: seen (0.9 + 0.9) / 2 - (0.5 + 0.7) / 2 = +30 points.
+    assert "| method | split | paired seeds | tasks | difference (points) | 95 % interval | by seed |" in lines
+    rows = _bootstrap_rows(lines)
+    # mlp_bc minus llmdpd over seeds 0 and 1: seen (0.9 + 0.9) / 2 - (0.5 + 0.7) / 2 = +30 points, +40 on seed 0
+    # (0.9 - 0.5) and +20 on seed 1 (0.9 - 0.7).
     seen, unseen = rows["mlp_bc", "seen"], rows["mlp_bc", "unseen"]
-    assert seen[:3] == (2, 2, 30.0) and seen[3] <= 30.0 <= seen[4]
-    assert unseen[:3] == (2, 1, -10.0) and unseen[3] <= -10.0 <= unseen[4]
+    assert seen[:3] == (2, 2, 30.0) and seen[3] <= 30.0 <= seen[4] and seen[5] == (40.0, 20.0)
+    assert unseen[:3] == (2, 1, -10.0) and unseen[3] <= -10.0 <= unseen[4] and unseen[5] == (-10.0, -10.0)
     assert "mlp_bc vs llmdpd: 2 paired seeds; seeds 7 left out (not in both)" in lines
     assert not any(key[0] == "more_episodes" for key in rows)
     assert any(line.startswith("more_episodes vs llmdpd: refused, the evaluations ran different episode plans")
@@ -233,7 +227,7 @@ def test_an_evaluation_of_the_unseen_tasks_alone_pairs_with_a_whole_one_there(tm
     assert _run_cli([str(tmp_path / "runs"), "--baseline", "llmdpd", "--bootstrap", "500"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line for line in lines if re.match(r"\| fewer_seen \| (un)?seen \|", line)] == [
-        "| fewer_seen | unseen | 2 | 1 | +20.0 | [+10.0, +30.0] |"]
+        "| fewer_seen | unseen | 2 | 1 | +20.0 | [+10.0, +30.0] | +30.0 / +10.0 |"]
     assert any(line.startswith("fewer_seen vs llmdpd: refused on seen, the evaluations ran different episode plans")
                and "only in the first: push-v3" in line for line in lines)
     assert plan_mismatch(_eval_json(0, [0.1, 0.2], [0.3]), _eval_json(0, [], [0.5]), "unseen") is None
@@ -396,15 +390,17 @@ def _write_minari_runs(root, normalized=True, methods=("iql", "bc")):
 
 
 def _bootstrap_rows(lines):
-    """{(method, split): (paired seeds, tasks, difference, low, high)} from the bootstrap table's lines."""
+    """{(method, split): (paired seeds, tasks, difference, low, high, (difference per seed, ...))} from the
+    bootstrap table's lines."""
     rows = {}
     number = r"([+-]\d+\.\d)"
     for line in lines:
         match = re.fullmatch(
-            rf"\| (\S+) \| (\S+) \| (\d+) \| (\d+) \| {number} \| \[{number}, {number}\] \|", line
+            rf"\| (\S+) \| (\S+) \| (\d+) \| (\d+) \| {number} \| \[{number}, {number}\] \| ([-+\d. /]+) \|", line
         )
         if match:
-            rows[match[1], match[2]] = (int(match[3]), int(match[4]), *map(float, match.groups()[4:]))
+            by_seed = tuple(float(value) for value in match[8].split(" / "))
+            rows[match[1], match[2]] = (int(match[3]), int(match[4]), *map(float, match.groups()[4:7]), by_seed)
     return rows
 
 
@@ -421,9 +417,9 @@ def test_compare_runs_without_success_use_the_return(tmp_path, capsys):
     assert "| mujoco/halfcheetah/medium-v0 | seen | 3250.0 ± 353.6 | 4500.0 ± 707.1 |" in lines
     assert "| mujoco/hopper/medium-v0 | seen | 1250.0 ± 353.6 | 2500.0 ± 707.1 |" in lines
     assert any(line.startswith("Paired bootstrap against bc: method minus bc in return, 95 %") for line in lines)
-    assert "| method | split | paired seeds | tasks | difference (return) | 95 % interval |" in lines
+    assert "| method | split | paired seeds | tasks | difference (return) | 95 % interval | by seed |" in lines
     # iql minus bc over (seed, task) cells: (1000 + 1000 + 1500 + 1500) / 4 = +1250.
-    seeds, tasks, diff, low, high = _bootstrap_rows(lines)["iql", "seen"]
+    seeds, tasks, diff, low, high, _ = _bootstrap_rows(lines)["iql", "seen"]
     assert (seeds, tasks, diff) == (2, 2, 1250.0) and low <= diff <= high
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -441,9 +437,10 @@ def test_compare_prefers_the_normalised_return_and_refuses_success(tmp_path, cap
     assert "| bc | 2 | 37.5 ± 3.4 | 10 | 5 | - |" in lines
     assert any(line.startswith("Paired bootstrap against bc: method minus bc in normalised return, 95 %")
                for line in lines)
-    assert "| method | split | paired seeds | tasks | difference (normalised return) | 95 % interval |" in lines
+    assert ("| method | split | paired seeds | tasks | difference (normalised return) | 95 % interval | by seed |"
+            in lines)
     # (45.5 - 30) + (60 - 40.25) + (50.5 - 35) + (70 - 44.75) = 76 over 4 cells: +19.
-    seeds, tasks, diff, low, high = _bootstrap_rows(lines)["iql", "seen"]
+    seeds, tasks, diff, low, high, _ = _bootstrap_rows(lines)["iql", "seen"]
     assert (seeds, tasks, diff) == (2, 2, 19.0) and low <= diff <= high
     # The raw return on request.
     assert _run_cli([str(tmp_path / "runs"), "--metric", "return"]) == 0

@@ -384,7 +384,8 @@ def plan_mismatch(a: dict[str, Any], b: dict[str, Any], split: str | None = None
 @dataclass
 class PairedDifference:
     """One row of the bootstrap table: `method` minus the baseline on `split`, in the metric's stored units
-    (success as a fraction)."""
+    (success as a fraction), with the difference of each paired seed's mean over the tasks (`by_seed`, in seed
+    order): how far the seeds alone move it."""
 
     method: str
     split: str
@@ -393,6 +394,7 @@ class PairedDifference:
     difference: float
     low: float
     high: float
+    by_seed: tuple[float, ...] = ()
 
 
 def paired_differences(
@@ -467,7 +469,8 @@ def paired_differences(
             a = [[runs[s].summary["tasks"][t][metric] for t in tasks] for s in common]
             b = [[base_runs[s].summary["tasks"][t][metric] for t in tasks] for s in common]
             diff, low, high = paired_bootstrap_difference(a, b, n, np.random.default_rng(seed), confidence)
-            rows.append(PairedDifference(method.name, split, len(common), len(tasks), diff, low, high))
+            by_seed = tuple(float(d) for d in (np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean(axis=1))
+            rows.append(PairedDifference(method.name, split, len(common), len(tasks), diff, low, high, by_seed))
     return rows, notes
 
 
@@ -500,15 +503,18 @@ def bootstrap_table(
     units = "success points" if metric == "success" else DIFFERENCE_UNITS[metric]
     lines = [
         f"Paired bootstrap against {baseline}: method minus {baseline} in {units}, {level} percentile "
-        f"interval over {n} resamples of seeds and, within each, tasks (the same draws for both; rng seed {seed}).",
+        f"interval over {n} resamples of seeds and, within each, tasks (the same draws for both; rng seed {seed}); "
+        "by seed: each paired seed's difference over the tasks, in seed order.",
         "",
-        f"| method | split | paired seeds | tasks | difference ({DIFFERENCE_UNITS[metric]}) | {level} interval |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| method | split | paired seeds | tasks | difference ({DIFFERENCE_UNITS[metric]}) | {level} interval "
+        "| by seed |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         lines.append(
             f"| {row.method} | {row.split} | {row.seeds} | {row.tasks} | {_signed(row.difference, metric)} "
-            f"| [{_signed(row.low, metric)}, {_signed(row.high, metric)}] |"
+            f"| [{_signed(row.low, metric)}, {_signed(row.high, metric)}] "
+            f"| {' / '.join(_signed(value, metric) for value in row.by_seed)} |"
         )
     if notes:
         lines += [""] + notes
