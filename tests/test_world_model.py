@@ -314,12 +314,12 @@ def test_a_path_constrained_model_keeps_the_imagined_drawer_on_the_demonstration
     after 50 steps than where the free model sends it; the hand is the model's. An imagining ensemble wraps its
     members so where `world_model.object_path` says, and a rollout must say where it starts."""
     from llmdpd.world_model.fit import measure_fit, stack_episodes
-    from llmdpd.world_model.path import PathConstrainedModel, nearest_on_path, object_path
+    from llmdpd.world_model.path import PathConstrainedModel, nearest_on_path, object_track
 
     model, _ = fitted
     demonstration = noisy_expert_episodes("drawer-close-v3", [0], noise=0.0, seed=0)[0]
     others = noisy_expert_episodes("drawer-close-v3", [5, 6], noise=0.0, seed=0)
-    path = object_path(demonstration["observations"])
+    path = object_track(demonstration["observations"])
     held = PathConstrainedModel(model, path)
     obs, actions = stack_episodes(others)
     imagined = imagine(held, obs[:, 0], actions[:, :50])

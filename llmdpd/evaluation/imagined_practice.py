@@ -37,7 +37,7 @@ from llmdpd.world_model.fit import (
     Episode, adapt_transition_model, cached_transition_model, measure_fit, stack_episodes,
 )
 from llmdpd.world_model.model import TransitionModel
-from llmdpd.world_model.path import PathConstrainedModel, object_path
+from llmdpd.world_model.path import PathConstrainedModel, object_track
 
 # Member k of an ensemble is fitted from the experiment's seed + `world_model.seed_offset` + k * MEMBER_SEED_STRIDE,
 # so member 1 of offset 0 is the fit of offset 100 (the `_refit` comparison's).
@@ -66,7 +66,7 @@ class WorldModelEnsemble:
             models = [adapt_transition_model(model, episode, seed=self.seed + k * MEMBER_SEED_STRIDE,
                                              **self.adaptation) for k, model in enumerate(models)]
         if self.object_path == "demonstration":
-            path = object_path(episode["observations"])
+            path = object_track(episode["observations"])
             models = [PathConstrainedModel(model, path) for model in models]
         return models
 
@@ -81,7 +81,7 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
     seed = int(cfg.seed) + int(settings.pop("seed_offset"))
     members = int(settings.pop("members"))
     settings.pop("max_spread")
-    path = str(settings.pop("object_path"))
+    object_path = str(settings.pop("object_path"))
     adaptation = {"steps": int(settings.pop("adapt_steps")), "lr": float(settings.pop("adapt_lr")),
                   "replay_share": float(settings.pop("adapt_replay")),
                   **{key: settings[key] for key in ("unroll", "sequences", "weight_decay")}}
@@ -113,7 +113,7 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
                   f"{fit.hand_error[h] * 100:.1f} cm after {h} steps (travelled {fit.hand_travel[h] * 100:.1f})"
                   for h in fit.hand_error))
         models.append(model)
-    return WorldModelEnsemble(models, float(cfg.world_model.max_spread), adaptation, seed, path)
+    return WorldModelEnsemble(models, float(cfg.world_model.max_spread), adaptation, seed, object_path)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ def nearest_on_path(points: Tensor, path: Tensor) -> Tensor:
     return nearest.gather(-2, closest[..., None, None].expand(*closest.shape, 1, 3)).squeeze(-2)
 
 
-def object_path(observations: np.ndarray | Tensor) -> Tensor:
+def object_track(observations: np.ndarray | Tensor) -> Tensor:
     """The object's positions [T + 1, 3] along an episode's observations [T + 1, 39], relative to its first."""
     track = torch.as_tensor(np.asarray(observations, np.float32)[:, OBJECT])
     return track - track[0]
