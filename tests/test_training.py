@@ -347,12 +347,13 @@ def test_llmdpd_eval_rescores_a_checkpoint_with_other_wordings(smoke_data_dir, t
 
 
 def test_llmdpd_diagnose_demonstration_fit_needs_no_checkpoint(smoke_data_dir, tmp_path):
-    """The transition models' fit to the unseen task's other demonstrations, in both object frames and with the
-    object held on the demonstration's path, from the data alone: no run exists under paths.runs_dir."""
+    """The transition models' fit to the unseen task's other demonstrations, in both object frames, with the
+    object held on the demonstration's path and reading the demonstration in context, from the data alone: no run
+    exists under paths.runs_dir."""
     paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={tmp_path / 'runs'}",
              f"paths.cache_dir={tmp_path / 'cache'}", "world_model.steps=20"]
     fits = {}
-    for setting in ("object_frame=absolute", "object_frame=hand", "object_path=demonstration"):
+    for setting in ("object_frame=absolute", "object_frame=hand", "object_path=demonstration", "context=demonstration"):
         out = tmp_path / f"fit_{setting}.json"
         result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", *paths, "--demonstration-fit",
                               f"world_model.{setting}", "--out", str(out)], timeout=300)
@@ -363,12 +364,14 @@ def test_llmdpd_diagnose_demonstration_fit_needs_no_checkpoint(smoke_data_dir, t
         [(task, fits[setting])] = summary["demonstration_fit"]["tasks"].items()
         assert task == "drawer-close-v3"
         assert all(math.isfinite(v) and v > 0 for v in fits[setting].values()) and len(fits[setting]) == 3
-    assert fits["object_frame=absolute"] != fits["object_frame=hand"]  # two models, not one read twice
+    # Three models, not one read thrice.
+    assert fits["object_frame=absolute"] != fits["object_frame=hand"] != fits["context=demonstration"]
+    assert fits["object_frame=absolute"] != fits["context=demonstration"]
     # The path holds the absolute frame's model (no third fit) and moves its object, not the truth it is measured on.
     absolute, held = fits["object_frame=absolute"], fits["object_path=demonstration"]
     assert held["other_demonstrations_object_50"] != absolute["other_demonstrations_object_50"]
     assert held["other_demonstrations_object_travel_50"] == absolute["other_demonstrations_object_travel_50"]
-    assert len(list((tmp_path / "cache" / "world_models").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "cache" / "world_models").glob("*.pt"))) == 3
     refused = subprocess.run([sys.executable, "-m", "llmdpd", "diagnose", "smoke", *paths, "--demonstration-fit"],
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--demonstration-fit needs --out FILE" in refused.stderr

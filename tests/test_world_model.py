@@ -168,6 +168,9 @@ def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_ep
         def data_episodes(self, task):
             return train
 
+        def prompt_episodes(self, task):
+            return []
+
     with pytest.raises(ConfigError, match=r"world_model.holdout_episodes \(12\) leaves no episode of 'push-v3'"):
         training_world_models(Source())
     Source.train_tasks = ["hopper-medium-v2"]
@@ -190,6 +193,13 @@ def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_ep
     state = single.state_dict()
     assert all(torch.equal(first.state_dict()[k], state[k]) for k in state)
     assert not all(torch.equal(second.state_dict()[k], state[k]) for k in state)
+    # A model reading the demonstration needs the training tasks' demonstrations, and is not adapted.
+    Source.cfg.world_model.members, Source.cfg.world_model.context = 1, "demonstration"
+    with pytest.raises(ConfigError, match="needs prompt episodes of 'push-v3'; it has none"):
+        training_world_models(Source(), progress=False)
+    Source.cfg.world_model.adapt_steps = 5
+    with pytest.raises(ConfigError, match="world_model.adapt_steps adapts models with world_model.context=none"):
+        training_world_models(Source(), progress=False)
 
 
 def test_the_comparison_trusts_the_steps_before_the_members_disagree():
@@ -336,3 +346,73 @@ def test_a_path_constrained_model_keeps_the_imagined_drawer_on_the_demonstration
     assert torch.equal(members[0].path, path)
     with pytest.raises(RuntimeError, match="starting_at"):
         held.step(obs[:, 0], actions[:, 0])
+
+
+def test_the_demonstration_context_is_the_matching_steps_object_change_and_the_residual():
+    """By hand: a demonstration whose object moves 1 cm along x per step with the hand 10 cm behind it. A state
+    whose object has moved 2 cm from the rollout's start with the hand as far behind reads step 2's change and no
+    residual; one 0.4 cm short of step 2 still reads step 2, with the shortfall as residual; past the last step
+    it reads the last step, which has no change."""
+    from llmdpd.world_model.context import demonstration_context, demonstration_index
+
+    demonstration = torch.zeros(4, 39)
+    demonstration[:, 4] = torch.tensor([0.0, 0.01, 0.02, 0.03])  # object x
+    demonstration[:, 0] = demonstration[:, 4] - 0.1  # hand 10 cm behind it
+    keys, changes = demonstration_index(demonstration[None])
+    assert keys.shape == (1, 4, 6) and changes.shape == (1, 4, 3)
+    assert torch.allclose(changes[0, :, 0], torch.tensor([0.01, 0.01, 0.01, 0.0]))
+    origin = torch.zeros(3, 39)
+    origin[:, 4] = 0.5  # this rollout's object started elsewhere: only its displacement is matched
+    states = origin.clone()
+    states[:, 4] += torch.tensor([0.02, 0.016, 0.09])
+    states[:, 0] = states[:, 4] - 0.1
+    context = demonstration_context(states, origin, keys, changes)
+    assert context.shape == (3, 9)
+    assert torch.allclose(context[:, 0], torch.tensor([0.01, 0.01, 0.0]))
+    assert torch.allclose(context[:, 3], torch.tensor([0.0, -0.004, 0.06]), atol=1e-6)
+    assert torch.allclose(context[:, 4:], torch.zeros(3, 5), atol=1e-6)
+    # One demonstration per rollout reads the same as one for all when they are the same demonstration.
+    assert torch.allclose(demonstration_context(states, origin, keys.expand(3, -1, -1), changes.expand(3, -1, -1)),
+                          context)
+
+
+@pytest.fixture(scope="module")
+def drawer_episodes():
+    train = noisy_expert_episodes("drawer-close-v3", list(range(10, 22)), noise=0.3, seed=2)
+    held_out = noisy_expert_episodes("drawer-close-v3", [40, 41], noise=0.3, seed=3)
+    demonstrations = noisy_expert_episodes("drawer-close-v3", [0, 1], noise=0.0, seed=4)
+    return train, held_out, demonstrations
+
+
+def test_a_model_reading_the_demonstration_predicts_a_task_better_beside_its_own(push_episodes, drawer_episodes):
+    """Fitted on push and drawer-close with a demonstration of the same task beside every window, the model
+    predicts drawer-close's held-out goals better reading a drawer-close demonstration than reading a push one:
+    it reads the demonstration. Unbound, or bound without the rollout's start, it refuses to step; it is not
+    adapted (it reads the demonstration instead)."""
+    from llmdpd.world_model.context import DemonstrationConditionedModel, TaskDemonstrations
+    from llmdpd.world_model.fit import adapt_transition_model, measure_fit, stack_episodes
+
+    push, push_held_out = push_episodes
+    drawer, drawer_held_out, drawer_demonstrations = drawer_episodes
+    push_demonstrations = noisy_expert_episodes("push-v3", [0, 1], noise=0.0, seed=4)
+    demonstrations = TaskDemonstrations([stack_episodes(push_demonstrations)[0], stack_episodes(drawer_demonstrations)[0]],
+                                        [0] * len(push) + [1] * len(drawer), [0] * 2 + [1] * 2)
+    model, fit = fit_transition_model(push + drawer, push_held_out + drawer_held_out, seed=0, progress=False,
+                                      context="demonstration", demonstrations=demonstrations,
+                                      **{**FIT, "steps": 600})
+    assert model.size["context"] == "demonstration" and fit.object_error["50"] > 0
+    own = measure_fit(DemonstrationConditionedModel(model, drawer_demonstrations[0]["observations"]), drawer_held_out)
+    other = measure_fit(DemonstrationConditionedModel(model, push_demonstrations[0]["observations"]), drawer_held_out)
+    assert own.object_error["50"] < 0.8 * other.object_error["50"]
+
+    obs, actions = stack_episodes(drawer_held_out)
+    with pytest.raises(RuntimeError, match="DemonstrationConditionedModel"):
+        model.step(obs[:, 0], actions[:, 0])
+    with pytest.raises(RuntimeError, match="starting_at"):
+        DemonstrationConditionedModel(model, drawer_demonstrations[0]["observations"]).step(obs[:, 0], actions[:, 0])
+    with pytest.raises(ValueError, match="context=none"):
+        adapt_transition_model(model, drawer_demonstrations[0], steps=1, lr=1e-4)
+    # An ensemble binds each member fitted to read a demonstration to the task's; a free one stays as it is.
+    free, _ = fit_transition_model(push, push_held_out, seed=0, progress=False, **{**FIT, "steps": 5})
+    members = WorldModelEnsemble([model, free]).for_demonstration(drawer_demonstrations[0])
+    assert isinstance(members[0], DemonstrationConditionedModel) and members[0].model is model and members[1] is free

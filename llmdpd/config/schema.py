@@ -25,6 +25,8 @@ LR_SCHEDULES = ("cosine", "constant")
 OBJECT_FRAMES = ("absolute", "hand")
 # Where imagined practice lets the imagined object go (llmdpd/world_model/path.py).
 OBJECT_PATHS = ("free", "demonstration")
+# What the transition model reads beside the state and action (llmdpd/world_model/context.py).
+WORLD_MODEL_CONTEXTS = ("none", "demonstration")
 CHOICES: dict[str, tuple[str, ...]] = {
     "policy.kind": POLICY_KINDS,
     "policy.critic": CRITIC_KINDS,
@@ -43,6 +45,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.prompt_parts": ("both", "text", "trajectory"),
     "world_model.object_frame": OBJECT_FRAMES,
     "world_model.object_path": OBJECT_PATHS,
+    "world_model.context": WORLD_MODEL_CONTEXTS,
 }
 # The retrieval rules that consult the policy (and so can offer its unconditional behaviour as a candidate).
 POLICY_RETRIEVAL_RULES = ("demonstration", "practice", "imagined")
@@ -380,6 +383,11 @@ class WorldModelConfig:
     # to the nearest point of the path the task's demonstration moved its object along (relative to the object's
     # start), since Meta-World's objects are held by absolute constraints (hinges, slides) the model cannot know.
     object_path: str = "free"
+    # "none": the model reads the state and the action. "demonstration": it also reads, at every state, what the
+    # task's demonstration's object did where the demonstration looked most like that state (its object's
+    # displacement and position relative to the hand), fitted with a demonstration of the same training task beside
+    # every window, so that a new task's demonstration can tell it how the new object moves.
+    context: str = "none"
 
 
 @dataclass

@@ -18,6 +18,10 @@ it was fitted on: still zero-shot, since the demonstration is what the agent is 
 
 With `world_model.object_path=demonstration` each member holds the imagined object on the path the
 demonstration's object took (llmdpd/world_model/path.py), placed where the object stands at the rollout's start.
+
+With `world_model.context=demonstration` the members read the task's demonstration in context
+(llmdpd/world_model/context.py): fitted with each training task's prompt episodes beside its windows, they imagine a
+new task reading its demonstration.
 """
 
 from __future__ import annotations
@@ -36,8 +40,12 @@ from llmdpd.evaluation.diagnostics import task_conditions
 from llmdpd.world_model.fit import (
     Episode, adapt_transition_model, cached_transition_model, measure_fit, stack_episodes,
 )
+from llmdpd.world_model.context import DemonstrationConditionedModel, TaskDemonstrations
 from llmdpd.world_model.model import TransitionModel
 from llmdpd.world_model.path import PathConstrainedModel, object_track
+
+# What an ensemble imagines a task in: a fitted model, or one bound to the task's demonstration.
+Member = TransitionModel | DemonstrationConditionedModel | PathConstrainedModel
 
 # Member k of an ensemble is fitted from the experiment's seed + `world_model.seed_offset` + k * MEMBER_SEED_STRIDE,
 # so member 1 of offset 0 is the fit of offset 100 (the `_refit` comparison's).
@@ -51,20 +59,23 @@ class WorldModelEnsemble:
     each is adapted to a task's demonstration first (`adapt_transition_model`'s settings; steps 0: not) and whether
     the imagined object is then held on the demonstration's object path (`world_model.object_path`)."""
 
-    models: list[TransitionModel]
+    models: list[Member]
     max_spread: float = 0.0
     adaptation: dict[str, Any] = field(default_factory=lambda: {"steps": 0})
     seed: int = 0
     object_path: str = "free"
 
-    def for_demonstration(self, episode: Episode) -> list[TransitionModel | PathConstrainedModel]:
+    def for_demonstration(self, episode: Episode) -> list[Member]:
         """The members to imagine a task in: as fitted, or copies adapted to its demonstration `episode` (member k
-        drawing its windows from seed + k * `MEMBER_SEED_STRIDE`), each holding the object on the demonstration's
-        object path where `object_path` is "demonstration"."""
+        drawing its windows from seed + k * `MEMBER_SEED_STRIDE`), those fitted to read a demonstration reading this
+        one, each holding the object on the demonstration's object path where `object_path` is "demonstration"."""
         models = self.models
         if self.adaptation["steps"]:
             models = [adapt_transition_model(model, episode, seed=self.seed + k * MEMBER_SEED_STRIDE,
                                              **self.adaptation) for k, model in enumerate(models)]
+        models = [DemonstrationConditionedModel(model, episode["observations"])
+                  if isinstance(model, TransitionModel) and model.context == "demonstration" else model
+                  for model in models]
         if self.object_path == "demonstration":
             path = object_track(episode["observations"])
             models = [PathConstrainedModel(model, path) for model in models]
@@ -89,15 +100,24 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
     if others:
         raise ConfigError(f"eval.prompt_retrieval=imagined models Meta-World observations; '{others[0]}' is not a "
                           "Meta-World task")
-    train, held_out = [], []
-    for task in source.train_tasks:
+    train, held_out, train_tasks, held_out_tasks = [], [], [], []
+    for index, task in enumerate(source.train_tasks):
         episodes = source.data_episodes(task)
         if holdout >= len(episodes):
             raise ConfigError(f"world_model.holdout_episodes ({holdout}) leaves no episode of '{task}' to fit on")
         train += episodes[: len(episodes) - holdout]
         held_out += episodes[len(episodes) - holdout:]
+        train_tasks += [index] * (len(episodes) - holdout)
+        held_out_tasks += [index] * holdout
     key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
            "data_dir": str(source.root.resolve()), "holdout_episodes": holdout}
+    demonstrations = None
+    if settings["context"] == "demonstration":
+        if adaptation["steps"]:
+            raise ConfigError("world_model.adapt_steps adapts models with world_model.context=none; with context "
+                              "demonstration the model reads the demonstration instead")
+        demonstrations = TaskDemonstrations(training_demonstrations(source), train_tasks, held_out_tasks)
+        key["demonstrations"] = [dataset_id(cfg, task, "prompt") for task in source.train_tasks]
     if adaptation["steps"] and adaptation["replay_share"]:  # the episodes the fit learned from, replayed beside it
         adaptation["replay"] = stack_episodes(train)
     models = []
@@ -105,7 +125,7 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
         try:
             model, fit = cached_transition_model(cfg.paths.cache_dir, key, train, held_out,
                                                  seed=seed + member * MEMBER_SEED_STRIDE, progress=progress,
-                                                 **settings)
+                                                 demonstrations=demonstrations, **settings)
         except ValueError as err:  # the fit's refusal of these settings for these episodes
             raise ConfigError(str(err)) from None
         print(f"world model {member + 1}/{members} on {len(held_out)} held-out episodes: one-step error "
@@ -116,8 +136,20 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
     return WorldModelEnsemble(models, float(cfg.world_model.max_spread), adaptation, seed, object_path)
 
 
+def training_demonstrations(source: Any) -> list[torch.Tensor]:
+    """Each training task's prompt episodes' observations [K, T + 1, 39]: the demonstrations a model that reads one
+    is fitted beside."""
+    observations = []
+    for task in source.train_tasks:
+        prompts = source.prompt_episodes(task)
+        if not prompts:
+            raise ConfigError(f"world_model.context=demonstration needs prompt episodes of '{task}'; it has none")
+        observations.append(stack_episodes(prompts)[0])
+    return observations
+
+
 @torch.no_grad()
-def imagined_rollouts(module, world_models: Sequence[TransitionModel | PathConstrainedModel], conditions: torch.Tensor,
+def imagined_rollouts(module, world_models: Sequence[Member], conditions: torch.Tensor,
                       first: np.ndarray, steps: int, acting: Mapping[str, Any] | None = None) -> np.ndarray:
     """Observations [members, n, steps + 1, 39] of one imagined episode per member and condition ([n, C]) from
     observation `first`, the policy acting for all of them in one call per step; every step acts on the first
@@ -227,7 +259,7 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
     return out
 
 
-def other_demonstrations_fit(models: Sequence[TransitionModel | PathConstrainedModel], prompts: Sequence[Episode],
+def other_demonstrations_fit(models: Sequence[Member], prompts: Sequence[Episode],
                              prompt_episode: int) -> dict[str, float]:
     """How well `models` predict a task's prompt episodes other than `prompt_episode` (the one they may have been
     adapted to) open loop: the hand's and the object's distance (m) from the truth after 50 steps, averaged over

@@ -8,6 +8,10 @@ held-out episodes (`WorldModelFit`), which `llmdpd eval` prints.
 `adapt_transition_model` fine-tunes a copy of a fitted model on one episode with the same loss: an unseen task's
 demonstration is the agent's one record of how the task's objects move. With the training episodes replayed beside
 it, the copy learns the new object without forgetting how the hand and the known objects move.
+
+A model that reads a demonstration in context (`context="demonstration"`, llmdpd/world_model/context.py) is fitted
+with one of its task's demonstrations beside every window (`TaskDemonstrations`), drawn afresh for each window, and
+measured on each held-out episode with its task's first demonstration.
 """
 
 from __future__ import annotations
@@ -25,11 +29,16 @@ from tqdm.auto import tqdm
 
 from llmdpd.checkpoints import atomic_save
 from llmdpd.envs.metaworld import HAND, OBJECT
+from llmdpd.world_model.context import (
+    DemonstrationConditionedModel, TaskDemonstrations, demonstration_context, demonstration_index,
+)
 from llmdpd.world_model.model import MODELLED, TransitionModel, transition_features
 
 Episode = dict[str, np.ndarray]
 # Fit settings added after models were first cached, with their defaults (see `cached_transition_model`).
-LATER_DEFAULTS = {"object_frame": "absolute"}
+LATER_DEFAULTS = {"object_frame": "absolute", "context": "none"}
+# True states whose demonstration context estimates its standardisation statistics.
+CONTEXT_SAMPLES = 4096
 # Open-loop horizons (steps) at which the held-out hand error is reported.
 HORIZONS = (10, 50, 200)
 
@@ -57,42 +66,87 @@ def stack_episodes(episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Ten
     return torch.from_numpy(obs), torch.from_numpy(actions)
 
 
+@dataclass
+class WindowDemonstrations:
+    """The demonstrations a contextual fit draws from for its windows: every task's demonstrations indexed
+    (`demonstration_index`: keys [D, T + 1, 6], changes [D, T + 1, 3]) and, per training episode, where its task's
+    demonstrations begin among them and how many there are."""
+
+    keys: torch.Tensor
+    changes: torch.Tensor
+    first: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def of(cls, demonstrations: TaskDemonstrations) -> WindowDemonstrations:
+        length = min(part.shape[1] for part in demonstrations.observations)
+        keys, changes = demonstration_index(torch.cat([part[:, :length] for part in demonstrations.observations]))
+        counts = torch.tensor([len(part) for part in demonstrations.observations])
+        starts = torch.cumsum(counts, 0) - counts
+        tasks = torch.tensor(demonstrations.train_tasks)
+        return cls(keys, changes, starts[tasks], counts[tasks])
+
+    def draw(self, episode: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, changes) of one demonstration of each of `episode`'s tasks, drawn at random."""
+        pick = self.first[episode] + (torch.rand(len(episode), generator=generator) * self.count[episode]).long()
+        return self.keys[pick], self.changes[pick]
+
+
 def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], width: int = 256, layers: int = 3,
                          steps: int = 4000, unroll: int = 16, sequences: int = 256, lr: float = 1e-3,
                          weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
-                         object_frame: str = "absolute") -> tuple[TransitionModel, WorldModelFit]:
-    """A `TransitionModel` (seeing the object in `object_frame`) fitted on `train` with the loss unrolled through
-    its own predictions for `unroll` steps (AdamW, cosine learning rate), and its `WorldModelFit` on `held_out`."""
+                         object_frame: str = "absolute", context: str = "none",
+                         demonstrations: TaskDemonstrations | None = None) -> tuple[TransitionModel, WorldModelFit]:
+    """A `TransitionModel` (seeing the object in `object_frame`, reading `context`) fitted on `train` with the loss
+    unrolled through its own predictions for `unroll` steps (AdamW, cosine learning rate), and its `WorldModelFit`
+    on `held_out`. A model reading a demonstration needs `demonstrations` of every episode's task."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     obs, actions = stack_episodes(train)
     if unroll >= actions.shape[1]:
         raise ValueError(f"world_model.unroll ({unroll}) must be shorter than the episodes ({actions.shape[1]} steps)")
-    model = TransitionModel(width, layers, object_frame)
+    if context == "demonstration" and demonstrations is None:
+        raise ValueError("world_model.context=demonstration needs demonstrations of the training tasks")
+    windows = WindowDemonstrations.of(demonstrations) if context == "demonstration" else None
+    model = TransitionModel(width, layers, object_frame, context)
     flat_obs, flat_actions = obs[:, :-1].reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1])
     features = transition_features(flat_obs, flat_actions)
-    model.feature_mean.copy_(features.mean(0))
-    model.feature_std.copy_(features.std(0) + 1e-6)
+    if windows is not None:  # the context's statistics on true states, each beside a demonstration of its task
+        episode = torch.randint(len(obs), (CONTEXT_SAMPLES,), generator=generator)
+        step = torch.randint(actions.shape[1], (CONTEXT_SAMPLES,), generator=generator)
+        contexts = demonstration_context(obs[episode, step], obs[episode, 0], *windows.draw(episode, generator))
+        mean, std = torch.cat([features.mean(0), contexts.mean(0)]), torch.cat([features.std(0), contexts.std(0)])
+    else:
+        mean, std = features.mean(0), features.std(0)
+    model.feature_mean.copy_(mean)
+    model.feature_std.copy_(std + 1e-6)
     model.change_std.copy_((obs[:, 1:, MODELLED] - obs[:, :-1, MODELLED]).reshape(-1, 7).std(0) + 1e-6)
     optimizer = torch.optim.AdamW(model.parameters(), lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     for _ in tqdm(range(steps), desc="world model", unit="step", leave=False, disable=not progress):
-        _descend(optimizer, _unrolled_loss(model, obs, actions, unroll, sequences, generator))
+        _descend(optimizer, _unrolled_loss(model, obs, actions, unroll, sequences, generator, windows))
         schedule.step()
     model.eval()
-    return model, measure_fit(model, held_out)
+    if windows is None:
+        return model, measure_fit(model, held_out)
+    length = min(part.shape[1] for part in demonstrations.observations)
+    readings = torch.stack([demonstrations.observations[task][0, :length] for task in demonstrations.held_out_tasks])
+    return model, measure_fit(DemonstrationConditionedModel(model, readings), held_out)
 
 
 def _unrolled_loss(model: TransitionModel, obs: torch.Tensor, actions: torch.Tensor, unroll: int, sequences: int,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, windows: WindowDemonstrations | None = None) -> torch.Tensor:
     """The loss of `sequences` windows of `unroll` steps drawn from episodes `obs` [E, T + 1, 39] / `actions`
-    [E, T, 4], the model following its own predictions (step k weighted 1 / k)."""
+    [E, T, 4], the model following its own predictions (step k weighted 1 / k), each window beside a demonstration
+    of its episode's task drawn from `windows` where the model reads one."""
     weights = 1.0 / torch.arange(1, unroll + 1, dtype=torch.float32) / unroll
     episode = torch.randint(len(obs), (sequences,), generator=generator)
     start = torch.randint(actions.shape[1] - unroll + 1, (sequences,), generator=generator)
     state, loss = obs[episode, start], 0.0
+    reading = windows.draw(episode, generator) if windows is not None else None
     for k in range(unroll):
-        state = model.step(state, actions[episode, start + k])
+        context = demonstration_context(state, obs[episode, 0], *reading) if reading is not None else None
+        state = model.step(state, actions[episode, start + k], context)
         error = (state[:, MODELLED] - obs[episode, start + k + 1, MODELLED]) / model.change_std
         loss = loss + weights[k] * error.pow(2).mean()
     return loss
@@ -113,7 +167,11 @@ def adapt_transition_model(model: TransitionModel, episode: Episode, steps: int,
     rate `lr` (`model` is left as it is); with `replay` (the episodes the model was fitted on, as `stack_episodes`
     stacks them) a share `replay_share` of each step's windows is drawn from those instead, each part's loss
     weighted by its share. Its standardisation statistics are kept: one episode is too few transitions to
-    estimate them, and the fit's scale is the one its weights were learned in."""
+    estimate them, and the fit's scale is the one its weights were learned in. A model reading a demonstration
+    already reads this one in context: it is not adapted."""
+    if model.context != "none":
+        raise ValueError("world_model.adapt_steps adapts models with world_model.context=none, not "
+                         f"'{model.context}' (it reads the demonstration in context)")
     generator = torch.Generator().manual_seed(seed)
     device = model.feature_mean.device
     obs, actions = (part.to(device) for part in stack_episodes([episode]))
@@ -145,11 +203,11 @@ def imagine(model: TransitionModel, first: torch.Tensor, actions: torch.Tensor) 
 
 
 @torch.no_grad()
-def measure_fit(model: TransitionModel, episodes: Sequence[Episode]) -> WorldModelFit:
+def measure_fit(model: TransitionModel | DemonstrationConditionedModel, episodes: Sequence[Episode]) -> WorldModelFit:
     """`WorldModelFit` of `model` on `episodes`."""
     obs, actions = stack_episodes(episodes)
     change = obs[:, 1:, MODELLED] - obs[:, :-1, MODELLED]
-    predicted = model.change(obs[:, :-1], actions)
+    predicted = model.starting_at(obs[:, :1]).change(obs[:, :-1], actions)
     one_step = ((predicted - change) / model.change_std).pow(2).mean().item()
     no_change = (change / model.change_std).pow(2).mean().item()
     horizon = min(max(HORIZONS), actions.shape[1])
@@ -165,9 +223,11 @@ def measure_fit(model: TransitionModel, episodes: Sequence[Episode]) -> WorldMod
 
 
 def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Episode], held_out: Sequence[Episode],
-                            progress: bool = True, **fit_args) -> tuple[TransitionModel, WorldModelFit]:
-    """The model fitted with `fit_args` on these episodes, from `<cache_dir>/world_models/<hash of key>.pt` when
-    another run has fitted it already, else fitted and cached (atomically, one process fitting at a time)."""
+                            progress: bool = True, demonstrations: TaskDemonstrations | None = None, **fit_args
+                            ) -> tuple[TransitionModel, WorldModelFit]:
+    """The model fitted with `fit_args` on these episodes (and `demonstrations`, which `key` must name), from
+    `<cache_dir>/world_models/<hash of key>.pt` when another run has fitted it already, else fitted and cached
+    (atomically, one process fitting at a time)."""
     # Settings added after the first caches enter the key only where they differ from their default, so that the
     # models fitted before them are still found.
     keyed = {name: value for name, value in fit_args.items() if LATER_DEFAULTS.get(name, object()) != value}
@@ -183,6 +243,7 @@ def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Ep
                 return model.eval(), WorldModelFit(**saved["fit"])
             except Exception as error:  # a cache: an unreadable file is fitted again, and says so
                 print(f"world model cache {path} is unreadable ({type(error).__name__}); fitting it again")
-        model, fit = fit_transition_model(train, held_out, progress=progress, **fit_args)
+        model, fit = fit_transition_model(train, held_out, progress=progress, demonstrations=demonstrations,
+                                          **fit_args)
         atomic_save({"state_dict": model.state_dict(), "size": model.size, "fit": asdict(fit), "key": key}, path)
     return model, fit

@@ -12,6 +12,10 @@ the gripper, the last changes, the object relative to the hand and the action. H
 function of where the hand is relative to it and what the hand does, so that what the training objects teach about
 pushing, pulling and grasping can carry to a new object wherever it stands; the hand and gripper keep every input
 (the workspace's limits are absolute).
+
+With `context="demonstration"` every network also reads what the task's demonstration's object did where the
+demonstration looked most like the current state (llmdpd/world_model/context.py); such a model steps only bound to a
+demonstration (`DemonstrationConditionedModel`).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from llmdpd.config.schema import OBJECT_FRAMES
+from llmdpd.config.schema import OBJECT_FRAMES, WORLD_MODEL_CONTEXTS
 from llmdpd.envs.metaworld import OBS_DIM
+from llmdpd.world_model.context import CONTEXT_FEATURES
 
 # obs[0:7]: hand (3), gripper (1), first object's position (3); obs[18:25] the same one step earlier.
 MODELLED = slice(0, 7)
@@ -44,29 +49,49 @@ class TransitionModel(nn.Module):
     """s' = s + f(s, a) on obs[0:7], with the frame stack shifted and everything else held (see the module
     docstring). Inputs and outputs are standardised with statistics of the data it was fitted on."""
 
-    def __init__(self, width: int = 256, layers: int = 3, object_frame: str = "absolute") -> None:
+    def __init__(self, width: int = 256, layers: int = 3, object_frame: str = "absolute", context: str = "none"
+                 ) -> None:
         super().__init__()
         if object_frame not in OBJECT_FRAMES:
             raise ValueError(f"object_frame must be one of {', '.join(OBJECT_FRAMES)}, got '{object_frame}'")
-        # What rebuilds it from a state dict (the frame only where it is not the default: older caches lack it).
+        if context not in WORLD_MODEL_CONTEXTS:
+            raise ValueError(f"context must be one of {', '.join(WORLD_MODEL_CONTEXTS)}, got '{context}'")
+        # What rebuilds it from a state dict (settings only where they are not the default: older caches lack them).
         self.size = {"width": width, "layers": layers, **({"object_frame": object_frame} if object_frame != "absolute"
-                                                          else {})}
-        self.object_frame = object_frame
+                                                          else {}), **({"context": context} if context != "none"
+                                                                       else {})}
+        self.object_frame, self.context = object_frame, context
+        extra = CONTEXT_FEATURES if context == "demonstration" else 0
         modelled = MODELLED.stop - MODELLED.start
+        # The object network's inputs: the relative features (and the context, which comes after them).
+        self.object_inputs = [*RELATIVE, *range(FEATURES, FEATURES + extra)]
         if object_frame == "hand":  # hand and gripper from every feature, the object from the relative ones
-            self.net = _mlp(FEATURES, width, layers, 4)
-            self.object_net = _mlp(len(RELATIVE), width, layers, 3)
+            self.net = _mlp(FEATURES + extra, width, layers, 4)
+            self.object_net = _mlp(len(self.object_inputs), width, layers, 3)
         else:
-            self.net = _mlp(FEATURES, width, layers, modelled)
-        self.register_buffer("feature_mean", torch.zeros(FEATURES))
-        self.register_buffer("feature_std", torch.ones(FEATURES))
+            self.net = _mlp(FEATURES + extra, width, layers, modelled)
+        self.register_buffer("feature_mean", torch.zeros(FEATURES + extra))
+        self.register_buffer("feature_std", torch.ones(FEATURES + extra))
         self.register_buffer("change_std", torch.ones(MODELLED.stop - MODELLED.start))
 
-    def change(self, obs: Tensor, action: Tensor) -> Tensor:
-        """The predicted change of obs[0:7] after `action`."""
-        features = (transition_features(obs, action) - self.feature_mean) / self.feature_std
+    def inputs(self, obs: Tensor, action: Tensor, context: Tensor | None = None) -> Tensor:
+        """The unstandardised inputs: `transition_features`, then the demonstration's `context` where the model
+        reads one."""
+        features = transition_features(obs, action)
+        if self.context == "none":
+            return features
+        if context is None:
+            raise RuntimeError("this transition model reads a demonstration (context 'demonstration'): bind one with "
+                               "DemonstrationConditionedModel (llmdpd/world_model/context.py)")
+        return torch.cat([features, context], -1)
+
+    def change(self, obs: Tensor, action: Tensor, context: Tensor | None = None) -> Tensor:
+        """The predicted change of obs[0:7] after `action` (with the demonstration's `context` where the model reads
+        one)."""
+        features = (self.inputs(obs, action, context) - self.feature_mean) / self.feature_std
         if self.object_frame == "hand":
-            return torch.cat([self.net(features), self.object_net(features[..., RELATIVE])], -1) * self.change_std
+            return torch.cat([self.net(features), self.object_net(features[..., self.object_inputs])],
+                             -1) * self.change_std
         return self.net(features) * self.change_std
 
     def starting_at(self, first: Tensor) -> TransitionModel:
@@ -74,12 +99,12 @@ class TransitionModel(nn.Module):
         llmdpd/world_model/path.py)."""
         return self
 
-    def step(self, obs: Tensor, action: Tensor) -> Tensor:
+    def step(self, obs: Tensor, action: Tensor, context: Tensor | None = None) -> Tensor:
         """The next observation [..., 39]."""
         if obs.shape[-1] != OBS_DIM:
             raise ValueError(f"TransitionModel expects Meta-World observations of {OBS_DIM} values, got {obs.shape[-1]}")
         following = obs.clone()
-        following[..., MODELLED] = obs[..., MODELLED] + self.change(obs, action)
+        following[..., MODELLED] = obs[..., MODELLED] + self.change(obs, action, context)
         following[..., PREVIOUS_FRAME] = obs[..., FRAME]
         return following
 

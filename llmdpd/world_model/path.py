@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from llmdpd.envs.metaworld import OBJECT
+from llmdpd.world_model.context import DemonstrationConditionedModel
 from llmdpd.world_model.model import TransitionModel
 
 
@@ -42,7 +43,7 @@ class PathConstrainedModel(nn.Module):
     (`starting_at`). The hand and the gripper are the model's; its one-step `change` is the model's, unconstrained
     (a single step has no start to place the path at)."""
 
-    def __init__(self, model: TransitionModel, path: Tensor, origin: Tensor | None = None) -> None:
+    def __init__(self, model: TransitionModel | DemonstrationConditionedModel, path: Tensor, origin: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("path", path.float())
@@ -56,8 +57,9 @@ class PathConstrainedModel(nn.Module):
         return self.model.change(obs, action)
 
     def starting_at(self, first: Tensor) -> PathConstrainedModel:
-        """This model with the path placed at the object's position in `first` [..., 39], for rollouts from it."""
-        return PathConstrainedModel(self.model, self.path, first[..., OBJECT].detach().clone())
+        """This model with the path placed at the object's position in `first` [..., 39] (and its transition model
+        started there), for rollouts from it."""
+        return PathConstrainedModel(self.model.starting_at(first), self.path, first[..., OBJECT].detach().clone())
 
     def step(self, obs: Tensor, action: Tensor) -> Tensor:
         """The model's next observation with the object moved to the nearest point of the placed path."""
