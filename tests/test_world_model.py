@@ -200,6 +200,10 @@ def test_the_training_world_model_refuses_what_it_cannot_fit_in_one_line(push_ep
     Source.cfg.world_model.adapt_steps = 5
     with pytest.raises(ConfigError, match="world_model.adapt_steps adapts models with world_model.context=none"):
         training_world_models(Source(), progress=False)
+    Source.cfg.world_model.adapt_steps, Source.cfg.world_model.context = 0, "none"
+    Source.cfg.world_model.context_match = "object"
+    with pytest.raises(ConfigError, match="world_model.context_match applies to a model that reads a demonstration"):
+        training_world_models(Source(), progress=False)
 
 
 def test_the_comparison_trusts_the_steps_before_the_members_disagree():
@@ -374,6 +378,25 @@ def test_the_demonstration_context_is_the_matching_steps_object_change_and_the_r
     # One demonstration per rollout reads the same as one for all when they are the same demonstration.
     assert torch.allclose(demonstration_context(states, origin, keys.expand(3, -1, -1), changes.expand(3, -1, -1)),
                           context)
+
+
+def test_matched_on_the_object_alone_a_state_reads_the_step_whose_displacement_it_shares():
+    """The hand nears the object along the demonstration (10, 8, 6, 4 cm behind it) while the object moves 1 cm a
+    step. A state whose object has moved 1 cm with the hand 4 cm behind matches step 3 on object and hand (no
+    change there) and step 1 on the object alone (1 cm), the hand's 4 cm shortfall then in the residual."""
+    from llmdpd.world_model.context import demonstration_context, demonstration_index
+
+    demonstration = torch.zeros(4, 39)
+    demonstration[:, 4] = torch.tensor([0.0, 0.01, 0.02, 0.03])
+    demonstration[:, 0] = demonstration[:, 4] - torch.tensor([0.10, 0.08, 0.06, 0.04])
+    keys, changes = demonstration_index(demonstration[None])
+    origin, state = torch.zeros(1, 39), torch.zeros(1, 39)
+    state[:, 4], state[:, 0] = 0.01, 0.01 - 0.04
+    both = demonstration_context(state, origin, keys, changes)
+    alone = demonstration_context(state, origin, keys, changes, match="object")
+    assert torch.allclose(both[0, :3], torch.zeros(3)) and torch.allclose(both[0, 3], torch.tensor(-0.02))
+    assert torch.allclose(alone[0, :3], torch.tensor([0.01, 0.0, 0.0]))
+    assert torch.allclose(alone[0, 3:], torch.tensor([0.0, 0, 0, -0.04, 0, 0]), atol=1e-6)
 
 
 @pytest.fixture(scope="module")

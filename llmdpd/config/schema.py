@@ -27,6 +27,8 @@ OBJECT_FRAMES = ("absolute", "hand")
 OBJECT_PATHS = ("free", "demonstration")
 # What the transition model reads beside the state and action (llmdpd/world_model/context.py).
 WORLD_MODEL_CONTEXTS = ("none", "demonstration")
+# What a state is matched to the demonstration's steps on (llmdpd/world_model/context.py).
+CONTEXT_MATCHES = ("object_and_hand", "object")
 CHOICES: dict[str, tuple[str, ...]] = {
     "policy.kind": POLICY_KINDS,
     "policy.critic": CRITIC_KINDS,
@@ -46,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "world_model.object_frame": OBJECT_FRAMES,
     "world_model.object_path": OBJECT_PATHS,
     "world_model.context": WORLD_MODEL_CONTEXTS,
+    "world_model.context_match": CONTEXT_MATCHES,
 }
 # The retrieval rules that consult the policy (and so can offer its unconditional behaviour as a candidate).
 POLICY_RETRIEVAL_RULES = ("demonstration", "practice", "imagined")
@@ -388,6 +391,10 @@ class WorldModelConfig:
     # displacement and position relative to the hand), fitted with a demonstration of the same training task beside
     # every window, so that a new task's demonstration can tell it how the new object moves.
     context: str = "none"
+    # What each state is matched to the demonstration's steps on: "object_and_hand" (the object's displacement from
+    # its start and its position relative to the hand) or "object" (the displacement alone: where the hand starts
+    # then does not spoil the match of an object that moves on its own).
+    context_match: str = "object_and_hand"
 
 
 @dataclass

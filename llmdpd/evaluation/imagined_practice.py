@@ -112,6 +112,9 @@ def training_world_models(source: Any, progress: bool = True) -> WorldModelEnsem
     key = {"datasets": [dataset_id(cfg, task, "mixed") for task in source.train_tasks],
            "data_dir": str(source.root.resolve()), "holdout_episodes": holdout}
     demonstrations = None
+    if settings["context"] == "none" and settings["context_match"] != "object_and_hand":
+        raise ConfigError("world_model.context_match applies to a model that reads a demonstration "
+                          "(world_model.context=demonstration); this one reads none")
     if settings["context"] == "demonstration":
         if adaptation["steps"]:
             raise ConfigError("world_model.adapt_steps adapts models with world_model.context=none; with context "

@@ -3,8 +3,9 @@
 A model fitted on other tasks' objects cannot know how a new object moves: a door's handle that turns on its own
 from the first step, a drawer that slides only one way. The task's demonstration shows it. At every state the model
 is told what the demonstration's object did where the demonstration looked most like this state, matched on the
-object's displacement from where it started and the object's position relative to the hand, and how far off that
-match is (`demonstration_context`). Fitted on the training tasks with a demonstration of the same task beside every
+object's displacement from where it started and the object's position relative to the hand (`match="object"`: on
+the displacement alone, so that where the hand starts does not spoil the match of an object that moves on its own),
+and how far off that match is (`demonstration_context`). Fitted on the training tasks with a demonstration of the same task beside every
 window (`world_model.context=demonstration`), the model learns when to copy the demonstration's object and when the
 match is too far to trust; on a new task it reads the new task's demonstration.
 
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 
 # The demonstration's object change at the matched step (3) and the match's residual (6).
 CONTEXT_FEATURES = 9
+# What a state is matched on: the keys' first 3 values (the object's displacement) or all 6 (and the object
+# relative to the hand).
+MATCHED_KEYS = {"object_and_hand": 6, "object": 3}
 # Demonstrations matched per call: bounds the [chunk, states, demonstration steps] distance matrix.
 CHUNK = 8
 
@@ -49,16 +53,19 @@ def demonstration_index(observations: np.ndarray | Tensor) -> tuple[Tensor, Tens
     return keys, changes
 
 
-def demonstration_context(obs: Tensor, origin: Tensor, keys: Tensor, changes: Tensor) -> Tensor:
+def demonstration_context(obs: Tensor, origin: Tensor, keys: Tensor, changes: Tensor,
+                          match: str = "object_and_hand") -> Tensor:
     """[B, ..., CONTEXT_FEATURES] for states `obs` [B, ..., 39] of rollouts whose first observations are `origin`
     (broadcast against `obs`): the object's change at the step of the demonstration (`keys`, `changes` of
     `demonstration_index`, [D, T + 1, .] with D 1 or B: one demonstration for all or one per rollout) nearest each
-    state in `match_keys`, and the state's keys minus that step's."""
+    state in `match_keys` (all of them, or the object's displacement alone with `match="object"`), and the state's
+    keys minus that step's."""
+    matched = MATCHED_KEYS[match]
     query = match_keys(obs, origin)
     flat = query.reshape(query.shape[0], -1, query.shape[-1])  # [B, M, 6]
     keys, changes = (part.to(flat.device).expand(len(flat), -1, -1) for part in (keys, changes))
     with torch.no_grad():  # which step matches is a choice, not a function to differentiate
-        best = torch.cat([torch.cdist(flat[i: i + CHUNK], keys[i: i + CHUNK]).argmin(-1)
+        best = torch.cat([torch.cdist(flat[i: i + CHUNK, :, :matched], keys[i: i + CHUNK, :, :matched]).argmin(-1)
                           for i in range(0, len(flat), CHUNK)])  # [B, M]
     matched_keys = keys.gather(1, best[..., None].expand(-1, -1, keys.shape[-1]))
     matched_changes = changes.gather(1, best[..., None].expand(-1, -1, changes.shape[-1]))
@@ -105,7 +112,8 @@ class DemonstrationConditionedModel(nn.Module):
     def context(self, obs: Tensor) -> Tensor:
         if self.origin is None:
             raise RuntimeError("DemonstrationConditionedModel needs the rollout's start: call starting_at(first) first")
-        return demonstration_context(obs, self.origin.to(obs.device), self.keys, self.changes)
+        return demonstration_context(obs, self.origin.to(obs.device), self.keys, self.changes,
+                                     self.model.context_match)
 
     def change(self, obs: Tensor, action: Tensor) -> Tensor:
         """The model's change of obs[0:7], reading the demonstration."""

@@ -36,7 +36,7 @@ from llmdpd.world_model.model import MODELLED, TransitionModel, transition_featu
 
 Episode = dict[str, np.ndarray]
 # Fit settings added after models were first cached, with their defaults (see `cached_transition_model`).
-LATER_DEFAULTS = {"object_frame": "absolute", "context": "none"}
+LATER_DEFAULTS = {"object_frame": "absolute", "context": "none", "context_match": "object_and_hand"}
 # True states whose demonstration context estimates its standardisation statistics.
 CONTEXT_SAMPLES = 4096
 # Open-loop horizons (steps) at which the held-out hand error is reported.
@@ -96,8 +96,8 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
                          steps: int = 4000, unroll: int = 16, sequences: int = 256, lr: float = 1e-3,
                          weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
                          object_frame: str = "absolute", context: str = "none",
-                         demonstrations: TaskDemonstrations | None = None) -> tuple[TransitionModel, WorldModelFit]:
-    """A `TransitionModel` (seeing the object in `object_frame`, reading `context`) fitted on `train` with the loss
+                         context_match: str = "object_and_hand", demonstrations: TaskDemonstrations | None = None) -> tuple[TransitionModel, WorldModelFit]:
+    """A `TransitionModel` (seeing the object in `object_frame`, reading `context` matched on `context_match`) fitted on `train` with the loss
     unrolled through its own predictions for `unroll` steps (AdamW, cosine learning rate), and its `WorldModelFit`
     on `held_out`. A model reading a demonstration needs `demonstrations` of every episode's task."""
     generator = torch.Generator().manual_seed(seed)
@@ -108,13 +108,14 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
     if context == "demonstration" and demonstrations is None:
         raise ValueError("world_model.context=demonstration needs demonstrations of the training tasks")
     windows = WindowDemonstrations.of(demonstrations) if context == "demonstration" else None
-    model = TransitionModel(width, layers, object_frame, context)
+    model = TransitionModel(width, layers, object_frame, context, context_match)
     flat_obs, flat_actions = obs[:, :-1].reshape(-1, obs.shape[-1]), actions.reshape(-1, actions.shape[-1])
     features = transition_features(flat_obs, flat_actions)
     if windows is not None:  # the context's statistics on true states, each beside a demonstration of its task
         episode = torch.randint(len(obs), (CONTEXT_SAMPLES,), generator=generator)
         step = torch.randint(actions.shape[1], (CONTEXT_SAMPLES,), generator=generator)
-        contexts = demonstration_context(obs[episode, step], obs[episode, 0], *windows.draw(episode, generator))
+        contexts = demonstration_context(obs[episode, step], obs[episode, 0], *windows.draw(episode, generator),
+                                         context_match)
         mean, std = torch.cat([features.mean(0), contexts.mean(0)]), torch.cat([features.std(0), contexts.std(0)])
     else:
         mean, std = features.mean(0), features.std(0)
@@ -145,7 +146,8 @@ def _unrolled_loss(model: TransitionModel, obs: torch.Tensor, actions: torch.Ten
     state, loss = obs[episode, start], 0.0
     reading = windows.draw(episode, generator) if windows is not None else None
     for k in range(unroll):
-        context = demonstration_context(state, obs[episode, 0], *reading) if reading is not None else None
+        context = (demonstration_context(state, obs[episode, 0], *reading, model.context_match)
+                   if reading is not None else None)
         state = model.step(state, actions[episode, start + k], context)
         error = (state[:, MODELLED] - obs[episode, start + k + 1, MODELLED]) / model.change_std
         loss = loss + weights[k] * error.pow(2).mean()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from llmdpd.config.schema import OBJECT_FRAMES, WORLD_MODEL_CONTEXTS
+from llmdpd.config.schema import CONTEXT_MATCHES, OBJECT_FRAMES, WORLD_MODEL_CONTEXTS
 from llmdpd.envs.metaworld import OBS_DIM
 from llmdpd.world_model.context import CONTEXT_FEATURES
 
@@ -49,18 +49,21 @@ class TransitionModel(nn.Module):
     """s' = s + f(s, a) on obs[0:7], with the frame stack shifted and everything else held (see the module
     docstring). Inputs and outputs are standardised with statistics of the data it was fitted on."""
 
-    def __init__(self, width: int = 256, layers: int = 3, object_frame: str = "absolute", context: str = "none"
-                 ) -> None:
+    def __init__(self, width: int = 256, layers: int = 3, object_frame: str = "absolute", context: str = "none",
+                 context_match: str = "object_and_hand") -> None:
         super().__init__()
         if object_frame not in OBJECT_FRAMES:
             raise ValueError(f"object_frame must be one of {', '.join(OBJECT_FRAMES)}, got '{object_frame}'")
         if context not in WORLD_MODEL_CONTEXTS:
             raise ValueError(f"context must be one of {', '.join(WORLD_MODEL_CONTEXTS)}, got '{context}'")
+        if context_match not in CONTEXT_MATCHES:
+            raise ValueError(f"context_match must be one of {', '.join(CONTEXT_MATCHES)}, got '{context_match}'")
         # What rebuilds it from a state dict (settings only where they are not the default: older caches lack them).
         self.size = {"width": width, "layers": layers, **({"object_frame": object_frame} if object_frame != "absolute"
                                                           else {}), **({"context": context} if context != "none"
-                                                                       else {})}
-        self.object_frame, self.context = object_frame, context
+                                                                       else {}),
+                     **({"context_match": context_match} if context_match != "object_and_hand" else {})}
+        self.object_frame, self.context, self.context_match = object_frame, context, context_match
         extra = CONTEXT_FEATURES if context == "demonstration" else 0
         modelled = MODELLED.stop - MODELLED.start
         # The object network's inputs: the relative features (and the context, which comes after them).
