@@ -363,7 +363,7 @@ def test_llmdpd_diagnose_demonstration_fit_needs_no_checkpoint(smoke_data_dir, t
         assert summary["checkpoint"] is None and summary["world_model"][key] == value
         [(task, fits[setting])] = summary["demonstration_fit"]["tasks"].items()
         assert task == "drawer-close-v3"
-        assert all(math.isfinite(v) and v > 0 for v in fits[setting].values()) and len(fits[setting]) == 3
+        assert all(math.isfinite(v) and v > 0 for v in fits[setting].values()) and len(fits[setting]) == 4
     # Three models, not one read thrice.
     assert fits["object_frame=absolute"] != fits["object_frame=hand"] != fits["context=demonstration"]
     assert fits["object_frame=absolute"] != fits["context=demonstration"]

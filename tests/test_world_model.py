@@ -288,6 +288,7 @@ def test_an_adapting_ensemble_imagines_each_task_in_copies_adapted_to_its_demons
     """With adaptation steps 0 the members are the fitted models themselves; with steps, one adapted copy per member,
     each its own (member k seeded apart), and the demonstration-fit diagnosis reports both parts for the task."""
     from llmdpd.evaluation.imagined_practice import demonstration_fit
+    from llmdpd.world_model.fit import stack_episodes
 
     model, _ = fitted
     episodes = noisy_expert_episodes("drawer-close-v3", [0, 5], noise=0.0, seed=0)
@@ -303,10 +304,15 @@ def test_an_adapting_ensemble_imagines_each_task_in_copies_adapted_to_its_demons
 
     fits = demonstration_fit(adapting, Source(), ["drawer-close-v3"], prompt_episode=0)
     assert set(fits["drawer-close-v3"]) == {"other_demonstrations_hand_50", "other_demonstrations_object_50",
-                                            "other_demonstrations_object_travel_50"}
-    # How far the drawer truly moved in the other episode's first 50 steps.
+                                            "other_demonstrations_object_travel_50",
+                                            "other_demonstrations_imagined_object_travel_50"}
+    # How far the drawer truly moved in the other episode's first 50 steps, and how far the members imagined it.
     moved = np.linalg.norm(episodes[1]["observations"][50, 4:7] - episodes[1]["observations"][0, 4:7])
     assert fits["drawer-close-v3"]["other_demonstrations_object_travel_50"] == pytest.approx(moved, rel=1e-5)
+    obs, actions = stack_episodes(episodes[1:])
+    imagined = [imagine(member, obs[:, 0], actions[:, :50]) for member in (first, second)]
+    travel = np.mean([(rollout[0, 50, 4:7] - rollout[0, 0, 4:7]).norm().item() for rollout in imagined])
+    assert fits["drawer-close-v3"]["other_demonstrations_imagined_object_travel_50"] == pytest.approx(travel, rel=1e-4)
     assert demonstration_fit(adapting, type("One", (), {"prompt_episodes": lambda self, t: episodes[:1]})(),
                              ["drawer-close-v3"], 0) == {"drawer-close-v3": {}}
 

@@ -268,13 +268,15 @@ def other_demonstrations_fit(models: Sequence[Member], prompts: Sequence[Episode
     adapted to) open loop: the hand's and the object's distance (m) from the truth after 50 steps, averaged over
     episodes and models (`other_demonstrations_hand_50`, `other_demonstrations_object_50`), and how far the object
     truly moved in those steps (`other_demonstrations_object_travel_50`: an object error near it is an object the
-    model left standing or sent elsewhere); empty with no other episode."""
+    model left standing or sent elsewhere) and how far the imagined one did
+    (`other_demonstrations_imagined_object_travel_50`, which tells the two apart); empty with no other episode."""
     others = [episode for k, episode in enumerate(prompts) if k != prompt_episode]
     if not others:
         return {}
     fits = [measure_fit(model, others) for model in models]
     return {f"other_demonstrations_{name}_50": float(np.mean([getattr(fit, part)["50"] for fit in fits]))
-            for part, name in (("hand_error", "hand"), ("object_error", "object"), ("object_travel", "object_travel"))}
+            for part, name in (("hand_error", "hand"), ("object_error", "object"), ("object_travel", "object_travel"),
+                               ("imagined_object_travel", "imagined_object_travel"))}
 
 
 def demonstration_fit(ensemble: WorldModelEnsemble, source: Any, tasks: Sequence[str], prompt_episode: int

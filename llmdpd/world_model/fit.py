@@ -48,7 +48,8 @@ class WorldModelFit:
     """How well a fitted model predicts held-out episodes: the one-step error of obs[0:7] in units of each part's
     change std, against predicting no change; the hand's distance (m) from the truth after following the
     episode's own actions open loop for each of `HORIZONS` steps, against how far the hand travelled; the same for
-    the object (absent from fits cached before it was measured)."""
+    the object (absent from fits cached before it was measured); and how far the imagined object travelled from its
+    start (an object error near the true travel with little imagined travel is an object the model left standing)."""
 
     one_step: float
     no_change: float
@@ -56,6 +57,7 @@ class WorldModelFit:
     hand_travel: dict[str, float]
     object_error: dict[str, float] = field(default_factory=dict)
     object_travel: dict[str, float] = field(default_factory=dict)
+    imagined_object_travel: dict[str, float] = field(default_factory=dict)
 
 
 def stack_episodes(episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,12 +218,15 @@ def measure_fit(model: TransitionModel | DemonstrationConditionedModel, episodes
     rollout = imagine(model, obs[:, 0], actions[:, :horizon])
     at = [h for h in HORIZONS if h <= horizon]
 
+    def at_horizons(distance: torch.Tensor) -> dict[str, float]:
+        return {str(h): distance[:, h].mean().item() for h in at}
+
     def error_and_travel(part: slice) -> tuple[dict[str, float], dict[str, float]]:
         error = (rollout[..., part] - obs[:, : horizon + 1, part]).norm(dim=-1)
-        travel = (obs[:, : horizon + 1, part] - obs[:, :1, part]).norm(dim=-1)
-        return {str(h): error[:, h].mean().item() for h in at}, {str(h): travel[:, h].mean().item() for h in at}
+        return at_horizons(error), at_horizons((obs[:, : horizon + 1, part] - obs[:, :1, part]).norm(dim=-1))
 
-    return WorldModelFit(one_step, no_change, *error_and_travel(HAND), *error_and_travel(OBJECT))
+    imagined_travel = at_horizons((rollout[..., OBJECT] - rollout[:, :1, OBJECT]).norm(dim=-1))
+    return WorldModelFit(one_step, no_change, *error_and_travel(HAND), *error_and_travel(OBJECT), imagined_travel)
 
 
 def cached_transition_model(cache_dir: str | Path, key: dict, train: Sequence[Episode], held_out: Sequence[Episode],
