@@ -424,8 +424,8 @@ def test_a_model_reading_the_demonstration_predicts_a_task_better_beside_its_own
     push, push_held_out = push_episodes
     drawer, drawer_held_out, drawer_demonstrations = drawer_episodes
     push_demonstrations = noisy_expert_episodes("push-v3", [0, 1], noise=0.0, seed=4)
-    demonstrations = TaskDemonstrations([stack_episodes(push_demonstrations)[0], stack_episodes(drawer_demonstrations)[0]],
-                                        [0] * len(push) + [1] * len(drawer), [0] * 2 + [1] * 2)
+    observations = [stack_episodes(episodes)[0] for episodes in (push_demonstrations, drawer_demonstrations)]
+    demonstrations = TaskDemonstrations(observations, [0] * len(push) + [1] * len(drawer), [0] * 2 + [1] * 2)
     model, fit = fit_transition_model(push + drawer, push_held_out + drawer_held_out, seed=0, progress=False,
                                       context="demonstration", demonstrations=demonstrations,
                                       **{**FIT, "steps": 600})

@@ -119,7 +119,7 @@ HELDOUT_RULES: dict[str, list[str]] = {
         "eval.prompt_retrieval=imagined", "eval.prompt_retrieval_unconditional=true",
         f"world_model.adapt_steps={steps}", "world_model.adapt_lr=0.0003"] for steps in (50, 200)},
     # The chosen rule in a transition model that reads the task's demonstration in context, matched on the object's
-    # displacement (the variant that passed the policy-free gate, `llmdpd diagnose --demonstration-fit`).
+    # displacement (the variant nearest the policy-free gate of `llmdpd diagnose --demonstration-fit`; README).
     "retrieval_imagined_unconditional_context": ["eval.prompt_retrieval=imagined",
                                                  "eval.prompt_retrieval_unconditional=true",
                                                  "world_model.context=demonstration", "world_model.context_match=object"],

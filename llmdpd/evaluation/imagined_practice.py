@@ -37,10 +37,10 @@ from llmdpd.data.generate import dataset_id
 from llmdpd.envs.metaworld import HAND, OBJECT, is_metaworld_task
 from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS, demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
+from llmdpd.world_model.context import DemonstrationConditionedModel, TaskDemonstrations
 from llmdpd.world_model.fit import (
     Episode, adapt_transition_model, cached_transition_model, measure_fit, stack_episodes,
 )
-from llmdpd.world_model.context import DemonstrationConditionedModel, TaskDemonstrations
 from llmdpd.world_model.model import TransitionModel
 from llmdpd.world_model.path import PathConstrainedModel, object_track
 

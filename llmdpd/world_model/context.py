@@ -5,9 +5,9 @@ from the first step, a drawer that slides only one way. The task's demonstration
 is told what the demonstration's object did where the demonstration looked most like this state, matched on the
 object's displacement from where it started and the object's position relative to the hand (`match="object"`: on
 the displacement alone, so that where the hand starts does not spoil the match of an object that moves on its own),
-and how far off that match is (`demonstration_context`). Fitted on the training tasks with a demonstration of the same task beside every
-window (`world_model.context=demonstration`), the model learns when to copy the demonstration's object and when the
-match is too far to trust; on a new task it reads the new task's demonstration.
+and how far off that match is (`demonstration_context`). Fitted on the training tasks with a demonstration of the
+same task beside every window (`world_model.context=demonstration`), the model learns when to copy the
+demonstration's object and when the match is too far to trust; on a new task it reads the new task's demonstration.
 
 `DemonstrationConditionedModel` binds a fitted model to one demonstration (or one per rollout) and, with
 `starting_at`, to where the rollout's object started.
@@ -110,6 +110,7 @@ class DemonstrationConditionedModel(nn.Module):
         return DemonstrationConditionedModel(self.model, self.demonstrations, first.detach().clone())
 
     def context(self, obs: Tensor) -> Tensor:
+        """`demonstration_context` of states `obs` of the rollout started at `origin`."""
         if self.origin is None:
             raise RuntimeError("DemonstrationConditionedModel needs the rollout's start: call starting_at(first) first")
         return demonstration_context(obs, self.origin.to(obs.device), self.keys, self.changes,

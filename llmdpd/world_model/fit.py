@@ -98,10 +98,12 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
                          steps: int = 4000, unroll: int = 16, sequences: int = 256, lr: float = 1e-3,
                          weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
                          object_frame: str = "absolute", context: str = "none",
-                         context_match: str = "object_and_hand", demonstrations: TaskDemonstrations | None = None) -> tuple[TransitionModel, WorldModelFit]:
-    """A `TransitionModel` (seeing the object in `object_frame`, reading `context` matched on `context_match`) fitted on `train` with the loss
-    unrolled through its own predictions for `unroll` steps (AdamW, cosine learning rate), and its `WorldModelFit`
-    on `held_out`. A model reading a demonstration needs `demonstrations` of every episode's task."""
+                         context_match: str = "object_and_hand", demonstrations: TaskDemonstrations | None = None
+                         ) -> tuple[TransitionModel, WorldModelFit]:
+    """A `TransitionModel` (seeing the object in `object_frame`, reading `context` matched on `context_match`)
+    fitted on `train` with the loss unrolled through its own predictions for `unroll` steps (AdamW, cosine learning
+    rate), and its `WorldModelFit` on `held_out`. A model reading a demonstration needs `demonstrations` of every
+    episode's task."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     obs, actions = stack_episodes(train)

@@ -43,7 +43,8 @@ class PathConstrainedModel(nn.Module):
     (`starting_at`). The hand and the gripper are the model's; its one-step `change` is the model's, unconstrained
     (a single step has no start to place the path at)."""
 
-    def __init__(self, model: TransitionModel | DemonstrationConditionedModel, path: Tensor, origin: Tensor | None = None) -> None:
+    def __init__(self, model: TransitionModel | DemonstrationConditionedModel, path: Tensor,
+                 origin: Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.register_buffer("path", path.float())
