@@ -353,7 +353,8 @@ def test_llmdpd_diagnose_demonstration_fit_needs_no_checkpoint(smoke_data_dir, t
     paths = [f"paths.data_dir={smoke_data_dir}", f"paths.runs_dir={tmp_path / 'runs'}",
              f"paths.cache_dir={tmp_path / 'cache'}", "world_model.steps=20"]
     fits = {}
-    for setting in ("object_frame=absolute", "object_frame=hand", "object_path=demonstration", "context=demonstration"):
+    for setting in ("object_frame=absolute", "object_frame=hand", "object_path=demonstration",
+                    "context=demonstration"):
         out = tmp_path / f"fit_{setting}.json"
         result = run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", *paths, "--demonstration-fit",
                               f"world_model.{setting}", "--out", str(out)], timeout=300)
