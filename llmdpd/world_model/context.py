@@ -82,6 +82,19 @@ class TaskDemonstrations:
     train_tasks: list[int]
     held_out_tasks: list[int]
 
+    @property
+    def length(self) -> int:
+        """The observations every demonstration keeps (the shortest's), so that they stack."""
+        return min(part.shape[1] for part in self.observations)
+
+    def stacked(self) -> Tensor:
+        """Every task's demonstrations in task order, [D, length, 39]."""
+        return torch.cat([part[:, : self.length] for part in self.observations])
+
+    def first_of(self, tasks: list[int]) -> Tensor:
+        """The first demonstration of each of `tasks`, [len(tasks), length, 39]."""
+        return torch.stack([self.observations[task][0, : self.length] for task in tasks])
+
 
 class DemonstrationConditionedModel(nn.Module):
     """A `TransitionModel` fitted with `context="demonstration"`, reading `demonstrations` ([T + 1, 39] for every

@@ -81,8 +81,7 @@ class WindowDemonstrations:
 
     @classmethod
     def of(cls, demonstrations: TaskDemonstrations) -> WindowDemonstrations:
-        length = min(part.shape[1] for part in demonstrations.observations)
-        keys, changes = demonstration_index(torch.cat([part[:, :length] for part in demonstrations.observations]))
+        keys, changes = demonstration_index(demonstrations.stacked())
         counts = torch.tensor([len(part) for part in demonstrations.observations])
         starts = torch.cumsum(counts, 0) - counts
         tasks = torch.tensor(demonstrations.train_tasks)
@@ -134,8 +133,7 @@ def fit_transition_model(train: Sequence[Episode], held_out: Sequence[Episode], 
     model.eval()
     if windows is None:
         return model, measure_fit(model, held_out)
-    length = min(part.shape[1] for part in demonstrations.observations)
-    readings = torch.stack([demonstrations.observations[task][0, :length] for task in demonstrations.held_out_tasks])
+    readings = demonstrations.first_of(demonstrations.held_out_tasks)
     return model, measure_fit(DemonstrationConditionedModel(model, readings), held_out)
 
 
@@ -147,10 +145,10 @@ def _unrolled_loss(model: TransitionModel, obs: torch.Tensor, actions: torch.Ten
     weights = 1.0 / torch.arange(1, unroll + 1, dtype=torch.float32) / unroll
     episode = torch.randint(len(obs), (sequences,), generator=generator)
     start = torch.randint(actions.shape[1] - unroll + 1, (sequences,), generator=generator)
-    state, loss = obs[episode, start], 0.0
+    state, origin, loss = obs[episode, start], obs[episode, 0], 0.0
     reading = windows.draw(episode, generator) if windows is not None else None
     for k in range(unroll):
-        context = (demonstration_context(state, obs[episode, 0], *reading, model.context_match)
+        context = (demonstration_context(state, origin, *reading, model.context_match)
                    if reading is not None else None)
         state = model.step(state, actions[episode, start + k], context)
         error = (state[:, MODELLED] - obs[episode, start + k + 1, MODELLED]) / model.change_std
