@@ -437,9 +437,11 @@ def test_llmdpd_diagnose_splits_action_error_into_bias_and_spread(smoke_data_dir
         summary["tasks"])
     assert imagination["agree"] == float(imagination["practice_choice"] == imagination["imagined_choice"])
     assert all(math.isfinite(imagination[k]) and imagination[k] >= 0
-               for k in ("hand_error_50", "hand_error_end", "object_error", "object_moved"))
+               for k in ("hand_error_50", "hand_error_end", "object_error", "object_moved", "open_loop_hand_error_50",
+                         "open_loop_hand_error_end", "open_loop_object_error"))
     assert imagination["trusted_steps"] == 100  # one model: the whole of the smoke demonstration's 100 steps
     assert imagination["hand_error_end"] > 0  # a model fitted for 50 steps on four episodes is not the physics
+    assert imagination["open_loop_hand_error_end"] > 0
     # Under eval.split=validation the held-out validation tasks take the unseen tasks' place.
     held_out = tmp_path / "held_out.json"
     run_command([sys.executable, "-m", "llmdpd", "diagnose", "smoke", "ckpt=last", *paths, "--unseen", "--samples", "2",

@@ -445,3 +445,24 @@ def test_a_model_reading_the_demonstration_predicts_a_task_better_beside_its_own
     free, _ = fit_transition_model(push, push_held_out, seed=0, progress=False, **{**FIT, "steps": 5})
     members = WorldModelEnsemble([model, free]).for_demonstration(drawer_demonstrations[0])
     assert isinstance(members[0], DemonstrationConditionedModel) and members[0].model is model and members[1] is free
+
+
+def test_replaying_real_episodes_open_loop_gives_the_models_error_on_those_episodes(fitted, push_episodes):
+    from llmdpd.evaluation.imagined_practice import open_loop_replay
+
+    model, fit = fitted
+    _, held_out = push_episodes
+    obs = np.stack([episode["observations"] for episode in held_out])
+    actions = np.stack([episode["actions"] for episode in held_out])
+    replayed = open_loop_replay([model, model], obs, actions)
+    assert replayed.shape == (2, len(held_out), STEPS + 1, 39)
+    assert np.array_equal(replayed[0], replayed[1]) and np.array_equal(replayed[0, :, 0], obs[:, 0])
+
+    def hand_error(episodes: np.ndarray, step: int) -> float:
+        return float(np.linalg.norm(episodes[0, :, step, :3] - obs[:, step, :3], axis=-1).mean())
+
+    # The held-out fit measured at fitting time is the same open-loop error.
+    assert hand_error(replayed, 50) == pytest.approx(fit.hand_error["50"], rel=1e-4)
+    # Each episode is replayed under its own actions: the other episode's actions from the same start land farther.
+    swapped = open_loop_replay([model], obs, actions[::-1].copy())
+    assert hand_error(swapped, STEPS) > 2 * hand_error(replayed, STEPS)

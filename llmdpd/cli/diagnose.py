@@ -45,7 +45,8 @@ MODES = ("bimodality_coefficient", "bimodal", "separation", "principal_share")
 RETRIEVAL = ("own", "best", "oracle", "best_task")
 DEMONSTRATION_FIT = ("other_demonstrations_hand_50", "other_demonstrations_object_50",
                      "other_demonstrations_object_travel_50", "other_demonstrations_imagined_object_travel_50")
-IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "object_moved", "trusted_steps", "agree",
+IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "open_loop_hand_error_50", "open_loop_hand_error_end",
+               "open_loop_object_error", "object_moved", "trusted_steps", "agree",
                *DEMONSTRATION_FIT)
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
                    "on_policy_error")

@@ -39,7 +39,7 @@ from llmdpd.evaluation.behaviour_retrieval import MOTION_POINTS, demonstration_o
 from llmdpd.evaluation.diagnostics import task_conditions
 from llmdpd.world_model.context import DemonstrationConditionedModel, TaskDemonstrations
 from llmdpd.world_model.fit import (
-    Episode, adapt_transition_model, cached_transition_model, measure_fit, stack_episodes,
+    Episode, adapt_transition_model, cached_transition_model, imagine, measure_fit, stack_episodes,
 )
 from llmdpd.world_model.model import TransitionModel
 from llmdpd.world_model.path import PathConstrainedModel, object_track
@@ -227,28 +227,36 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
                          env_seed: int = 0) -> dict[str, dict[str, Any]]:
     """Per task, how far imagined practice episodes lie from the real ones (the same candidates' conditions, the
     same start; `llmdpd diagnose --imagination`): the hand's distance (m) after 50 steps and at the end
-    (`MOTION_STEPS`) and the object's at the end, averaged over candidates and members, with how far the real
-    episodes moved the object; the steps the comparison trusts (`trusted_steps`); the candidate each rule
+    (`MOTION_STEPS`) and the object's at the end, averaged over candidates and members, the same distances when the
+    members replay the real episodes' actions open loop (`open_loop_...`, `open_loop_replay`: what of the gap is the
+    model's error on those motions rather than the policy reacting to it), with how far the real episodes moved the
+    object; the steps the comparison trusts (`trusted_steps`); the candidate each rule
     chooses (`practice_choice`, `imagined_choice`) and whether they agree; and how well the members (adapted to the
     demonstration where the ensemble adapts) predict the task's other prompt episodes open loop: the hand's and
     the object's distance (m) from the truth after 50 steps (`other_demonstrations_hand_50`, `..._object_50`)."""
-    from llmdpd.evaluation.practice import practice_episodes
+    from llmdpd.evaluation.practice import practice_trajectories
 
     out = {}
     for task in tasks:
         candidates = [other for other in training_tasks if other != task]
-        demonstration, real = practice_episodes(module, source, task, candidates, prompt_episode, acting, env_seed)
+        demonstration, trajectories = practice_trajectories(module, source, task, candidates, prompt_episode, acting,
+                                                            env_seed)
+        real = trajectories.observations
         prompts = source.prompt_episodes(task)
         models = ensemble.for_demonstration(prompts[prompt_episode])
         _, imagined = imagined_episodes(module, WorldModelEnsemble(models, ensemble.max_spread), source, task,
                                         candidates, prompt_episode, acting)
+        replayed = open_loop_replay(models, real, trajectories.actions)
         last = len(demonstration) - 1
 
-        def error(step: int, part: slice) -> float:
-            return float(np.linalg.norm(imagined[:, :, step, part] - real[None, :, step, part], axis=-1).mean())
+        def error(episodes: np.ndarray, step: int, part: slice) -> float:
+            return float(np.linalg.norm(episodes[:, :, step, part] - real[None, :, step, part], axis=-1).mean())
 
-        entry: dict[str, Any] = {"hand_error_50": error(min(50, last), HAND), "hand_error_end": error(last, HAND),
-                                 "object_error": error(last, OBJECT)}
+        entry: dict[str, Any] = {}
+        for prefix, episodes in (("", imagined), ("open_loop_", replayed)):
+            entry.update({f"{prefix}hand_error_50": error(episodes, min(50, last), HAND),
+                          f"{prefix}hand_error_end": error(episodes, last, HAND),
+                          f"{prefix}object_error": error(episodes, last, OBJECT)})
         entry["object_moved"] = float(np.linalg.norm(real[:, last, OBJECT] - real[:, 0, OBJECT], axis=-1).mean())
         practice = nearest_motion(demonstration, dict(zip(candidates, real)), scale_with_query=True)
         imagined_scores, entry["trusted_steps"] = imagined_choice(demonstration, imagined, candidates,
@@ -260,6 +268,15 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
         entry.update(other_demonstrations_fit(models, prompts, prompt_episode))
         out[task] = entry
     return out
+
+
+def open_loop_replay(models: Sequence[Member], observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
+    """Observations [members, n, T + 1, 39] that each member predicts, open loop, for real episodes (observations
+    [n, T + 1, 39], actions [n, T, 4]) from their first observations under their own actions: the model's error on
+    the episodes themselves, without the policy reacting to it as in imagined practice."""
+    first = torch.as_tensor(np.asarray(observations[:, 0], np.float32))
+    replay = torch.as_tensor(np.asarray(actions, np.float32))
+    return np.stack([imagine(model.to("cpu"), first, replay).numpy() for model in models])
 
 
 def other_demonstrations_fit(models: Sequence[Member], prompts: Sequence[Episode],

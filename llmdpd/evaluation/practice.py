@@ -23,7 +23,7 @@ from llmdpd.config.load import ConfigError
 from llmdpd.envs.metaworld import NUM_GOALS, MetaWorldTaskEnv, is_metaworld_task
 from llmdpd.evaluation.behaviour_retrieval import demonstration_observations, nearest_motion
 from llmdpd.evaluation.diagnostics import task_conditions
-from llmdpd.evaluation.lockstep import lockstep_episodes
+from llmdpd.evaluation.lockstep import LockstepEpisodes, lockstep_episodes
 
 # Largest difference between a demonstration's first observation and a goal variation's that counts as the same
 # start (observations are stored as float32; different variations differ by centimetres).
@@ -42,15 +42,15 @@ def demonstration_goal(env: MetaWorldTaskEnv, first_observation: np.ndarray) -> 
 
 @torch.no_grad()
 def practice_rollouts(module, conditions: torch.Tensor, task: str, goal: int, steps: int,
-                      acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> np.ndarray:
-    """Observations [n, steps + 1, 39] of one episode per condition ([n, C]) of `task` from goal variation `goal`,
-    in lock step; every step acts on the first action of a fresh plan."""
+                      acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> LockstepEpisodes:
+    """One episode per condition ([n, C]) of `task` from goal variation `goal` (observations [n, steps + 1, 39],
+    actions [n, steps, 4]), in lock step; every step acts on the first action of a fresh plan."""
     device, acting = module.obs_mean.device, dict(acting) if acting else None
 
     def act(obs: np.ndarray) -> np.ndarray:
         return module.act(torch.as_tensor(obs, device=device), conditions, acting=acting).float().cpu().numpy()
 
-    return lockstep_episodes(task, [goal] * len(conditions), act, steps, env_seed).observations
+    return lockstep_episodes(task, [goal] * len(conditions), act, steps, env_seed)
 
 
 def practice_start(source: Any, task: str, prompt_episode: int, env_seed: int = 0) -> tuple[int, np.ndarray]:
@@ -70,18 +70,28 @@ def practice_start(source: Any, task: str, prompt_episode: int, env_seed: int = 
         probe.close()
 
 
-def practice_episodes(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
-                      acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(demonstration [T + 1, 39], practice episodes [len(candidates), T + 1, 39]): one practice episode of `task`
-    per candidate's condition from the demonstration's start, checked to start where the demonstration did."""
+def practice_trajectories(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
+                          acting: Mapping[str, Any] | None = None, env_seed: int = 0
+                          ) -> tuple[np.ndarray, LockstepEpisodes]:
+    """(demonstration [T + 1, 39], practice episodes: observations [len(candidates), T + 1, 39] and actions
+    [len(candidates), T, 4]): one practice episode of `task` per candidate's condition from the demonstration's
+    start, checked to start where the demonstration did."""
     goal, demonstration = practice_start(source, task, prompt_episode, env_seed)
     conditions = task_conditions(module, source, candidates, prompt_episode)
     rollouts = practice_rollouts(module, torch.cat([conditions[c] for c in candidates]), task, goal,
                                  len(demonstration) - 1, acting, env_seed)
-    if np.abs(rollouts[0, 0] - demonstration[0]).max() > START_TOLERANCE:
+    if np.abs(rollouts.observations[0, 0] - demonstration[0]).max() > START_TOLERANCE:
         raise ConfigError(f"the demonstration of '{task}' does not start where goal variation {goal} (named by its "
                           "dataset) does (were the datasets made with another data.seed?)")
     return demonstration, rollouts
+
+
+def practice_episodes(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
+                      acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(demonstration [T + 1, 39], practice episodes [len(candidates), T + 1, 39]): the observations of
+    `practice_trajectories`."""
+    demonstration, rollouts = practice_trajectories(module, source, task, candidates, prompt_episode, acting, env_seed)
+    return demonstration, rollouts.observations
 
 
 def practice_distances(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
