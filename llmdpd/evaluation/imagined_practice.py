@@ -230,8 +230,8 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
     (`MOTION_STEPS`) and the object's at the end, averaged over candidates and members, the same distances when the
     members replay the real episodes' actions open loop (`open_loop_...`, `open_loop_replay`: what of the gap is the
     model's error on those motions rather than the policy reacting to it), with how far the real episodes moved the
-    object; the steps the comparison trusts (`trusted_steps`); the candidate each rule
-    chooses (`practice_choice`, `imagined_choice`) and whether they agree; and how well the members (adapted to the
+    object; the steps the comparison trusts (`trusted_steps`); the candidate each rule chooses (`practice_choice`,
+    `imagined_choice`) and whether they agree; and how well the members (adapted to the
     demonstration where the ensemble adapts) predict the task's other prompt episodes open loop: the hand's and
     the object's distance (m) from the truth after 50 steps (`other_demonstrations_hand_50`, `..._object_50`)."""
     from llmdpd.evaluation.practice import practice_trajectories
@@ -276,7 +276,12 @@ def open_loop_replay(models: Sequence[Member], observations: np.ndarray, actions
     the episodes themselves, without the policy reacting to it as in imagined practice."""
     first = torch.as_tensor(np.asarray(observations[:, 0], np.float32))
     replay = torch.as_tensor(np.asarray(actions, np.float32))
-    return np.stack([imagine(model.to("cpu"), first, replay).numpy() for model in models])
+
+    def replayed(model: Member) -> np.ndarray:
+        device = next(model.parameters()).device  # where imagined practice left it
+        return imagine(model, first.to(device), replay.to(device)).cpu().numpy()
+
+    return np.stack([replayed(model) for model in models])
 
 
 def other_demonstrations_fit(models: Sequence[Member], prompts: Sequence[Episode],
