@@ -234,13 +234,13 @@ def imagination_fidelity(module, ensemble: WorldModelEnsemble, source: Any, task
     `imagined_choice`) and whether they agree; and how well the members (adapted to the
     demonstration where the ensemble adapts) predict the task's other prompt episodes open loop: the hand's and
     the object's distance (m) from the truth after 50 steps (`other_demonstrations_hand_50`, `..._object_50`)."""
-    from llmdpd.evaluation.practice import practice_trajectories
+    from llmdpd.evaluation.practice import practice_episodes
 
     out = {}
     for task in tasks:
         candidates = [other for other in training_tasks if other != task]
-        demonstration, trajectories = practice_trajectories(module, source, task, candidates, prompt_episode, acting,
-                                                            env_seed)
+        demonstration, trajectories = practice_episodes(module, source, task, candidates, prompt_episode, acting,
+                                                        env_seed)
         real = trajectories.observations
         prompts = source.prompt_episodes(task)
         models = ensemble.for_demonstration(prompts[prompt_episode])

@@ -70,9 +70,9 @@ def practice_start(source: Any, task: str, prompt_episode: int, env_seed: int = 
         probe.close()
 
 
-def practice_trajectories(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
-                          acting: Mapping[str, Any] | None = None, env_seed: int = 0
-                          ) -> tuple[np.ndarray, LockstepEpisodes]:
+def practice_episodes(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
+                      acting: Mapping[str, Any] | None = None, env_seed: int = 0
+                      ) -> tuple[np.ndarray, LockstepEpisodes]:
     """(demonstration [T + 1, 39], practice episodes: observations [len(candidates), T + 1, 39] and actions
     [len(candidates), T, 4]): one practice episode of `task` per candidate's condition from the demonstration's
     start, checked to start where the demonstration did."""
@@ -86,17 +86,9 @@ def practice_trajectories(module, source: Any, task: str, candidates: Sequence[s
     return demonstration, rollouts
 
 
-def practice_episodes(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
-                      acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(demonstration [T + 1, 39], practice episodes [len(candidates), T + 1, 39]): the observations of
-    `practice_trajectories`."""
-    demonstration, rollouts = practice_trajectories(module, source, task, candidates, prompt_episode, acting, env_seed)
-    return demonstration, rollouts.observations
-
-
 def practice_distances(module, source: Any, task: str, candidates: Sequence[str], prompt_episode: int,
                        acting: Mapping[str, Any] | None = None, env_seed: int = 0) -> dict[str, float]:
     """Each candidate's motion distance (`nearest_motion`) between its practice episode on `task`
     (`practice_episodes`) and `task`'s demonstration (prompt episode `prompt_episode`)."""
     demonstration, rollouts = practice_episodes(module, source, task, candidates, prompt_episode, acting, env_seed)
-    return nearest_motion(demonstration, dict(zip(candidates, rollouts)), scale_with_query=True)
+    return nearest_motion(demonstration, dict(zip(candidates, rollouts.observations)), scale_with_query=True)
