@@ -38,6 +38,10 @@ FOLDS = tuple(f"fold{k}" for k in range(1, 7))
 # Each fold's benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): itself, as
 # it was trained (its experiments already leave the seen test out).
 FOLD_EVALUATIONS = {f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}
+# The push-wall data with two routes of the expert, and their one-route control.
+ROUTE_DATA = ("two_routes", "one_route")
+# Sampler temperatures of the diffusion actor scored on push-wall (its frozen configuration acts at 0).
+ROUTE_TEMPERATURES = ("0.5", "1.0", "1.5")
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
     "ml10": {
@@ -98,6 +102,10 @@ COMPARISONS: dict[str, dict[str, str]] = {
     **{f"ml45_{fold}": {method: f"ml45/{method}_{fold}" for method in (
         "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "mlp_bc_prompts_rwr_long")}
        for fold in FOLDS},
+    # Push-wall alone, its expert taking two routes round the wall (or one, the control): data whose states need one
+    # of two opposite actions (experiments/base/push_wall_two_routes.yaml).
+    **{f"push_wall_{routes}": {method: f"two_routes/{method}_{routes}" for method in (
+        "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long")} for routes in ROUTE_DATA},
 }
 # Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's
 # unconditional behaviour, and each retrieval rule, imagined practice also with an ensemble of three transition
@@ -181,6 +189,14 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     **{f"ml10_validation_retrieval_{rule}": ("ml10", ["eval.split=validation", f"eval.prompt_retrieval={rule}",
                                                       "eval.prompt_retrieval_leave_one_out=true"])
        for rule in CHOICES["eval.prompt_retrieval"] if rule not in ("none", "distilled")},
+    # The push-wall actors trained on two routes (or one) acting at other sampler temperatures: on the validation
+    # goals (where the temperature is chosen), and on the seen-test goals.
+    **{f"push_wall_{routes}{split}_t{temperature}": (f"push_wall_{routes}", [*overrides,
+                                                                         f"policy.sample_temperature={temperature}"])
+       for routes in ROUTE_DATA for temperature in ROUTE_TEMPERATURES
+       for split, overrides in (("_validation", ["eval.split=validation"]), ("", []))},
+    # The same actors on the validation goals as trained (temperature 0 for the diffusion actor).
+    **{f"push_wall_{routes}_validation": (f"push_wall_{routes}", ["eval.split=validation"]) for routes in ROUTE_DATA},
     # The held-out validation tasks on their validation goals (16 episodes each), under each rule above.
     **{f"ml45_heldout_{name}": ("ml45_heldout", ["eval.seen=false", "eval.episodes_per_task=16", *overrides])
        for name, overrides in HELDOUT_RULES.items()},

@@ -123,6 +123,10 @@ class DataConfig:
             BehaviourComponent("stall", 0.15),
         ]
     )
+    # Tasks whose expert takes one of several routes, drawn per episode: task -> {route: weight}, e.g.
+    # {push-wall-v3: {left: 0.5, right: 0.5}} (routes in llmdpd/envs/expert_routes.py). Such a task's datasets
+    # are named after their routes (`mixed-left-right-v1`), so the one-route data stay as they are.
+    routes: dict[str, dict[str, float]] = field(default_factory=dict)
     prompt_noise: float = 0.05
     # Meta-World's 50 goal variations per task: [0, train_goals) feed the datasets (data goals), the next
     # `validation_goals` are for every tuning choice, and the rest are seen-test goals, evaluated once.

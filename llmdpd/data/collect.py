@@ -22,6 +22,10 @@ whose scale is drawn per episode from the noise mixture. Version v1 draws a beha
 
 Prompt datasets stay low-noise expert episodes in every version.
 
+A task given routes (`data.routes`, llmdpd/envs/expert_routes.py) also draws, per episode and from a stream of
+its own, which route its expert takes (push-wall: round the wall's left or right end); every behaviour above
+drives that route's expert. The episode's other draws are those of the same episode without routes.
+
 Every episode's randomness (goal variation, behaviour, its windows and noise) comes from a seed derived
 from (seed, task, kind, episode), so a dataset is the same whatever the worker count or the order of
 tasks; a v1 recipe draws its extra numbers after the goal, and a v0 recipe draws none, so v0 data and its
@@ -38,6 +42,7 @@ from typing import Callable
 
 import numpy as np
 
+from llmdpd.envs.expert_routes import route_expert
 from llmdpd.envs.metaworld import MetaWorldTaskEnv, scripted_expert
 
 KINDS = ("mixed", "prompt")
@@ -75,7 +80,8 @@ class CollectionRecipe:
     """Everything that determines one dataset's contents; stored in its metadata.
 
     `behaviours` ((kind, weight) pairs) and `other_tasks` are empty for noise-only data (v0, prompts) and
-    then left out of the fingerprint, which is therefore the same as before they existed.
+    then left out of the fingerprint, which is therefore the same as before they existed; so are `routes`
+    ((route, weight) pairs) for a task whose expert takes its one route.
     """
 
     task: str
@@ -89,12 +95,16 @@ class CollectionRecipe:
     descriptions: tuple[str, ...] = field(default=(), compare=False)
     behaviours: tuple[tuple[str, float], ...] = ()
     other_tasks: tuple[str, ...] = ()
+    routes: tuple[tuple[str, float], ...] = ()
 
     def fingerprint(self) -> str:
         """A short hash of the fields that change the data (not the descriptions)."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("descriptions", "behaviours", "other_tasks")}
+        optional = ("descriptions", "behaviours", "other_tasks", "routes")
+        fields = {k: v for k, v in asdict(self).items() if k not in optional}
         if self.behaviours:
             fields.update(behaviours=self.behaviours, other_tasks=self.other_tasks, behaviour_params=BEHAVIOUR_PARAMS)
+        if self.routes:
+            fields.update(routes=self.routes)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -111,6 +121,7 @@ class Episode:
     behaviour: str = "noisy"
     # What the behaviour did: the goal variation followed, or the windows [start, end) and who drove them.
     detail: dict = field(default_factory=dict)
+    route: str = ""  # the expert's route, where the recipe gives routes
 
     @property
     def episode_return(self) -> float:
@@ -123,10 +134,19 @@ class Episode:
         return bool(self.success.any())
 
 
-def episode_rng(seed: int, task: str, kind: str, episode: int) -> np.random.Generator:
-    """The generator for one episode, independent of every other episode."""
+def episode_rng(seed: int, task: str, kind: str, episode: int, stream: int = 0) -> np.random.Generator:
+    """The generator for one episode, independent of every other episode; `stream` 1 draws its route."""
     task_key = int.from_bytes(hashlib.sha256(task.encode()).digest()[:4], "little")
-    return np.random.default_rng([seed, task_key, KINDS.index(kind), episode])
+    key = [seed, task_key, KINDS.index(kind), episode] + ([stream] if stream else [])
+    return np.random.default_rng(key)
+
+
+def episode_route(recipe: CollectionRecipe, episode: int) -> str:
+    """The route this episode's expert takes ("" when the recipe gives none)."""
+    if not recipe.routes:
+        return ""
+    rng = episode_rng(recipe.seed, recipe.task, recipe.kind, episode, stream=1)
+    return recipe.routes[_draw(rng, [w for _, w in recipe.routes])][0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,8 +189,11 @@ def _windows(rng: np.random.Generator, steps: int) -> list[tuple[int, int]]:
     return windows
 
 
-def collect_episode(env: MetaWorldTaskEnv, expert, recipe: CollectionRecipe, episode: int) -> Episode:
-    """Roll out this episode's behaviour with its goal variation (see the module docstring)."""
+def collect_episode(env: MetaWorldTaskEnv, experts: dict, recipe: CollectionRecipe, episode: int) -> Episode:
+    """Roll out this episode's behaviour with its goal variation (see the module docstring); `experts` maps
+    each route of the recipe ("" without routes) to the task's expert taking it."""
+    route = episode_route(recipe, episode)
+    expert = experts[route]
     rng = episode_rng(recipe.seed, recipe.task, recipe.kind, episode)
     goal = int(rng.integers(recipe.train_goals))
     steps = recipe.max_episode_steps
@@ -237,16 +260,19 @@ def collect_episode(env: MetaWorldTaskEnv, expert, recipe: CollectionRecipe, epi
         raise ValueError(f"Unknown behaviour '{behaviour}'; known: {list(BEHAVIOURS)}")
 
     observations, actions, rewards, success = rollout(env, goal, steps, act)
-    return Episode(observations, actions, rewards, success, goal, scale, behaviour, detail)
+    return Episode(observations, actions, rewards, success, goal, scale, behaviour, detail, route)
 
 
 def collect_episodes(recipe: CollectionRecipe, on_episode=None) -> list[Episode]:
     """All episodes of one dataset; `on_episode()` is called after each (progress reporting)."""
     env = MetaWorldTaskEnv(recipe.task, seed=recipe.seed, max_episode_steps=recipe.max_episode_steps)
-    expert = scripted_expert(recipe.task)
+    if recipe.routes:
+        experts = {route: route_expert(recipe.task, route) for route, _ in recipe.routes}
+    else:
+        experts = {"": scripted_expert(recipe.task)}
     episodes = []
     for i in range(recipe.episodes):
-        episodes.append(collect_episode(env, expert, recipe, i))
+        episodes.append(collect_episode(env, experts, recipe, i))
         if on_episode is not None:
             on_episode()
     env.close()

@@ -28,16 +28,42 @@ from llmdpd.config.schema import ExperimentConfig
 from llmdpd.data import tasks as task_registry
 from llmdpd.data.collect import BEHAVIOUR_PARAMS, BEHAVIOURS, OTHER_TASKS, CollectionRecipe, collect_episodes
 from llmdpd.data.minari_store import DatasetError, ensure_downloaded, read_metadata, write_episodes
+from llmdpd.envs.expert_routes import route_names
 
 _progress = None  # shared episode counter in worker processes
 
 
 def dataset_id(cfg: ExperimentConfig, task: str, kind: str) -> str:
-    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`. A task of `data.minari_ids` has one
-    dataset for both kinds: its trajectory prompts are episodes of its own data."""
+    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`, or `.../mixed-left-right-v1` for a
+    task given routes. A task of `data.minari_ids` has one dataset for both kinds: its trajectory prompts
+    are episodes of its own data."""
     if task in cfg.data.minari_ids:
         return cfg.data.minari_ids[task]
-    return f"{cfg.data.benchmark}/{task}/{kind}-{cfg.data.dataset_version}"
+    routes = "".join(f"-{route}" for route, _ in expert_routes(cfg, task))
+    return f"{cfg.data.benchmark}/{task}/{kind}{routes}-{cfg.data.dataset_version}"
+
+
+def expert_routes(cfg: ExperimentConfig, task: str) -> tuple[tuple[str, float], ...]:
+    """(route, weight) pairs of a task's expert from `data.routes`, checked; empty for a task not given routes."""
+    routes = cfg.data.routes
+    train, unseen = task_registry.split_tasks(cfg.data)
+    tasks = set(train) | set(unseen) | set(task_registry.validation_tasks(cfg.data))
+    strangers = [t for t in routes if t not in tasks]
+    if strangers:
+        raise ConfigError(f"data.routes names {strangers}, not tasks of this experiment")
+    if task not in routes:
+        return ()
+    known = route_names(task)
+    pairs = tuple((str(route), float(weight)) for route, weight in routes[task].items())
+    for route, weight in pairs:
+        if route not in known:
+            raise ConfigError(f"data.routes.{task} names route '{route}'; the task's routes: {list(known)}")
+        if not weight >= 0:
+            raise ConfigError(f"data.routes.{task}.{route} has a negative weight ({weight})")
+    pairs = tuple((route, weight) for route, weight in pairs if weight > 0)
+    if not pairs:
+        raise ConfigError(f"data.routes.{task} gives no route a positive weight")
+    return pairs
 
 
 def behaviour_mixture(cfg: ExperimentConfig, task: str) -> tuple[tuple[tuple[str, float], ...], tuple[str, ...]]:
@@ -86,6 +112,7 @@ def recipe_for(cfg: ExperimentConfig, task: str, kind: str) -> CollectionRecipe:
         descriptions=tuple(task_registry.descriptions(task, dict(data.descriptions))),
         behaviours=behaviours,
         other_tasks=other_tasks,
+        routes=expert_routes(cfg, task),
     )
 
 
@@ -121,6 +148,7 @@ def _metadata(recipe: CollectionRecipe, episodes) -> dict:
         "episode_returns": [ep.episode_return for ep in episodes],
         "episode_successes": successes,
         "episode_behaviour_details": [ep.detail for ep in episodes],
+        **({"episode_routes": [ep.route for ep in episodes]} if recipe.routes else {}),
         "success_rate": sum(successes) / max(len(successes), 1),
         "llmdpd_version": llmdpd.__version__,
         "summary": summary,

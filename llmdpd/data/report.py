@@ -1,7 +1,7 @@
 """`llmdpd data EXP --report`: what each task's data holds, by behaviour, next to the expert's ceiling.
 
-Per task, a markdown table: for every behaviour of the mixed dataset (and every noise scale of `noisy`),
-the episodes, their success rate (success at any step) and mean undiscounted return; the prompt dataset;
+Per task, a markdown table: for every behaviour of the mixed dataset (and every noise scale of `noisy`;
+every route of the expert where the data have routes), the episodes, their success rate (success at any step) and mean undiscounted return; the prompt dataset;
 and the noiseless scripted expert rolled out once on each validation goal variation
 [train_goals, train_goals + validation_goals) of the task, the ceiling a policy can be compared with.
 Datasets written before v1 (no per-episode returns in their metadata) are read back to compute them.
@@ -29,6 +29,7 @@ def episode_outcomes(root: Path, ds_id: str) -> dict[str, list]:
     out = {
         "behaviours": meta.get("episode_behaviours") or ["noisy"] * n,
         "noise_scales": meta.get("episode_noise_scales") or [float("nan")] * n,
+        "routes": meta.get("episode_routes") or [""] * n,
     }
     if "episode_returns" in meta and "episode_successes" in meta:
         out["returns"], out["successes"] = list(meta["episode_returns"]), list(meta["episode_successes"])
@@ -89,6 +90,9 @@ def task_table(cfg: ExperimentConfig, task: str, role: str) -> str:
             for scale in kind_scales:
                 sub = pick & (scales == scale)
                 lines.append(_row(f"noisy, σ={scale:g}", successes[sub], returns[sub]))
+    routes = np.asarray(mixed["routes"])
+    for route in dict.fromkeys(r for r in mixed["routes"] if r):
+        lines.append(_row(f"expert's route: {route}", successes[routes == route], returns[routes == route]))
     lines.append(_row("**all mixed**", successes, returns))
     lines.append(_row(f"prompt (expert, σ={cfg.data.prompt_noise:g})", prompt["successes"], prompt["returns"]))
     goals = validation_goals(cfg)

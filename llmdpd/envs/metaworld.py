@@ -114,7 +114,11 @@ def scripted_expert(task: str) -> Callable[[np.ndarray], np.ndarray]:
         warnings.simplefilter("ignore")
         from metaworld.policies import ENV_POLICY_MAP
 
-    policy = ENV_POLICY_MAP[task]()
+    return policy_function(ENV_POLICY_MAP[task]())
+
+
+def policy_function(policy) -> Callable[[np.ndarray], np.ndarray]:
+    """A Meta-World `Policy` object as a function obs -> action, float32, its warnings off."""
 
     def act(obs: np.ndarray) -> np.ndarray:
         with warnings.catch_warnings():

@@ -1,0 +1,63 @@
+"""Scripted experts that reach a task's goal by another route than Meta-World's own.
+
+Meta-World's push-wall expert carries the puck round the left end of the wall (the wall spans x in
+[-0.02, 0.22] at y 0.75): while the puck is in front of the wall it moves the hand toward -x until the puck
+is past x = -0.1, then forward, then to the goal. Its `right` route is the same expert moving toward +x until
+the puck is past x = 0.3, as far beyond the wall's right end as the original passes its left end. Data with
+both routes ask, at the wall, for one of two opposite actions; their mean (no motion along x) leaves the puck
+against the wall, so a policy that averages the routes fails where either route succeeds.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from llmdpd.envs.metaworld import policy_function, scripted_expert
+
+# Each task's routes; the first is Meta-World's own expert.
+ROUTES: dict[str, tuple[str, ...]] = {"push-wall-v3": ("left", "right")}
+
+
+def route_names(task: str) -> tuple[str, ...]:
+    """The routes `task`'s expert can take (one, Meta-World's own, for a task not in `ROUTES`)."""
+    return ROUTES.get(task, ("own",))
+
+
+def route_expert(task: str, route: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The scripted expert of `task` taking `route` (one of `route_names(task)`), as obs -> action."""
+    names = route_names(task)
+    if route not in names:
+        raise ValueError(f"Task '{task}' has no route '{route}'; its routes: {list(names)}")
+    if route == names[0]:
+        return scripted_expert(task)
+    return policy_function(_PushWallRightPolicy())
+
+
+def _push_wall_right_target(o_d: dict) -> np.ndarray:
+    """Meta-World's push-wall target point with the detour round the wall's right end."""
+    hand = o_d["hand_pos"]
+    puck = o_d["obj_pos"] + np.array([-0.005, 0.0, 0.0])
+    if np.linalg.norm(hand[:2] - puck[:2]) > 0.02:  # above the puck
+        return puck + np.array([0.0, 0.0, 0.2])
+    if abs(hand[2] - puck[2]) > 0.04:  # down onto it
+        return puck + np.array([0.0, 0.0, 0.03])
+    if -0.1 <= puck[0] <= 0.3 and 0.65 <= puck[1] <= 0.75:  # in front of the wall: to the right
+        return hand + np.array([1.0, 0.0, 0.0])
+    if (-0.15 < puck[0] < 0.05 or 0.15 < puck[0] < 0.35) and 0.695 <= puck[1] <= 0.755:  # beside it: forward
+        return hand + np.array([0.0, 1.0, 0.0])
+    return o_d["goal_pos"]
+
+
+def _policy_class():
+    from metaworld.policies.sawyer_push_wall_v3_policy import SawyerPushWallV3Policy
+
+    class PushWallRightPolicy(SawyerPushWallV3Policy):
+        _desired_pos = staticmethod(_push_wall_right_target)
+
+    return PushWallRightPolicy
+
+
+def _PushWallRightPolicy():
+    return _policy_class()()
