@@ -83,7 +83,7 @@ def test_each_behaviour_is_deterministic_per_episode(kind):
     first = collect_episodes(recipe)
     # Episode 2 alone, in a fresh environment, is the same episode: it depends on its own seed only.
     env = MetaWorldTaskEnv("reach-v3", seed=recipe.seed, max_episode_steps=recipe.max_episode_steps)
-    alone = collect_episode(env, scripted_expert("reach-v3"), recipe, 2)
+    alone = collect_episode(env, {"": scripted_expert("reach-v3")}, recipe, 2)
     for x, y in zip(first[2:], [alone], strict=True):
         for key in ("observations", "actions", "rewards", "success"):
             np.testing.assert_array_equal(getattr(x, key), getattr(y, key))

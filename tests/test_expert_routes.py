@@ -1,0 +1,101 @@
+"""Data whose states need two actions: push-wall's expert round either end of the wall (`data.routes`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmdpd.cli.main import main as cli_main
+from llmdpd.config.load import ConfigError, load_config
+from llmdpd.data.collect import collect_episodes, rollout
+from llmdpd.data.generate import dataset_id, generate, recipe_for
+from llmdpd.data.minari_store import read_metadata
+from llmdpd.envs.expert_routes import route_expert, route_names
+from llmdpd.envs.metaworld import OBJECT, MetaWorldTaskEnv
+
+TASK = "push-wall-v3"
+TWO = "data.routes={push-wall-v3: {left: 0.5, right: 0.5}}"
+
+
+def _push_wall(*overrides: str):
+    return load_config("smoke", [f"data.train_tasks=[{TASK}]", "data.unseen_tasks=[]", *overrides])
+
+
+def test_each_route_passes_its_end_of_the_wall_and_their_mean_stays_in_front_of_it():
+    env = MetaWorldTaskEnv(TASK, seed=0, max_episode_steps=200)
+    left, right = route_expert(TASK, "left"), route_expert(TASK, "right")
+    outcomes = {}
+    for name, act in (("left", left), ("right", right), ("mean", lambda obs: 0.5 * (left(obs) + right(obs)))):
+        observations, _, _, success = rollout(env, 33, 200, lambda t, obs: act(obs))
+        puck_x = observations[:, OBJECT][:, 0]
+        outcomes[name] = (bool(success.any()), float(puck_x.min()), float(puck_x.max()))
+    env.close()
+    # The wall spans x in [-0.02, 0.22]; the puck starts at x -0.04 in front of it.
+    assert outcomes["left"][0] and outcomes["left"][1] < -0.1 and outcomes["left"][2] < 0.1
+    assert outcomes["right"][0] and outcomes["right"][2] > 0.3
+    assert not outcomes["mean"][0] and -0.1 < outcomes["mean"][1] and outcomes["mean"][2] < 0.1
+    assert route_names(TASK) == ("left", "right") and route_names("reach-v3") == ("own",)
+    with pytest.raises(ValueError, match="Task 'push-wall-v3' has no route 'up'; its routes: \\['left', 'right'\\]"):
+        route_expert(TASK, "up")
+
+
+def test_routes_are_drawn_per_episode_beside_the_other_draws():
+    steps = "data.max_episode_steps=80"  # the routes part at the wall, some 40 steps in
+    plain = collect_episodes(recipe_for(_push_wall(steps, "data.episodes_per_task=12"), TASK, "mixed"))
+    routed = collect_episodes(recipe_for(_push_wall(steps, "data.episodes_per_task=12", TWO), TASK, "mixed"))
+    assert {ep.route for ep in plain} == {""} and {ep.route for ep in routed} == {"left", "right"}
+    for a, b in zip(plain, routed, strict=True):
+        # The route has its own stream: goal, behaviour and noise are those of the same episode without routes.
+        assert (a.goal, a.behaviour, a.noise_scale) == (b.goal, b.behaviour, b.noise_scale)
+        np.testing.assert_array_equal(a.observations[0], b.observations[0])
+        if b.route == "left":  # Meta-World's own expert: the same episode
+            np.testing.assert_array_equal(a.actions, b.actions)
+    assert any(not np.array_equal(a.actions, b.actions) for a, b in zip(plain, routed) if b.route == "right")
+
+
+def test_routes_name_the_datasets_and_change_the_fingerprint_only_where_given(tmp_path):
+    plain, routed = _push_wall(), _push_wall(TWO)
+    assert dataset_id(plain, TASK, "mixed") == "metaworld/push-wall-v3/mixed-v1"
+    assert dataset_id(routed, TASK, "mixed") == "metaworld/push-wall-v3/mixed-left-right-v1"
+    assert dataset_id(routed, TASK, "prompt") == "metaworld/push-wall-v3/prompt-left-right-v1"
+    one = _push_wall("data.routes={push-wall-v3: {left: 1.0, right: 0.0}}")
+    assert dataset_id(one, TASK, "mixed") == "metaworld/push-wall-v3/mixed-left-v1"
+    assert recipe_for(one, TASK, "mixed").routes == (("left", 1.0),)
+    fingerprints = {recipe_for(c, TASK, "mixed").fingerprint() for c in (plain, routed, one)}
+    assert len(fingerprints) == 3
+
+    cfg = _push_wall(TWO, f"paths.data_dir={tmp_path}", "data.max_episode_steps=30", "data.episodes_per_task=8",
+                     "data.prompt_episodes=2")
+    generate(cfg, progress=False)
+    meta = read_metadata(tmp_path, dataset_id(cfg, TASK, "mixed"))
+    assert len(meta["episode_routes"]) == 8 and set(meta["episode_routes"]) == {"left", "right"}
+    assert len(meta["episode_goals"]) == 8
+    assert read_metadata(tmp_path, dataset_id(cfg, TASK, "prompt"))["recipe"]["routes"] == [["left", 0.5],
+                                                                                            ["right", 0.5]]
+
+
+@pytest.mark.parametrize(
+    ("routes", "message"),
+    [
+        ("{push-wall-v3: {up: 1.0}}", "data.routes.push-wall-v3 names route 'up'; the task's routes: \\['left', 'right'\\]"),
+        ("{push-v3: {left: 1.0}}", "data.routes names \\['push-v3'\\], not tasks of this experiment"),
+        ("{push-wall-v3: {left: 0.0}}", "data.routes.push-wall-v3 gives no route a positive weight"),
+        ("{push-wall-v3: {left: -1.0}}", "data.routes.push-wall-v3.left has a negative weight"),
+    ],
+)
+def test_bad_routes_are_config_errors(routes, message):
+    with pytest.raises(ConfigError, match=message):
+        recipe_for(_push_wall(f"data.routes={routes}"), TASK, "mixed")
+
+
+def test_report_gives_each_route_a_row(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["data", "two_routes/mlp_bc_prompts_rwr_wide_long_two_routes", "--report",
+                  f"paths.data_dir={tmp_path}", "data.max_episode_steps=30", "data.episodes_per_task=8",
+                  "data.prompt_episodes=1", "data.validation_goals=1", "data.workers=1"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "### push-wall-v3 (training task): metaworld/push-wall-v3/mixed-left-right-v1" in out
+    rows = {line.split("|")[1].strip(): int(line.split("|")[2]) for line in out.splitlines()
+            if line.startswith("| expert's route")}
+    assert set(rows) == {"expert's route: left", "expert's route: right"} and sum(rows.values()) == 8
