@@ -10,7 +10,7 @@ from llmdpd.config.load import ConfigError, load_config
 from llmdpd.data.collect import collect_episodes, rollout
 from llmdpd.data.generate import dataset_id, generate, recipe_for
 from llmdpd.data.minari_store import read_metadata
-from llmdpd.envs.expert_routes import route_expert, route_names
+from llmdpd.envs.expert_routes import route_expert, route_names, route_taken
 from llmdpd.envs.metaworld import OBJECT, MetaWorldTaskEnv
 
 TASK = "push-wall-v3"
@@ -29,6 +29,7 @@ def test_each_route_passes_its_end_of_the_wall_and_their_mean_stays_in_front_of_
         observations, _, _, success = rollout(env, 33, 200, lambda t, obs: act(obs))
         puck_x = observations[:, OBJECT][:, 0]
         outcomes[name] = (bool(success.any()), float(puck_x.min()), float(puck_x.max()))
+        assert route_taken(TASK, observations) == {"mean": "none"}.get(name, name)
     env.close()
     # The wall spans x in [-0.02, 0.22]; the puck starts at x -0.04 in front of it.
     assert outcomes["left"][0] and outcomes["left"][1] < -0.1 and outcomes["left"][2] < 0.1

@@ -14,10 +14,12 @@ from typing import Callable
 
 import numpy as np
 
-from llmdpd.envs.metaworld import policy_function, scripted_expert
+from llmdpd.envs.metaworld import OBJECT, policy_function, scripted_expert
 
 # Each task's routes; the first is Meta-World's own expert.
 ROUTES: dict[str, tuple[str, ...]] = {"push-wall-v3": ("left", "right")}
+# Each such task's wall: its plane y and its ends in x (Meta-World's push-wall: a box 0.24 wide at x 0.1, y 0.75).
+WALLS: dict[str, tuple[float, float, float]] = {"push-wall-v3": (0.75, -0.02, 0.22)}
 
 
 def route_names(task: str) -> tuple[str, ...]:
@@ -33,6 +35,17 @@ def route_expert(task: str, route: str) -> Callable[[np.ndarray], np.ndarray]:
     if route == names[0]:
         return scripted_expert(task)
     return policy_function(_PushWallRightPolicy())
+
+
+def route_taken(task: str, observations: np.ndarray) -> str:
+    """The route of one episode [T+1, 39] of `task`: the side of the wall where its object first went past the
+    wall's plane (the first route is the left end's), or "none" if it never did."""
+    wall_y, left_end, right_end = WALLS[task]
+    beyond = np.flatnonzero(observations[:, OBJECT][:, 1] > wall_y + 0.01)  # the wall is 0.02 thick
+    if not len(beyond):
+        return "none"
+    left, right = ROUTES[task]
+    return left if observations[beyond[0], OBJECT][0] < (left_end + right_end) / 2 else right
 
 
 def _push_wall_right_target(o_d: dict) -> np.ndarray:

@@ -13,7 +13,9 @@ for every task (Meta-World's own info entries mean different things per task):
 - `on_policy_error`: the squared distance (summed over action dimensions) of the policy's action to the
   expert's in the policy's own state, averaged over all steps, and over the first `early_steps` steps only
   (`on_policy_error_early`), where the policy is still near the states the data starts from;
-- `first_success_step`: the mean step of the first success, over the successful episodes (None if none).
+- `first_success_step`: the mean step of the first success, over the successful episodes (None if none);
+- for a task whose expert has routes (llmdpd/envs/expert_routes.py), `route_<name>`: the share of episodes
+  whose object went past the wall by that route, and `route_none` by none.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from llmdpd.envs.expert_routes import ROUTES, route_taken
 from llmdpd.envs.metaworld import GOAL, HAND, OBJECT, scripted_expert
 from llmdpd.evaluation.lockstep import TaskActFn, lockstep_episodes
 
@@ -53,6 +56,10 @@ def rollout_diagnostics(
     first_success = np.where(run.success.any(1), run.success.argmax(1), -1)
     to_goal = lambda o: np.linalg.norm(o[:, OBJECT] - o[:, GOAL], axis=-1)  # noqa: E731
     succeeded = first_success >= 0
+    routes = {}
+    if task in ROUTES:
+        taken = [route_taken(task, episode) for episode in observations]
+        routes = {f"route_{route}": taken.count(route) / n for route in (*ROUTES[task], "none")}
     return {
         "reached_object": float((hand_to_object <= REACH_DISTANCE).mean()),
         "moved_object": float((moved >= MOVE_DISTANCE).mean()),
@@ -62,6 +69,7 @@ def rollout_diagnostics(
         "on_policy_error_early": float(errors[:early_steps].mean()),
         "first_success_step": float(first_success[succeeded].mean()) if succeeded.any() else None,
         "episodes": n,
+        **routes,
     }
 
 
