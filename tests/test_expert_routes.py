@@ -59,6 +59,11 @@ def test_routes_name_the_datasets_and_change_the_fingerprint_only_where_given(tm
     assert dataset_id(plain, TASK, "mixed") == "metaworld/push-wall-v3/mixed-v1"
     assert dataset_id(routed, TASK, "mixed") == "metaworld/push-wall-v3/mixed-left-right-v1"
     assert dataset_id(routed, TASK, "prompt") == "metaworld/push-wall-v3/prompt-left-right-v1"
+    assert dataset_id(_push_wall(TWO, "data.dataset_tag=dense"), TASK, "mixed") == (
+        "metaworld/push-wall-v3/mixed-left-right-dense-v1")
+    assert dataset_id(_push_wall("data.dataset_tag=dense"), TASK, "prompt") == "metaworld/push-wall-v3/prompt-dense-v1"
+    with pytest.raises(ConfigError, match="data.dataset_tag must be letters and digits, got 'a-b'"):
+        dataset_id(_push_wall("data.dataset_tag=a-b"), TASK, "mixed")
     one = _push_wall("data.routes={push-wall-v3: {left: 1.0, right: 0.0}}")
     assert dataset_id(one, TASK, "mixed") == "metaworld/push-wall-v3/mixed-left-v1"
     assert recipe_for(one, TASK, "mixed").routes == (("left", 1.0),)

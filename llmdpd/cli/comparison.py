@@ -39,7 +39,7 @@ FOLDS = tuple(f"fold{k}" for k in range(1, 7))
 # it was trained (its experiments already leave the seen test out).
 FOLD_EVALUATIONS = {f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}
 # The push-wall data with two routes of the expert, and their one-route control.
-ROUTE_DATA = ("two_routes", "one_route")
+ROUTE_DATA = ("two_routes", "one_route", "two_routes_dense")
 # Sampler temperatures of the diffusion actor scored on push-wall (its frozen configuration acts at 0).
 ROUTE_TEMPERATURES = ("0.5", "1.0", "1.5")
 # Benchmark -> method -> experiment (a name in experiments/ or a path).

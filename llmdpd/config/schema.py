@@ -123,6 +123,9 @@ class DataConfig:
             BehaviourComponent("stall", 0.15),
         ]
     )
+    # A name part that keeps a collection apart from others of the same tasks, routes and version (e.g. "dense" for
+    # ten times the episodes): `mixed-dense-v1`. Letters and digits.
+    dataset_tag: str = ""
     # Tasks whose expert takes one of several routes, drawn per episode: task -> {route: weight}, e.g.
     # {push-wall-v3: {left: 0.5, right: 0.5}} (routes in llmdpd/envs/expert_routes.py). Such a task's datasets
     # are named after their routes (`mixed-left-right-v1`), so the one-route data stay as they are.

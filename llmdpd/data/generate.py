@@ -34,13 +34,16 @@ _progress = None  # shared episode counter in worker processes
 
 
 def dataset_id(cfg: ExperimentConfig, task: str, kind: str) -> str:
-    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`, or `.../mixed-left-right-v1` for a
-    task given routes. A task of `data.minari_ids` has one dataset for both kinds: its trajectory prompts
+    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`, `.../mixed-left-right-v1` for a
+    task given routes, `.../mixed-left-right-dense-v1` with `data.dataset_tag: dense`. A task of `data.minari_ids` has one dataset for both kinds: its trajectory prompts
     are episodes of its own data."""
     if task in cfg.data.minari_ids:
         return cfg.data.minari_ids[task]
-    routes = "".join(f"-{route}" for route, _ in expert_routes(cfg, task))
-    return f"{cfg.data.benchmark}/{task}/{kind}{routes}-{cfg.data.dataset_version}"
+    tag = cfg.data.dataset_tag
+    if tag and not tag.isalnum():
+        raise ConfigError(f"data.dataset_tag must be letters and digits, got '{tag}'")
+    parts = [route for route, _ in expert_routes(cfg, task)] + ([tag] if tag else [])
+    return f"{cfg.data.benchmark}/{task}/{'-'.join([kind, *parts])}-{cfg.data.dataset_version}"
 
 
 def expert_routes(cfg: ExperimentConfig, task: str) -> tuple[tuple[str, float], ...]:
