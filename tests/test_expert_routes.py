@@ -10,7 +10,7 @@ from llmdpd.config.load import ConfigError, load_config
 from llmdpd.data.collect import collect_episodes, rollout
 from llmdpd.data.generate import dataset_id, generate, recipe_for
 from llmdpd.data.minari_store import read_metadata
-from llmdpd.envs.expert_routes import route_expert, route_names, route_taken
+from llmdpd.envs.expert_routes import route_expert, route_names, route_taken, where_routes_part
 from llmdpd.envs.metaworld import OBJECT, MetaWorldTaskEnv
 
 TASK = "push-wall-v3"
@@ -30,6 +30,11 @@ def test_each_route_passes_its_end_of_the_wall_and_their_mean_stays_in_front_of_
         puck_x = observations[:, OBJECT][:, 0]
         outcomes[name] = (bool(success.any()), float(puck_x.min()), float(puck_x.max()))
         assert route_taken(TASK, observations) == {"mean": "none"}.get(name, name)
+        parting = where_routes_part(TASK, observations)
+        if name != "mean":  # held in front of the wall for a while, then past it; never at the start
+            assert 3 <= parting.sum() <= 60 and not parting[:10].any() and not parting[-50:].any()
+        else:  # the mean holds the puck there
+            assert parting[-50:].all()
     env.close()
     # The wall spans x in [-0.02, 0.22]; the puck starts at x -0.04 in front of it.
     assert outcomes["left"][0] and outcomes["left"][1] < -0.1 and outcomes["left"][2] < 0.1
@@ -78,6 +83,23 @@ def test_routes_name_the_datasets_and_change_the_fingerprint_only_where_given(tm
     assert len(meta["episode_goals"]) == 8
     assert read_metadata(tmp_path, dataset_id(cfg, TASK, "prompt"))["recipe"]["routes"] == [["left", 0.5],
                                                                                             ["right", 0.5]]
+
+
+def test_diagnose_keeps_the_states_where_the_routes_part():
+    import torch
+
+    from llmdpd.cli.diagnose import routes_parting_states
+    from llmdpd.evaluation.diagnostics import validation_states
+
+    obs, actions = validation_states(TASK, [32, 33], steps=120, every=2)
+    states = {TASK: (torch.as_tensor(obs), torch.as_tensor(actions)),
+              "reach-v3": (torch.zeros(3, 39), torch.zeros(3, 4))}
+    parting = routes_parting_states(states)
+    assert list(parting) == [TASK]
+    kept, kept_actions = parting[TASK]
+    assert 2 <= len(kept) < len(obs) and kept_actions.shape == (len(kept), 4)
+    # There the expert carries the puck sideways (Meta-World's own route: toward -x).
+    assert (kept_actions[:, 0] < -0.5).float().mean() > 0.5
 
 
 @pytest.mark.parametrize(

@@ -146,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
 
         modes = policy_action_modes(module, states, conditions, draws=args.modes, seed=cfg.seed)
         summary["action_modes"] = {"draws": args.modes, "tasks": modes, "mean": _mean(modes, MODES)}
+        parting = routes_parting_states(states)
+        if parting:  # the states where a task's expert routes act differently, alone
+            summary["action_modes"]["where_routes_part"] = {
+                "states": {task: len(obs) for task, (obs, _) in parting.items()},
+                "tasks": policy_action_modes(module, parting, conditions, draws=args.modes, seed=cfg.seed)}
     if args.rollouts:
         rollouts = policy_rollouts(module, conditions, goals, args.rollouts, cfg)
         summary["rollouts"] = {"episodes_per_goal": args.rollouts, "tasks": rollouts,
@@ -181,8 +186,14 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(tasks, summary["advantage_weights"]["mean"], columns))
     if "action_modes" in summary:
         print(format_table(summary["action_modes"]["tasks"], summary["action_modes"]["mean"], MODES))
+        if "where_routes_part" in summary["action_modes"]:
+            parting = summary["action_modes"]["where_routes_part"]
+            print(f"where the expert's routes part ({parting['states']} states):")
+            print(format_table(parting["tasks"], _mean(parting["tasks"], MODES), MODES))
     if "rollouts" in summary:
-        print(format_table(summary["rollouts"]["tasks"], summary["rollouts"]["mean"], ROLLOUT_COLUMNS))
+        tasks = summary["rollouts"]["tasks"]
+        routes = tuple(sorted({k for entry in tasks.values() for k in entry if k.startswith("route_")}))
+        print(format_table(tasks, summary["rollouts"]["mean"], ROLLOUT_COLUMNS + routes))
     if "imagination" in summary:
         print(format_table(summary["imagination"]["tasks"], summary["imagination"]["mean"],
                            IMAGINATION + ("practice_choice", "imagined_choice")))
@@ -313,3 +324,18 @@ def format_table(per_task: dict[str, dict], mean: dict[str, float], columns) -> 
         cells = (entry.get(k, "") if isinstance(entry.get(k, ""), str) else f"{entry[k]:.3f}" for k in columns)
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def routes_parting_states(states: dict) -> dict:
+    """Of each task whose expert has routes, its validation states where the routes act differently."""
+    import torch
+
+    from llmdpd.envs.expert_routes import ROUTES, where_routes_part
+
+    parting = {}
+    for task, (obs, actions) in states.items():
+        if task in ROUTES:
+            mask = torch.as_tensor(where_routes_part(task, obs.numpy()))
+            if mask.any():
+                parting[task] = (obs[mask], actions[mask])
+    return parting

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from llmdpd.envs.metaworld import OBJECT, policy_function, scripted_expert
+from llmdpd.envs.metaworld import HAND, OBJECT, policy_function, scripted_expert
 
 # Each task's routes; the first is Meta-World's own expert.
 ROUTES: dict[str, tuple[str, ...]] = {"push-wall-v3": ("left", "right")}
@@ -35,6 +35,16 @@ def route_expert(task: str, route: str) -> Callable[[np.ndarray], np.ndarray]:
     if route == names[0]:
         return scripted_expert(task)
     return policy_function(_PushWallRightPolicy())
+
+
+def where_routes_part(task: str, observations: np.ndarray) -> np.ndarray:
+    """Which observations [n, 39] of `task` are states where its routes act differently: the object held in front
+    of the wall (within 0.1 of its plane, no farther out than the routes' detours go), the hand on it."""
+    wall_y, left_end, right_end = WALLS[task]
+    obj, hand = observations[:, OBJECT], observations[:, HAND]
+    in_front = (obj[:, 1] >= wall_y - 0.1) & (obj[:, 1] <= wall_y) & (obj[:, 0] >= left_end - 0.08)
+    in_front &= obj[:, 0] <= right_end + 0.08
+    return in_front & (np.linalg.norm(hand - obj, axis=1) < 0.05)
 
 
 def route_taken(task: str, observations: np.ndarray) -> str:
