@@ -104,8 +104,10 @@ COMPARISONS: dict[str, dict[str, str]] = {
        for fold in FOLDS},
     # Push-wall alone, its expert taking two routes round the wall (or one, the control): data whose states need one
     # of two opposite actions (experiments/base/push_wall_two_routes.yaml).
+    # The third method is the diffusion actor as a generative model (uniform denoising steps, temperature 1.5).
     **{f"push_wall_{routes}": {method: f"two_routes/{method}_{routes}" for method in (
-        "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long")} for routes in ROUTE_DATA},
+        "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "llmdpd_x0_rwr_t15_wide_long")}
+       for routes in ROUTE_DATA},
 }
 # Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's
 # unconditional behaviour, and each retrieval rule, imagined practice also with an ensemble of three transition
