@@ -57,13 +57,10 @@ def expert_routes(cfg: ExperimentConfig, task: str) -> tuple[tuple[str, float], 
     if task not in routes:
         return ()
     known = route_names(task)
-    pairs = tuple((str(route), float(weight)) for route, weight in routes[task].items())
-    for route, weight in pairs:
-        if route not in known:
-            raise ConfigError(f"data.routes.{task} names route '{route}'; the task's routes: {list(known)}")
-        if not weight >= 0:
-            raise ConfigError(f"data.routes.{task}.{route} has a negative weight ({weight})")
-    pairs = tuple((route, weight) for route, weight in pairs if weight > 0)
+    pairs = _positive_weights(
+        routes[task].items(), known,
+        unknown=lambda route: f"data.routes.{task} names route '{route}'; the task's routes: {list(known)}",
+        negative=lambda route, weight: f"data.routes.{task}.{route} has a negative weight ({weight})")
     if not pairs:
         raise ConfigError(f"data.routes.{task} gives no route a positive weight")
     return pairs
@@ -72,13 +69,10 @@ def expert_routes(cfg: ExperimentConfig, task: str) -> tuple[tuple[str, float], 
 def behaviour_mixture(cfg: ExperimentConfig, task: str) -> tuple[tuple[tuple[str, float], ...], tuple[str, ...]]:
     """(behaviours, other tasks) of a task's mixed dataset; both empty for noise-only data (v0)."""
     data = cfg.data
-    behaviours = tuple((str(c.kind), float(c.weight)) for c in data.behaviours)
-    for kind, weight in behaviours:
-        if kind not in BEHAVIOURS:
-            raise ConfigError(f"Unknown behaviour '{kind}' in data.behaviours; known: {list(BEHAVIOURS)}")
-        if not weight >= 0:
-            raise ConfigError(f"Behaviour '{kind}' has a negative weight ({weight}) in data.behaviours")
-    behaviours = tuple((kind, weight) for kind, weight in behaviours if weight > 0)
+    behaviours = _positive_weights(
+        ((c.kind, c.weight) for c in data.behaviours), BEHAVIOURS,
+        unknown=lambda kind: f"Unknown behaviour '{kind}' in data.behaviours; known: {list(BEHAVIOURS)}",
+        negative=lambda kind, weight: f"Behaviour '{kind}' has a negative weight ({weight}) in data.behaviours")
     if data.dataset_version == "v0" or all(kind == "noisy" for kind, _ in behaviours):
         return (), ()
     kinds = {kind for kind, _ in behaviours}
@@ -90,6 +84,20 @@ def behaviour_mixture(cfg: ExperimentConfig, task: str) -> tuple[tuple[tuple[str
     if "other_task" in kinds and not other_tasks:
         raise ConfigError(f"Behaviour 'other_task' has no other task for '{task}' (all are unseen tasks)")
     return behaviours, other_tasks
+
+
+def _positive_weights(pairs, known, unknown, negative) -> tuple[tuple[str, float], ...]:
+    """(name, weight) pairs with a positive weight, in order, after checking that every name is `known` and no
+    weight negative (else a ConfigError with `unknown(name)` or `negative(name, weight)`)."""
+    checked = []
+    for name, weight in pairs:
+        name, weight = str(name), float(weight)
+        if name not in known:
+            raise ConfigError(unknown(name))
+        if not weight >= 0:
+            raise ConfigError(negative(name, weight))
+        checked.append((name, weight))
+    return tuple((name, weight) for name, weight in checked if weight > 0)
 
 
 def recipe_for(cfg: ExperimentConfig, task: str, kind: str) -> CollectionRecipe:
