@@ -105,7 +105,8 @@ def test_diagnose_keeps_the_states_where_the_routes_part():
 @pytest.mark.parametrize(
     ("routes", "message"),
     [
-        ("{push-wall-v3: {up: 1.0}}", "data.routes.push-wall-v3 names route 'up'; the task's routes: \\['left', 'right'\\]"),
+        ("{push-wall-v3: {up: 1.0}}",
+         "data.routes.push-wall-v3 names route 'up'; the task's routes: \\['left', 'right'\\]"),
         ("{push-v3: {left: 1.0}}", "data.routes names \\['push-v3'\\], not tasks of this experiment"),
         ("{push-wall-v3: {left: 0.0}}", "data.routes.push-wall-v3 gives no route a positive weight"),
         ("{push-wall-v3: {left: -1.0}}", "data.routes.push-wall-v3.left has a negative weight"),

@@ -34,9 +34,9 @@ _progress = None  # shared episode counter in worker processes
 
 
 def dataset_id(cfg: ExperimentConfig, task: str, kind: str) -> str:
-    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`, `.../mixed-left-right-v1` for a
-    task given routes, `.../mixed-left-right-dense-v1` with `data.dataset_tag: dense`. A task of `data.minari_ids` has one dataset for both kinds: its trajectory prompts
-    are episodes of its own data."""
+    """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`, `.../mixed-left-right-v1` for a task
+    given routes, `.../mixed-left-right-dense-v1` with `data.dataset_tag: dense`. A task of `data.minari_ids` has
+    one dataset for both kinds: its trajectory prompts are episodes of its own data."""
     if task in cfg.data.minari_ids:
         return cfg.data.minari_ids[task]
     tag = cfg.data.dataset_tag

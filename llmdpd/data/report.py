@@ -1,9 +1,10 @@
 """`llmdpd data EXP --report`: what each task's data holds, by behaviour, next to the expert's ceiling.
 
 Per task, a markdown table: for every behaviour of the mixed dataset (and every noise scale of `noisy`;
-every route of the expert where the data have routes), the episodes, their success rate (success at any step) and mean undiscounted return; the prompt dataset;
-and the noiseless scripted expert rolled out once on each validation goal variation
-[train_goals, train_goals + validation_goals) of the task, the ceiling a policy can be compared with.
+every route of the expert where the data have routes), the episodes, their success rate (success at any step)
+and mean undiscounted return; the prompt dataset; and the noiseless scripted expert rolled out once on each
+validation goal variation [train_goals, train_goals + validation_goals) of the task, the ceiling a policy can be
+compared with.
 Datasets written before v1 (no per-episode returns in their metadata) are read back to compute them.
 """
 

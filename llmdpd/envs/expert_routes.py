@@ -34,7 +34,7 @@ def route_expert(task: str, route: str) -> Callable[[np.ndarray], np.ndarray]:
         raise ValueError(f"Task '{task}' has no route '{route}'; its routes: {list(names)}")
     if route == names[0]:
         return scripted_expert(task)
-    return policy_function(_PushWallRightPolicy())
+    return policy_function(_push_wall_right_policy())
 
 
 def where_routes_part(task: str, observations: np.ndarray) -> np.ndarray:
@@ -73,14 +73,12 @@ def _push_wall_right_target(o_d: dict) -> np.ndarray:
     return o_d["goal_pos"]
 
 
-def _policy_class():
+def _push_wall_right_policy():
+    """Meta-World's push-wall policy with the right route's target (imported here: Meta-World's policies load
+    lazily, as in `scripted_expert`)."""
     from metaworld.policies.sawyer_push_wall_v3_policy import SawyerPushWallV3Policy
 
     class PushWallRightPolicy(SawyerPushWallV3Policy):
         _desired_pos = staticmethod(_push_wall_right_target)
 
-    return PushWallRightPolicy
-
-
-def _PushWallRightPolicy():
-    return _policy_class()()
+    return PushWallRightPolicy()
