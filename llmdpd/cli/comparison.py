@@ -40,8 +40,9 @@ FOLDS = tuple(f"fold{k}" for k in range(1, 7))
 FOLD_EVALUATIONS = {f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}
 # The push-wall data with two routes of the expert, and their one-route control.
 ROUTE_DATA = ("two_routes", "one_route", "two_routes_dense")
-# Sampler temperatures of the diffusion actor scored on push-wall (its frozen configuration acts at 0).
-ROUTE_TEMPERATURES = ("0.5", "1.0", "1.5")
+# Sampler temperatures of the diffusion actors scored on push-wall (the frozen configuration acts at 0, the
+# generative one at 1.5).
+ROUTE_TEMPERATURES = ("0.0", "0.5", "1.0", "1.5")
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
     "ml10": {
