@@ -16,8 +16,11 @@ import numpy as np
 
 from llmdpd.envs.metaworld import HAND, OBJECT, policy_function, scripted_expert
 
-# Each task's routes; the first is Meta-World's own expert.
-ROUTES: dict[str, tuple[str, ...]] = {"push-wall-v3": ("left", "right")}
+# Each task's routes; the first is Meta-World's own expert (None), the others build their Meta-World policy.
+_ROUTE_POLICIES: dict[str, dict[str, Callable | None]] = {
+    "push-wall-v3": {"left": None, "right": lambda: _push_wall_right_policy()},
+}
+ROUTES: dict[str, tuple[str, ...]] = {task: tuple(policies) for task, policies in _ROUTE_POLICIES.items()}
 # Each such task's wall: its plane y and its ends in x (Meta-World's push-wall: a box 0.24 wide at x 0.1, y 0.75).
 WALLS: dict[str, tuple[float, float, float]] = {"push-wall-v3": (0.75, -0.02, 0.22)}
 
@@ -32,9 +35,8 @@ def route_expert(task: str, route: str) -> Callable[[np.ndarray], np.ndarray]:
     names = route_names(task)
     if route not in names:
         raise ValueError(f"Task '{task}' has no route '{route}'; its routes: {list(names)}")
-    if route == names[0]:
-        return scripted_expert(task)
-    return policy_function(_push_wall_right_policy())
+    build = _ROUTE_POLICIES.get(task, {}).get(route)
+    return scripted_expert(task) if build is None else policy_function(build())
 
 
 def where_routes_part(task: str, observations: np.ndarray) -> np.ndarray:
@@ -59,18 +61,13 @@ def route_taken(task: str, observations: np.ndarray) -> str:
 
 
 def _push_wall_right_target(o_d: dict) -> np.ndarray:
-    """Meta-World's push-wall target point with the detour round the wall's right end."""
-    hand = o_d["hand_pos"]
-    puck = o_d["obj_pos"] + np.array([-0.005, 0.0, 0.0])
-    if np.linalg.norm(hand[:2] - puck[:2]) > 0.02:  # above the puck
-        return puck + np.array([0.0, 0.0, 0.2])
-    if abs(hand[2] - puck[2]) > 0.04:  # down onto it
-        return puck + np.array([0.0, 0.0, 0.03])
-    if -0.1 <= puck[0] <= 0.3 and 0.65 <= puck[1] <= 0.75:  # in front of the wall: to the right
-        return hand + np.array([1.0, 0.0, 0.0])
-    if (-0.15 < puck[0] < 0.05 or 0.15 < puck[0] < 0.35) and 0.695 <= puck[1] <= 0.755:  # beside it: forward
-        return hand + np.array([0.0, 1.0, 0.0])
-    return o_d["goal_pos"]
+    """Meta-World's push-wall target point, its detour toward -x in front of the wall turned toward +x (it then
+    holds until the puck is past x = 0.3, where Meta-World's band in front of the wall ends)."""
+    from metaworld.policies.sawyer_push_wall_v3_policy import SawyerPushWallV3Policy
+
+    target = SawyerPushWallV3Policy._desired_pos(o_d)
+    left = o_d["hand_pos"] + np.array([-1.0, 0.0, 0.0])
+    return o_d["hand_pos"] + np.array([1.0, 0.0, 0.0]) if np.array_equal(target, left) else target
 
 
 def _push_wall_right_policy():
