@@ -496,7 +496,7 @@ class _FakePolicy(torch.nn.Module):
         trajectory = prompt["prompt_obs"].mean(dim=(1, 2))[:, None] if prompt is not None else torch.full((n, 1), -3.0)
         return torch.cat([text, trajectory, torch.zeros(n, 1)], 1)
 
-    def plan(self, obs_raw, cond, acting=None):
+    def plan(self, obs_raw, cond, acting=None, noise=None):
         """Chunks whose action k is the first action plus k (so the executed position is visible)."""
         self.act_calls += 1
         assert obs_raw.dtype == torch.float32 and obs_raw.shape == (len(cond), 39)
@@ -748,7 +748,7 @@ def test_policy_agent_executes_chunks_before_planning_again():
 class _DriftingPolicy(_FakePolicy):
     """Plan number c (from 0) holds c * 10 + k at its action k, for every episode."""
 
-    def plan(self, obs_raw, cond, acting=None):
+    def plan(self, obs_raw, cond, acting=None, noise=None):
         self.act_calls += 1
         base = 10.0 * (self.act_calls - 1) + torch.arange(self.horizon, dtype=torch.float32)
         return base[None, :, None].expand(len(cond), self.horizon, 4).clone()

@@ -290,21 +290,19 @@ def weights_by_behaviour(module, dm, conditions: dict, beta: float, cfg) -> dict
 
 
 def policy_rollouts(module, conditions: dict, goals, episodes_per_goal: int, cfg) -> dict[str, dict]:
-    """`rollout_diagnostics` of every task in `conditions`, the policy acting as it does in evaluation (with this
-    command's acting-time `policy.*` settings, e.g. `policy.sample_temperature=1.5`)."""
-    import torch
-
+    """`rollout_diagnostics` of every task in `conditions`, the policy acting as it does in evaluation (an
+    `EpisodeActor`: chunks executed, the sampler's noise per episode where set, with this command's acting-time
+    `policy.*` settings, e.g. `policy.sample_temperature=1.5`)."""
+    from llmdpd.evaluation.agent import EpisodeActor
     from llmdpd.evaluation.rollout_diagnostics import rollout_diagnostics
     from llmdpd.evaluation.runner import ACTING_KEYS
 
     acting = {key: cfg.policy[key] for key in ACTING_KEYS if key in cfg.policy}
+    n = len(goals) * episodes_per_goal
 
     def act_for(cond):
-        def act(obs):
-            with torch.no_grad():
-                return module.act(torch.as_tensor(obs).to(module.obs_mean), cond, acting=acting).cpu().numpy()
-
-        return act
+        actor = EpisodeActor(module, cond.expand(n, -1), acting)
+        return lambda obs: actor(obs, list(range(n)))
 
     return {task: rollout_diagnostics(task, act_for(cond), goals, episodes_per_goal, cfg.eval.max_episode_steps,
                                       env_seed=cfg.data.seed)

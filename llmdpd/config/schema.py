@@ -18,6 +18,8 @@ AWR_ADVANTAGES = ("raw", "task", "episode", "return_to_go")
 # The advantages that need no critic: they come from the episodes' outcomes.
 OUTCOME_ADVANTAGES = ("episode", "return_to_go")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
+# When the acting sampler draws its noise: at every call ("step"), or once per episode ("episode").
+SAMPLE_NOISE = ("step", "episode")
 # The acting rules that choose among candidates by the critic's Q.
 Q_ACTING_RULES = ("softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
@@ -35,6 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "policy.q_action": Q_ACTIONS,
     "policy.awr_advantage": AWR_ADVANTAGES,
     "policy.acting": ACTING_RULES,
+    "policy.sample_noise": SAMPLE_NOISE,
     "policy.lr_schedule": LR_SCHEDULES,
     "policy.critic_lr_schedule": LR_SCHEDULES,
     "policy.beta_schedule": ("vp", "linear", "cosine"),
@@ -266,6 +269,11 @@ class PolicyConfig:
     acting_temperature: float = 1.0
     # Temperature of the acting sampler's noise (1: DDPM; 0: the deterministic chain from the zero latent).
     sample_temperature: float = 1.0
+    # When the acting sampler's noise (initial latent and reverse-step noise) is drawn: afresh at every call
+    # ("step"), or once per episode and reused at every call of that episode ("episode"), so that the episode's
+    # policy is one fixed function of the state and stays in the mode its latent picks instead of redrawing the
+    # mode at every step. Evaluation only (the evaluation agents keep one draw per episode).
+    sample_noise: str = "step"
     # Network calls of the acting sampler's reverse chain (0: all `diffusion_steps`); fewer stop the chain early
     # and act on that call's clean-action estimate. 1 call from the zero latent (sample_temperature 0) is the
     # actor's own regression to the mean action E[a | s, c] (`DiffusionActor.sample`).

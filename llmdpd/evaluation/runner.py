@@ -25,7 +25,7 @@ from llmdpd.runs import results_directory
 
 # The `policy.*` settings `llmdpd eval` takes from its own command line rather than from the checkpoint.
 ACTING_KEYS = (
-    "acting", "acting_temperature", "sample_temperature", "sample_steps", "action_noise", "num_candidates",
+    "acting", "acting_temperature", "sample_temperature", "sample_noise", "sample_steps", "action_noise", "num_candidates",
     "guidance_weight", "action_execute", "action_ensemble", "action_ensemble_decay",
 )
 

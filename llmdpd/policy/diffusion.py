@@ -226,6 +226,7 @@ class DiffusionActor(nn.Module):
         null_cond: Optional[Tensor] = None,
         temperature: float = 1.0,
         calls: int = 0,
+        noise: Optional[Tensor] = None,
     ) -> Tensor:
         """Draw one action per row of `obs` [n, S] / `cond` [n, C]; returns [n, A] in [-1, 1].
 
@@ -237,12 +238,23 @@ class DiffusionActor(nn.Module):
         clean-action estimate. With one call from the zero latent the input carries almost nothing of the
         action (sqrt(abar_K) is 0.08 for the VP schedule at K = 5), so the estimate is the actor's regression
         to E[a | s, c]: what a deterministic behaviour cloner predicts, from the same network.
+
+        `noise` [n, K, A] (standard normal) replaces the chain's random draws: row [:, 0] is the initial latent,
+        row [:, j] the noise of the j-th reverse step. Reusing one draw at every step of an episode makes the
+        sampler a fixed function of the state for that episode (`policy.sample_noise: episode`).
         """
         if not 0 <= calls <= self.steps:
             raise ValueError(f"calls must lie in [0, {self.steps}] (0: all {self.steps} steps), got {calls}")
         n = obs.shape[0]
         dtype = self.sqrt_abar.dtype
-        x = temperature * torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)
+        if noise is None:
+            draw = lambda j: torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)  # noqa: E731
+        else:
+            if tuple(noise.shape) != (n, self.steps, self.action_dim):
+                raise ValueError(f"noise must have shape {(n, self.steps, self.action_dim)}, got {tuple(noise.shape)}")
+            noise = noise.to(obs.device, dtype)
+            draw = lambda j: noise[:, j]  # noqa: E731
+        x = temperature * draw(0)
         if null_cond is not None:
             null_cond = null_cond.expand(n, -1)
         last = self.steps - calls if 0 < calls < self.steps else -1  # -1: the whole chain, as it always ran
@@ -255,5 +267,5 @@ class DiffusionActor(nn.Module):
                 return x0
             x = self.posterior_coef_x0[k] * x0 + self.posterior_coef_xt[k] * x
             if k > 0 and temperature > 0:
-                x = x + temperature * self.posterior_std[k] * torch.randn_like(x)
+                x = x + temperature * self.posterior_std[k] * draw(self.steps - k)
         return x.clamp(-1.0, 1.0)

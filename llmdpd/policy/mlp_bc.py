@@ -15,7 +15,7 @@ class MLPActor(nn.Module):
     """a = tanh(MLP([s; c])), trained by MSE to the dataset actions.
 
     Offers the diffusion actor's `loss` / `sample` interface; `sample` ignores guidance (there is no
-    unconditional model to guide with).
+    unconditional model to guide with) and noise (it draws none).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, cond_dim: int, hidden_dim: int = 256, layers: int = 3) -> None:
@@ -43,5 +43,6 @@ class MLPActor(nn.Module):
         null_cond: Optional[Tensor] = None,
         temperature: float = 1.0,
         calls: int = 0,
+        noise: Optional[Tensor] = None,
     ) -> Tensor:
         return self(obs, cond)

@@ -294,13 +294,15 @@ class PolicyDiffusionModule(LightningModule):
         count: Optional[int] = None,
         score: bool = True,
         acting: Optional[Mapping[str, Any]] = None,
+        noise: Optional[Tensor] = None,
     ) -> tuple[Tensor, Optional[Tensor]]:
         """M candidates [n, M, A·T] per raw observation from the EMA actor (chunks of T = `policy.action_horizon`
         actions), in one batched call, and the target critics' min_j Q'_j of each [n, M] (None without a critic or
         with `score=False`).
 
         Classifier-free guidance applies when `policy.guidance_weight != 1`. `acting` overrides acting-time
-        `policy.*` settings for this call (see `act`).
+        `policy.*` settings for this call (see `act`). `noise` [n, M, K, A·T] replaces the sampler's random draws
+        (see `sampler_noise`).
         """
         policy = _with_overrides(self.cfg.policy, acting)
         obs = obs.to(self.obs_mean.device, self.obs_mean.dtype)
@@ -317,11 +319,25 @@ class PolicyDiffusionModule(LightningModule):
         actions = self.ema_actor.sample(
             state_rep, cond_rep, guidance_weight=guidance, null_cond=null, temperature=float(policy.sample_temperature),
             calls=int(policy.sample_steps),
+            noise=None if noise is None else noise.reshape(n * m, *noise.shape[2:]),
         ).float()
         q = None
         if score and self.critic is not None:
             q = self.loss.target_q_min(state_rep, cond_rep, actions).reshape(n, m)
         return actions.reshape(n, m, -1), q
+
+    def sampler_noise(self, n: int, acting: Optional[Mapping[str, Any]] = None) -> Optional[Tensor]:
+        """Standard normal draws [n, M, K, A·T] that replace the acting sampler's noise in `plan` for n rows (M the
+        candidates `plan` draws under `acting`, K the denoising steps): drawn once per episode and passed at every
+        step, they make each episode's policy one fixed function of the state (`policy.sample_noise: episode`).
+        None for an actor that draws no noise (the MLP)."""
+        steps = getattr(self.ema_actor, "steps", None)
+        if steps is None:
+            return None
+        policy = _with_overrides(self.cfg.policy, acting)
+        single = policy.acting == "sample" or (self.critic is None and policy.acting != "mean")
+        m = 1 if single else max(int(policy.num_candidates), 1)
+        return torch.randn(n, m, steps, self.ema_actor.action_dim, device=self.obs_mean.device)
 
     @torch.no_grad()
     def act(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
@@ -330,7 +346,8 @@ class PolicyDiffusionModule(LightningModule):
         return self.plan(obs, cond, acting)[:, 0]
 
     @torch.no_grad()
-    def plan(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
+    def plan(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None,
+             noise: Optional[Tensor] = None) -> Tensor:
         """Action chunks [n, T, A] in [-1, 1] (T = `policy.action_horizon`, 1 without chunks) for raw observations
         [n, S] under conditions [n, C] (or [1, C]).
 
@@ -339,17 +356,18 @@ class PolicyDiffusionModule(LightningModule):
         `policy.num_candidates` and choose by the target critics' Q (see `llmdpd.policy.acting`). The MLP
         baseline returns its single action. `policy.action_noise` adds Gaussian noise of that standard deviation
         to the chosen action before clipping. `acting` (e.g. `{"num_candidates": 32}`, keys of `policy.*`)
-        overrides the trained config's acting-time settings for this call, without changing `self.cfg`.
+        overrides the trained config's acting-time settings for this call, without changing `self.cfg`. `noise`
+        (from `sampler_noise`, for these n rows) replaces the sampler's random draws.
         """
         policy = _with_overrides(self.cfg.policy, acting)
         if policy.acting == "mean":
-            actions, _ = self.candidates(obs, cond, score=False, acting=acting)
+            actions, _ = self.candidates(obs, cond, score=False, acting=acting, noise=noise)
             action = actions.clamp(-1.0, 1.0).mean(1)
         elif self.critic is None or policy.acting == "sample":
-            actions, _ = self.candidates(obs, cond, count=1, score=False, acting=acting)
+            actions, _ = self.candidates(obs, cond, count=1, score=False, acting=acting, noise=noise)
             action = actions[:, 0]
         else:
-            actions, q = self.candidates(obs, cond, acting=acting)
+            actions, q = self.candidates(obs, cond, acting=acting, noise=noise)
             chosen = select_candidates(q, policy.acting, policy.acting_temperature)
             action = actions[torch.arange(actions.shape[0], device=chosen.device), chosen]
         if policy.action_noise > 0:
