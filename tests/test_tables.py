@@ -135,6 +135,43 @@ def test_a_comparison_commit_carries_the_regenerated_tables(tmp_path):
     assert status.stdout == ""
 
 
+def test_a_comparison_commit_leaves_prose_being_written_out(tmp_path):
+    # The commit holds the committed document with its tables regenerated; a draft in the working copy stays a draft
+    # (its tables refreshed too), and nothing else staged is swept in.
+    import subprocess
+
+    from llmdpd.cli.comparison import _commit
+
+    _two_methods(tmp_path)
+    git = ["git", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "config", "user.email", "t@example.org"], check=True)
+    subprocess.run([*git, "config", "user.name", "t"], check=True)
+    block = "<!-- table: llmdpd compare results/*/* --group-by parent -->\n<!-- end table -->\n"
+    (tmp_path / "README.md").write_text("# Title\n" + block)
+    (tmp_path / "other.txt").write_text("one\n")
+    subprocess.run([*git, "add", "README.md", "other.txt", "results/mlp_bc"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
+    (tmp_path / "README.md").write_text("# Title\nA DRAFT PARAGRAPH.\n" + block)
+    (tmp_path / "other.txt").write_text("two\n")
+    subprocess.run([*git, "add", "other.txt"], check=True)  # staged by hand, not the comparison's to commit
+    locks = tmp_path / "results" / ".locks"
+    locks.mkdir()
+
+    _commit(tmp_path / "results" / "no_prompts", "results: no_prompts", locks)
+
+    show = lambda *argv: subprocess.run([*git, *argv], capture_output=True, text=True).stdout  # noqa: E731
+    assert show("show", "--format=%s", "--name-only", "HEAD").split() == [
+        "results:", "no_prompts", "README.md", *sorted(show("ls-files", "results/no_prompts").split())]
+    committed = show("show", "HEAD:README.md")
+    assert "| no_prompts | 2 |" in committed and "DRAFT" not in committed and committed.startswith("# Title\n<!--")
+    working = (tmp_path / "README.md").read_text()
+    assert "DRAFT" in working and "| no_prompts | 2 |" in working
+    assert show("status", "--porcelain", "--untracked-files=no").splitlines() == [" M README.md", "M  other.txt"]
+    _commit(tmp_path / "results" / "no_prompts", "results: no_prompts again", locks)  # nothing new: no commit
+    assert show("log", "--format=%s").splitlines() == ["results: no_prompts", "start"]
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     # `llmdpd tables ... | head -1`: the pipe closes before the second line; no traceback, exit status 0.
     import subprocess

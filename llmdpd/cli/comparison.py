@@ -249,27 +249,66 @@ def _refresh_documents(root: Path) -> list[str]:
 
 def _commit(folder: Path, message: str, locks: Path) -> None:
     """Commit `folder`, and the documents' tables regenerated, in the repository that holds it (which need not
-    be the one running the code)."""
+    be the one running the code). The commit holds the committed documents with new tables only: other edits in
+    the working copy's documents (prose being written) stay uncommitted, their tables refreshed too."""
     from filelock import FileLock
 
     folder = folder.resolve()
-    git = ["git", "-C", str(folder)]
-    top = subprocess.run([*git, "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
     if top.returncode != 0:
         print(f"comparison: {folder} is not in a git repository; nothing committed", file=sys.stderr)
         return
-    root = Path(top.stdout.strip())
+    root = Path(top.stdout.strip()).resolve()
     with FileLock(str(locks / "documents.lock")):  # one invocation at a time rewrites the documents
-        paths = [str(folder), *(str(root / name) for name in _refresh_documents(root))]
-        for attempt in range(10):  # another process may hold git's index lock for a moment
-            added = subprocess.run([*git, "add", *paths], capture_output=True, text=True)
-            done = added.returncode == 0 and subprocess.run(
-                [*git, "commit", "-q", "-m", message, "--", *paths], capture_output=True, text=True
-            ).returncode == 0
-            if done:
+        _refresh_documents(root)
+        for attempt in range(10):  # another commit may move HEAD, or hold git's index lock, for a moment
+            if _commit_with_tables(root, folder.relative_to(root), message):
                 return
             time.sleep(2 + attempt)
     print(f"comparison: could not commit {folder}; commit it by hand", file=sys.stderr)
+
+
+def _commit_with_tables(root: Path, folder: Path, message: str) -> bool:
+    """One try at committing `folder` on HEAD together with HEAD's documents whose tables, regenerated from the
+    working tree's results, changed; built in a scratch index so that nothing else staged or edited is swept in.
+    False if it failed or HEAD moved meanwhile."""
+    import tempfile
+
+    from llmdpd.cli.tables import refresh
+
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "--verify", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if not head:
+        return False
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        call = lambda *argv, **kw: subprocess.run([*git, *argv], capture_output=True, text=True, env=env, **kw)  # noqa: E731
+        if call("read-tree", head).returncode or call("add", "--", str(folder)).returncode:
+            return False
+        paths = [str(folder)]
+        for name in DOCUMENTS:
+            committed = call("show", f"{head}:{name}")
+            if committed.returncode:
+                continue  # not a committed document of this repository
+            try:
+                with contextlib.chdir(root):  # table commands name paths relative to the repository root
+                    text, stale = refresh(committed.stdout)
+            except ValueError:
+                continue  # reported by the working copy's refresh
+            if stale:
+                blob = call("hash-object", "-w", "--stdin", input=text).stdout.strip()
+                if call("update-index", "--cacheinfo", f"100644,{blob},{name}").returncode:
+                    return False
+                paths.append(name)
+        tree = call("write-tree").stdout.strip()
+        if tree and tree == call("rev-parse", f"{head}^{{tree}}").stdout.strip():
+            return True  # already committed
+        commit = call("commit-tree", tree, "-p", head, "-m", message).stdout.strip()
+        if not tree or not commit or call("update-ref", "-m", f"commit: {message}", "HEAD", commit, head).returncode:
+            return False
+    # The real index takes the committed entries of these paths; the working copy keeps its other edits.
+    subprocess.run([*git, "reset", "-q", "--", *paths], capture_output=True, text=True)
+    return True
 
 
 def _llmdpd(*argv: str) -> int:
