@@ -1,5 +1,6 @@
-"""The acting sampler's noise drawn once per episode (`policy.sample_noise: episode`): the given noise is exactly
-the sampler's own draws, each episode keeps its draw, and on bimodal actions an episode keeps its mode."""
+"""The acting sampler's noise drawn once per episode (`policy.sample_noise: episode`, or its latent alone: `latent`):
+the given noise is exactly the sampler's own draws, each episode keeps its draw, and on bimodal actions an episode
+keeps its mode."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def test_given_noise_is_the_samplers_own_draws(temperature):
     assert torch.equal(drawn, given)
     other, _ = module.candidates(obs, cond, count=1, score=False, acting=acting, noise=torch.randn_like(noise))
     assert (other - given).abs().amax() > 1e-3
+    torch.manual_seed(3)  # the latent alone given: the reverse steps draw the rest, as they would have
+    latent = torch.randn(6, 4)[:, None, None]
+    given_latent, _ = module.candidates(obs, cond, count=1, score=False, acting=acting, noise=latent)
+    assert torch.equal(drawn, given_latent)
 
 
 def test_sampler_noise_has_one_row_per_candidate_drawn():
@@ -42,6 +47,7 @@ def test_sampler_noise_has_one_row_per_candidate_drawn():
     assert module.sampler_noise(3).shape == (3, 1, steps, 4)
     assert module.sampler_noise(3, {"acting": "argmax", "num_candidates": 7}).shape == (3, 7, steps, 4)
     assert module.sampler_noise(3, {"acting": "mean", "num_candidates": 5}).shape == (3, 5, steps, 4)
+    assert module.sampler_noise(3, {"sample_noise": "latent"}).shape == (3, 1, 1, 4)
     obs, cond = torch.randn(3, 39), module.prompt_condition(torch.randn(3, 16), None)
     acting = {"acting": "argmax", "num_candidates": 7}
     assert module.plan(obs, cond, acting, noise=module.sampler_noise(3, acting)).shape == (3, 1, 4)
@@ -85,11 +91,17 @@ def test_an_episodes_draw_keeps_it_in_one_mode_of_a_bimodal_policy():
     episodes, states = 64, torch.linspace(-1, 1, 20)
     torch.manual_seed(1)
     noise = torch.randn(episodes, actor.steps, 1)
-    with torch.no_grad():
-        kept = torch.stack([actor.sample(s.expand(episodes, 1), torch.zeros(episodes, 1), noise=noise)
-                            for s in states], 1)[..., 0]  # [episodes, states]
-        fresh = torch.stack([actor.sample(s.expand(episodes, 1), torch.zeros(episodes, 1)) for s in states], 1)[..., 0]
+
+    def draws(noise):  # [episodes, states]: each episode's action at every state
+        with torch.no_grad():
+            return torch.stack([actor.sample(s.expand(episodes, 1), torch.zeros(episodes, 1), noise=noise)
+                                for s in states], 1)[..., 0]
+
+    kept, fresh, latent_only = draws(noise), draws(None), draws(noise[:, :1])
     assert (fresh > 0).float().mean().sub(0.5).abs() < 0.2  # both modes are drawn
     one_mode = lambda a: ((a > 0).all(1) | (a < 0).all(1)).float().mean()  # noqa: E731
     assert one_mode(kept) > 0.9  # an episode's draw stays in its mode from state to state
     assert one_mode(fresh) < 0.1  # fresh noise at every step switches between them
+    # The latent alone does not choose the mode: at K = 5 (VP) the noisiest step keeps sqrt(abar_K) = 0.08 of the
+    # action, so the reverse steps' noise decides it.
+    assert one_mode(latent_only) < 0.1

@@ -197,12 +197,13 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
        for rule in CHOICES["eval.prompt_retrieval"] if rule not in ("none", "distilled")},
     # The push-wall actors trained on two routes (or one) acting at other sampler temperatures: on the validation
     # goals (where the temperature is chosen), and on the seen-test goals; `_episode`: with the sampler's noise
-    # drawn once per episode (`policy.sample_noise=episode`).
+    # drawn once per episode (`policy.sample_noise=episode`), `_latent`: its initial latent only.
     **{f"push_wall_{routes}{split}_t{temperature}{noise}": (
         f"push_wall_{routes}", [*overrides, f"policy.sample_temperature={temperature}", *noise_overrides])
        for routes in ROUTE_DATA for temperature in ROUTE_TEMPERATURES
        for split, overrides in (("_validation", ["eval.split=validation"]), ("", []))
-       for noise, noise_overrides in (("", []), ("_episode", ["policy.sample_noise=episode"]))},
+       for noise, noise_overrides in (("", []), *((f"_{when}", [f"policy.sample_noise={when}"])
+                                                   for when in ("episode", "latent")))},
     # The same actors on the validation goals as trained (temperature 0 for the diffusion actor).
     **{f"push_wall_{routes}_validation": (f"push_wall_{routes}", ["eval.split=validation"]) for routes in ROUTE_DATA},
     # The held-out validation tasks on their validation goals (16 episodes each), under each rule above.

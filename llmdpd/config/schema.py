@@ -18,8 +18,9 @@ AWR_ADVANTAGES = ("raw", "task", "episode", "return_to_go")
 # The advantages that need no critic: they come from the episodes' outcomes.
 OUTCOME_ADVANTAGES = ("episode", "return_to_go")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
-# When the acting sampler draws its noise: at every call ("step"), or once per episode ("episode").
-SAMPLE_NOISE = ("step", "episode")
+# When the acting sampler draws its noise: at every call ("step"), once per episode ("episode"), or its initial
+# latent once per episode and its reverse-step noise at every call ("latent").
+SAMPLE_NOISE = ("step", "episode", "latent")
 # The acting rules that choose among candidates by the critic's Q.
 Q_ACTING_RULES = ("softmax", "argmax")
 LR_SCHEDULES = ("cosine", "constant")
@@ -272,7 +273,8 @@ class PolicyConfig:
     # When the acting sampler's noise (initial latent and reverse-step noise) is drawn: afresh at every call
     # ("step"), or once per episode and reused at every call of that episode ("episode"), so that the episode's
     # policy is one fixed function of the state and stays in the mode its latent picks instead of redrawing the
-    # mode at every step. Evaluation only (the evaluation agents keep one draw per episode).
+    # mode at every step; or "latent": the initial latent once per episode, the reverse steps' noise afresh at every
+    # call. Evaluation and `diagnose --rollouts` only (their agents keep one draw per episode).
     sample_noise: str = "step"
     # Network calls of the acting sampler's reverse chain (0: all `diffusion_steps`); fewer stop the chain early
     # and act on that call's clean-action estimate. 1 call from the zero latent (sample_temperature 0) is the

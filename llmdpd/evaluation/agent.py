@@ -40,7 +40,7 @@ class EpisodeActor:
       `policy.action_ensemble` it plans for every episode at every step and executes the weighted average of the
       current step's action over the plans still covering it (ACT's temporal ensembling).
     - With `policy.sample_noise: episode` the sampler's noise is drawn once per episode, here, and reused at every
-      call, so that each episode follows one fixed function of the state.
+      call, so that each episode follows one fixed function of the state; with `latent`, its initial latent only.
     """
 
     def __init__(self, module, condition: torch.Tensor, acting: Mapping[str, Any] | None = None) -> None:
@@ -54,9 +54,9 @@ class EpisodeActor:
         self.ensemble_decay = float(setting["action_ensemble_decay"])
         check_chunk_acting(int(module.cfg.policy.action_horizon), self.execute, self.ensemble)
         self.condition = condition
-        # One draw of the sampler's noise per episode [E, M, K, A·T], or None (fresh noise at every call).
+        # One draw of the sampler's noise per episode [E, M, J, A·T], or None (fresh noise at every call).
         self.noise = None
-        if setting.get("sample_noise", "step") == "episode":
+        if setting.get("sample_noise", "step") != "step":
             self.noise = module.sampler_noise(len(condition), self.acting)
         # Per episode (index into `condition`), the planned actions not yet executed [k, A]; with the ensemble, the
         # rest of every plan still covering the next step, oldest first.

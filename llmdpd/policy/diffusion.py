@@ -239,21 +239,26 @@ class DiffusionActor(nn.Module):
         action (sqrt(abar_K) is 0.08 for the VP schedule at K = 5), so the estimate is the actor's regression
         to E[a | s, c]: what a deterministic behaviour cloner predicts, from the same network.
 
-        `noise` [n, K, A] (standard normal) replaces the chain's random draws: row [:, 0] is the initial latent,
-        row [:, j] the noise of the j-th reverse step. Reusing one draw at every step of an episode makes the
-        sampler a fixed function of the state for that episode (`policy.sample_noise: episode`).
+        `noise` [n, J, A] (standard normal, 1 <= J <= K) replaces the chain's first J random draws: [:, 0] is the
+        initial latent, [:, j] the noise of the j-th reverse step; later steps draw afresh. Reusing all K draws at
+        every step of an episode makes the sampler a fixed function of the state for that episode
+        (`policy.sample_noise: episode`); reusing the latent alone (J = 1) fixes where the chain starts and leaves
+        its step noise fresh (`latent`).
         """
         if not 0 <= calls <= self.steps:
             raise ValueError(f"calls must lie in [0, {self.steps}] (0: all {self.steps} steps), got {calls}")
         n = obs.shape[0]
         dtype = self.sqrt_abar.dtype
-        if noise is None:
-            draw = lambda j: torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)  # noqa: E731
-        else:
-            if tuple(noise.shape) != (n, self.steps, self.action_dim):
-                raise ValueError(f"noise must have shape {(n, self.steps, self.action_dim)}, got {tuple(noise.shape)}")
+        given = 0 if noise is None else noise.shape[1]
+        if noise is not None:
+            if noise.dim() != 3 or noise.shape[0] != n or noise.shape[2] != self.action_dim or not 1 <= given <= self.steps:
+                raise ValueError(f"noise must have shape ({n}, J, {self.action_dim}) with 1 <= J <= {self.steps}, "
+                                 f"got {tuple(noise.shape)}")
             noise = noise.to(obs.device, dtype)
-            draw = lambda j: noise[:, j]  # noqa: E731
+
+        def draw(j: int) -> Tensor:
+            return noise[:, j] if j < given else torch.randn(n, self.action_dim, device=obs.device, dtype=dtype)
+
         x = temperature * draw(0)
         if null_cond is not None:
             null_cond = null_cond.expand(n, -1)

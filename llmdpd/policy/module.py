@@ -327,17 +327,19 @@ class PolicyDiffusionModule(LightningModule):
         return actions.reshape(n, m, -1), q
 
     def sampler_noise(self, n: int, acting: Optional[Mapping[str, Any]] = None) -> Optional[Tensor]:
-        """Standard normal draws [n, M, K, A·T] that replace the acting sampler's noise in `plan` for n rows (M the
-        candidates `plan` draws under `acting`, K the denoising steps): drawn once per episode and passed at every
-        step, they make each episode's policy one fixed function of the state (`policy.sample_noise: episode`).
-        None for an actor that draws no noise (the MLP)."""
+        """Standard normal draws [n, M, J, A·T] that replace the acting sampler's first J draws in `plan` for n rows
+        (M the candidates `plan` draws under `acting`; J = K, the denoising steps, under `policy.sample_noise:
+        episode`, 1 under `latent`). Drawn once per episode and passed at every step, the K draws make each
+        episode's policy one fixed function of the state; the latent alone fixes where each chain starts. None
+        for an actor that draws no noise (the MLP)."""
         steps = getattr(self.ema_actor, "steps", None)
         if steps is None:
             return None
         policy = _with_overrides(self.cfg.policy, acting)
         single = policy.acting == "sample" or (self.critic is None and policy.acting != "mean")
         m = 1 if single else max(int(policy.num_candidates), 1)
-        return torch.randn(n, m, steps, self.ema_actor.action_dim, device=self.obs_mean.device)
+        given = 1 if policy.sample_noise == "latent" else steps
+        return torch.randn(n, m, given, self.ema_actor.action_dim, device=self.obs_mean.device)
 
     @torch.no_grad()
     def act(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
