@@ -312,7 +312,7 @@ def test_argmax_acting_picks_the_best_candidate_by_target_min_q():
     candidates = torch.rand(n * m, ACT) * 2 - 1
     seen = {}
 
-    def fake_sample(obs, cond, guidance_weight=1.0, null_cond=None, temperature=1.0, calls=0):
+    def fake_sample(obs, cond, guidance_weight=1.0, null_cond=None, temperature=1.0, calls=0, noise=None):
         seen["obs"], seen["cond"] = obs, cond
         return candidates
 
