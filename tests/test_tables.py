@@ -29,7 +29,7 @@ def test_documented_tables_match_the_committed_results(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "README.md: 16 tables, 0 stale" in captured.out
-    assert "docs/results.md: 24 tables, 0 stale" in captured.out
+    assert "docs/results.md: 25 tables, 0 stale" in captured.out
 
 
 def _two_methods(root: Path) -> None:
@@ -107,69 +107,68 @@ def test_a_bad_command_in_a_block_is_one_line(tmp_path, monkeypatch, capsys):
     assert "is not a valid command" in err and "--no-such-option" in err and "\n" not in err
 
 
-def test_a_comparison_commit_carries_the_regenerated_tables(tmp_path):
-    # `llmdpd comparison --commit` commits a finished run's results with the documents' tables made from them.
+BLOCK_OF_TWO = "<!-- table: llmdpd compare results/*/* --group-by parent -->\n<!-- end table -->\n"
+
+
+def _results_repository(tmp_path, readme: str, *extra: tuple[str, str]):
+    """A git repository at tmp_path: mlp_bc's results and `readme` (and any (name, text) files) committed,
+    no_prompts' results not yet; returns a function that runs git there and gives its output."""
     import subprocess
 
+    _two_methods(tmp_path)
+    (tmp_path / "README.md").write_text(readme)
+    for name, text in extra:
+        (tmp_path / name).write_text(text)
+
+    def git(*argv: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), *argv], capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    git("add", "README.md", "results/mlp_bc", *(name for name, _ in extra))
+    git("commit", "-q", "-m", "start")
+    (tmp_path / "results" / ".locks").mkdir()
+    return git
+
+
+def test_a_comparison_commit_carries_the_regenerated_tables(tmp_path):
+    # `llmdpd comparison --commit` commits a finished run's results with the documents' tables made from them.
     from llmdpd.cli.comparison import _commit
 
-    _two_methods(tmp_path)
-    git = ["git", "-C", str(tmp_path)]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "config", "user.email", "t@example.org"], check=True)
-    subprocess.run([*git, "config", "user.name", "t"], check=True)
-    command = "llmdpd compare results/*/* --group-by parent"
-    (tmp_path / "README.md").write_text(f"<!-- table: {command} -->\n<!-- end table -->\n")
-    subprocess.run([*git, "add", "README.md", "results/mlp_bc"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
-    locks = tmp_path / "results" / ".locks"
-    locks.mkdir()
+    git = _results_repository(tmp_path, BLOCK_OF_TWO)
 
-    _commit(tmp_path / "results" / "no_prompts", "results: no_prompts", locks)
+    _commit(tmp_path / "results" / "no_prompts", "results: no_prompts", tmp_path / "results" / ".locks")
 
-    shown = subprocess.run([*git, "show", "--stat", "--format=%s", "HEAD"], capture_output=True, text=True).stdout
+    shown = git("show", "--stat", "--format=%s", "HEAD")
     assert shown.startswith("results: no_prompts") and "README.md" in shown and "no_prompts/seed1/eval.json" in shown
-    readme = subprocess.run([*git, "show", "HEAD:README.md"], capture_output=True, text=True).stdout
+    readme = git("show", "HEAD:README.md")
     assert "| mlp_bc | 2 |" in readme and "| no_prompts | 2 |" in readme
-    status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    assert status.stdout == ""
+    assert git("status", "--porcelain", "--untracked-files=no") == ""
 
 
 def test_a_comparison_commit_leaves_prose_being_written_out(tmp_path):
     # The commit holds the committed document with its tables regenerated; a draft in the working copy stays a draft
     # (its tables refreshed too), and nothing else staged is swept in.
-    import subprocess
-
     from llmdpd.cli.comparison import _commit
 
-    _two_methods(tmp_path)
-    git = ["git", "-C", str(tmp_path)]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "config", "user.email", "t@example.org"], check=True)
-    subprocess.run([*git, "config", "user.name", "t"], check=True)
-    block = "<!-- table: llmdpd compare results/*/* --group-by parent -->\n<!-- end table -->\n"
-    (tmp_path / "README.md").write_text("# Title\n" + block)
-    (tmp_path / "other.txt").write_text("one\n")
-    subprocess.run([*git, "add", "README.md", "other.txt", "results/mlp_bc"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
-    (tmp_path / "README.md").write_text("# Title\nA DRAFT PARAGRAPH.\n" + block)
+    git = _results_repository(tmp_path, "# Title\n" + BLOCK_OF_TWO, ("other.txt", "one\n"))
+    (tmp_path / "README.md").write_text("# Title\nA DRAFT PARAGRAPH.\n" + BLOCK_OF_TWO)
     (tmp_path / "other.txt").write_text("two\n")
-    subprocess.run([*git, "add", "other.txt"], check=True)  # staged by hand, not the comparison's to commit
+    git("add", "other.txt")  # staged by hand, not the comparison's to commit
     locks = tmp_path / "results" / ".locks"
-    locks.mkdir()
 
     _commit(tmp_path / "results" / "no_prompts", "results: no_prompts", locks)
 
-    show = lambda *argv: subprocess.run([*git, *argv], capture_output=True, text=True).stdout  # noqa: E731
-    assert show("show", "--format=%s", "--name-only", "HEAD").split() == [
-        "results:", "no_prompts", "README.md", *sorted(show("ls-files", "results/no_prompts").split())]
-    committed = show("show", "HEAD:README.md")
+    assert git("show", "--format=%s", "--name-only", "HEAD").split() == [
+        "results:", "no_prompts", "README.md", *sorted(git("ls-files", "results/no_prompts").split())]
+    committed = git("show", "HEAD:README.md")
     assert "| no_prompts | 2 |" in committed and "DRAFT" not in committed and committed.startswith("# Title\n<!--")
     working = (tmp_path / "README.md").read_text()
     assert "DRAFT" in working and "| no_prompts | 2 |" in working
-    assert show("status", "--porcelain", "--untracked-files=no").splitlines() == [" M README.md", "M  other.txt"]
+    assert git("status", "--porcelain", "--untracked-files=no").splitlines() == [" M README.md", "M  other.txt"]
     _commit(tmp_path / "results" / "no_prompts", "results: no_prompts again", locks)  # nothing new: no commit
-    assert show("log", "--format=%s").splitlines() == ["results: no_prompts", "start"]
+    assert git("log", "--format=%s").splitlines() == ["results: no_prompts", "start"]
 
 
 def test_a_reader_that_goes_away_ends_the_command_quietly():

@@ -38,8 +38,9 @@ FOLDS = tuple(f"fold{k}" for k in range(1, 7))
 # Each fold's benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): itself, as
 # it was trained (its experiments already leave the seen test out).
 FOLD_EVALUATIONS = {f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}
-# The push-wall data with two routes of the expert, and their one-route control.
-ROUTE_DATA = ("two_routes", "one_route", "two_routes_dense")
+# The push-wall data with two routes of the expert (100 episodes; 1,000: dense; 1,000 with little noise: clean), and
+# their one-route control.
+ROUTE_DATA = ("two_routes", "one_route", "two_routes_dense", "two_routes_clean")
 # Sampler temperatures of the diffusion actors scored on push-wall (the frozen configuration acts at 0, the
 # generative one at 1.5).
 ROUTE_TEMPERATURES = ("0.0", "0.5", "1.0", "1.5")
