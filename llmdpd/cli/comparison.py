@@ -107,11 +107,12 @@ COMPARISONS: dict[str, dict[str, str]] = {
     # Push-wall alone, its expert taking two routes round the wall (or one, the control): data whose states need one
     # of two opposite actions (experiments/base/push_wall_two_routes.yaml).
     # The third method is the diffusion actor as a generative model (uniform denoising steps, temperature 1.5); on the
-    # dense data it and the MLP also act in chunks of 16 actions, 8 executed per call.
+    # dense data it and the MLP also act in chunks of 16 actions, 8 executed per call; on the clean data they are also
+    # trained without the return weighting (`_unweighted`), which there tells the routes apart.
     **{f"push_wall_{routes}": {method: f"two_routes/{method}_{routes}" for method in (
         "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "llmdpd_x0_rwr_t15_wide_long",
-        *(f"{actor}_chunks" for actor in ("llmdpd_x0_rwr_t15_wide_long", "mlp_bc_prompts_rwr_wide_long")
-          if routes == "two_routes_dense"))}
+        *(f"{actor}_{variant}" for actor in ("llmdpd_x0_rwr_t15_wide_long", "mlp_bc_prompts_rwr_wide_long")
+          for variant, data in (("chunks", "two_routes_dense"), ("unweighted", "two_routes_clean")) if routes == data))}
        for routes in ROUTE_DATA},
 }
 # Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's
