@@ -251,7 +251,8 @@ class DiffusionActor(nn.Module):
         dtype = self.sqrt_abar.dtype
         given = 0 if noise is None else noise.shape[1]
         if noise is not None:
-            if noise.dim() != 3 or noise.shape[0] != n or noise.shape[2] != self.action_dim or not 1 <= given <= self.steps:
+            shaped = noise.dim() == 3 and (noise.shape[0], noise.shape[2]) == (n, self.action_dim)
+            if not shaped or not 1 <= given <= self.steps:
                 raise ValueError(f"noise must have shape ({n}, J, {self.action_dim}) with 1 <= J <= {self.steps}, "
                                  f"got {tuple(noise.shape)}")
             noise = noise.to(obs.device, dtype)

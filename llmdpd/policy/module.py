@@ -301,8 +301,8 @@ class PolicyDiffusionModule(LightningModule):
         with `score=False`).
 
         Classifier-free guidance applies when `policy.guidance_weight != 1`. `acting` overrides acting-time
-        `policy.*` settings for this call (see `act`). `noise` [n, M, K, A·T] replaces the sampler's random draws
-        (see `sampler_noise`).
+        `policy.*` settings for this call (see `act`). `noise` [n, M, J, A·T] replaces the sampler's first J random
+        draws (see `sampler_noise`).
         """
         policy = _with_overrides(self.cfg.policy, acting)
         obs = obs.to(self.obs_mean.device, self.obs_mean.dtype)
@@ -336,10 +336,14 @@ class PolicyDiffusionModule(LightningModule):
         if steps is None:
             return None
         policy = _with_overrides(self.cfg.policy, acting)
-        single = policy.acting == "sample" or (self.critic is None and policy.acting != "mean")
-        m = 1 if single else max(int(policy.num_candidates), 1)
+        m = 1 if self._draws_one(policy) else max(int(policy.num_candidates), 1)
         given = 1 if policy.sample_noise == "latent" else steps
         return torch.randn(n, m, given, self.ema_actor.action_dim, device=self.obs_mean.device)
+
+    def _draws_one(self, policy: Any) -> bool:
+        """Whether `plan` draws one candidate under these acting settings (`sample`, or a rule by Q without a
+        critic) rather than `policy.num_candidates`."""
+        return policy.acting != "mean" and (self.critic is None or policy.acting == "sample")
 
     @torch.no_grad()
     def act(self, obs: Tensor, cond: Tensor, acting: Optional[Mapping[str, Any]] = None) -> Tensor:
@@ -365,7 +369,7 @@ class PolicyDiffusionModule(LightningModule):
         if policy.acting == "mean":
             actions, _ = self.candidates(obs, cond, score=False, acting=acting, noise=noise)
             action = actions.clamp(-1.0, 1.0).mean(1)
-        elif self.critic is None or policy.acting == "sample":
+        elif self._draws_one(policy):
             actions, _ = self.candidates(obs, cond, count=1, score=False, acting=acting, noise=noise)
             action = actions[:, 0]
         else:
