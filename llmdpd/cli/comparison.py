@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from llmdpd.config.schema import CHOICES
 from llmdpd.provenance import PROVENANCE, read_provenance, record_provenance
@@ -231,23 +233,18 @@ def register(sub) -> None:
 DOCUMENTS = ("README.md", "docs/results.md")
 
 
-def _refresh_documents(root: Path) -> list[str]:
-    """Regenerate the tables of `root`'s documents from its results; the documents that changed."""
+def _refresh_documents(root: Path, render_block: Callable[[str], str]) -> None:
+    """Regenerate the tables of `root`'s documents (in the working copy) from its results."""
     from llmdpd.cli.tables import refresh_file
 
-    changed = []
     with contextlib.chdir(root):  # table commands name paths relative to the repository root
         for name in DOCUMENTS:
             if not Path(name).is_file():
                 continue
             try:
-                _, stale = refresh_file(Path(name))
+                refresh_file(Path(name), render_block=render_block)
             except ValueError as err:
                 print(f"comparison: {name}: tables not regenerated ({err}); run `llmdpd tables {name}`", file=sys.stderr)
-                continue
-            if stale:
-                changed.append(name)
-    return changed
 
 
 def _commit(folder: Path, message: str, locks: Path) -> None:
@@ -256,6 +253,8 @@ def _commit(folder: Path, message: str, locks: Path) -> None:
     the working copy's documents (prose being written) stay uncommitted, their tables refreshed too."""
     from filelock import FileLock
 
+    from llmdpd.cli.tables import render
+
     folder = folder.resolve()
     top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
     if top.returncode != 0:
@@ -263,15 +262,17 @@ def _commit(folder: Path, message: str, locks: Path) -> None:
         return
     root = Path(top.stdout.strip()).resolve()
     with FileLock(str(locks / "documents.lock")):  # one invocation at a time rewrites the documents
-        _refresh_documents(root)
+        # Each table once: the working copy's documents and the committed ones mostly share their commands.
+        render_block = functools.cache(render)
+        _refresh_documents(root, render_block)
         for attempt in range(10):  # another commit may move HEAD, or hold git's index lock, for a moment
-            if _commit_with_tables(root, folder.relative_to(root), message):
+            if _commit_with_tables(root, folder.relative_to(root), message, render_block):
                 return
             time.sleep(2 + attempt)
     print(f"comparison: could not commit {folder}; commit it by hand", file=sys.stderr)
 
 
-def _commit_with_tables(root: Path, folder: Path, message: str) -> bool:
+def _commit_with_tables(root: Path, folder: Path, message: str, render_block: Callable[[str], str]) -> bool:
     """One try at committing `folder` on HEAD together with HEAD's documents whose tables, regenerated from the
     working tree's results, changed; built in a scratch index so that nothing else staged or edited is swept in.
     False if it failed or HEAD moved meanwhile."""
@@ -285,7 +286,10 @@ def _commit_with_tables(root: Path, folder: Path, message: str) -> bool:
         return False
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        call = lambda *argv, **kw: subprocess.run([*git, *argv], capture_output=True, text=True, env=env, **kw)  # noqa: E731
+
+        def call(*argv: str, **kw: Any) -> subprocess.CompletedProcess:
+            return subprocess.run([*git, *argv], capture_output=True, text=True, env=env, **kw)
+
         if call("read-tree", head).returncode or call("add", "--", str(folder)).returncode:
             return False
         paths = [str(folder)]
@@ -295,7 +299,7 @@ def _commit_with_tables(root: Path, folder: Path, message: str) -> bool:
                 continue  # not a committed document of this repository
             try:
                 with contextlib.chdir(root):  # table commands name paths relative to the repository root
-                    text, stale = refresh(committed.stdout)
+                    text, stale = refresh(committed.stdout, render_block)
             except ValueError:
                 continue  # reported by the working copy's refresh
             if stale:

@@ -21,6 +21,7 @@ import re
 import shlex
 import sys
 from pathlib import Path
+from typing import Callable
 
 from llmdpd.files import write_text_atomic
 
@@ -70,12 +71,13 @@ def render(command: str) -> str:
     return f"```bash\n{command}\n```\n\n{out.getvalue().rstrip()}\n"
 
 
-def refresh(text: str) -> tuple[str, list[str]]:
-    """`text` with every table block regenerated, and the commands of the blocks whose body changed."""
+def refresh(text: str, render_block: Callable[[str], str] = render) -> tuple[str, list[str]]:
+    """`text` with every table block regenerated (by `render_block`, e.g. a cached `render` when several texts share
+    commands), and the commands of the blocks whose body changed."""
     stale: list[str] = []
 
     def replace(match: re.Match) -> str:
-        body = render(match.group(2))
+        body = render_block(match.group(2))
         if body != match.group(3):
             stale.append(match.group(2))
         return match.group(1) + body + match.group(4)
@@ -83,11 +85,11 @@ def refresh(text: str) -> tuple[str, list[str]]:
     return BLOCK.sub(replace, text), stale
 
 
-def refresh_file(path: Path, write: bool = True) -> tuple[int, list[str]]:
+def refresh_file(path: Path, write: bool = True, render_block: Callable[[str], str] = render) -> tuple[int, list[str]]:
     """Regenerate `path`'s tables (rewritten in one atomic replace when `write` and one changed); the number of
     blocks and the commands of the stale ones. A ValueError names a block whose command fails."""
     text = path.read_text()
-    new, stale = refresh(text)
+    new, stale = refresh(text, render_block)
     if write and stale:
         write_text_atomic(path, new)
     return len(BLOCK.findall(text)), stale
