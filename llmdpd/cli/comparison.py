@@ -110,11 +110,13 @@ COMPARISONS: dict[str, dict[str, str]] = {
     # of two opposite actions (experiments/base/push_wall_two_routes.yaml).
     # The third method is the diffusion actor as a generative model (uniform denoising steps, temperature 1.5); on the
     # dense data it and the MLP also act in chunks of 16 actions, 8 executed per call; on the clean data they are also
-    # trained without the return weighting (`_unweighted`), which there tells the routes apart.
+    # trained without the return weighting (`_unweighted`), which there tells the routes apart, and with each
+    # episode's return ranked only among the episodes nearest it by path (`_neighbours`).
     **{f"push_wall_{routes}": {method: f"two_routes/{method}_{routes}" for method in (
         "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "llmdpd_x0_rwr_t15_wide_long",
         *(f"{actor}_{variant}" for actor in ("llmdpd_x0_rwr_t15_wide_long", "mlp_bc_prompts_rwr_wide_long")
-          for variant, data in (("chunks", "two_routes_dense"), ("unweighted", "two_routes_clean")) if routes == data))}
+          for variant, data in (("chunks", "two_routes_dense"), ("unweighted", "two_routes_clean"),
+                                    ("neighbours", "two_routes_clean")) if routes == data))}
        for routes in ROUTE_DATA},
 }
 # Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's

@@ -272,14 +272,17 @@ def with_aligned_prompt_encoders(module, align_ckpt: Path):
 
 
 def weights_by_behaviour(module, dm, conditions: dict, beta: float, cfg) -> dict:
-    """`advantage_weights` of every training task's mixed data, with each episode's behaviour."""
+    """`advantage_weights` of every training task's mixed data, with each episode's behaviour (and route)."""
     from llmdpd.config.load import ConfigError
     from llmdpd.data.generate import dataset_id
     from llmdpd.data.report import episode_outcomes
     from llmdpd.evaluation.advantage_weights import advantage_weights
 
-    episodes = {task: (dm.data_episodes(task), episode_outcomes(dm.root, dataset_id(cfg, task, "mixed"))["behaviours"])
-                for task in conditions}
+    def labels(task: str) -> list[str]:  # each episode's behaviour, and its expert's route where the data have routes
+        outcomes = episode_outcomes(dm.root, dataset_id(cfg, task, "mixed"))
+        return [f"{b}@{r}" if r else b for b, r in zip(outcomes["behaviours"], outcomes["routes"])]
+
+    episodes = {task: (dm.data_episodes(task), labels(task)) for task in conditions}
     try:
         tasks = advantage_weights(module, episodes, conditions, beta, cfg.policy.awr_advantage)
     except ValueError as err:

@@ -17,6 +17,9 @@ Q_ACTIONS = ("chain", "one_step")
 AWR_ADVANTAGES = ("raw", "task", "episode", "return_to_go")
 # The advantages that need no critic: they come from the episodes' outcomes.
 OUTCOME_ADVANTAGES = ("episode", "return_to_go")
+# What the episode advantage ranks an episode's return against: its task's other episodes, or the episodes of its
+# task nearest to it by path (llmdpd/data/neighbour_returns.py).
+AWR_BASELINES = ("task", "neighbours")
 ACTING_RULES = ("sample", "mean", "softmax", "argmax")
 # When the acting sampler draws its noise: at every call ("step"), once per episode ("episode"), or its initial
 # latent once per episode and its reverse-step noise at every call ("latent").
@@ -37,6 +40,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "policy.critic": CRITIC_KINDS,
     "policy.q_action": Q_ACTIONS,
     "policy.awr_advantage": AWR_ADVANTAGES,
+    "policy.awr_baseline": AWR_BASELINES,
     "policy.acting": ACTING_RULES,
     "policy.sample_noise": SAMPLE_NOISE,
     "policy.lr_schedule": LR_SCHEDULES,
@@ -263,6 +267,11 @@ class PolicyConfig:
     # "return_to_go" (G_t - V(s, c), G_t the discounted return to the episode's end and V regressed on it by MSE,
     # standardised within each task: the outcome's signal with per-step resolution; no critic needed).
     awr_advantage: str = "raw"
+    # With awr_advantage "episode": "task" ranks each episode's return among its task's episodes; "neighbours"
+    # first subtracts the mean return of the `awr_neighbours` episodes of its task nearest by path, so an episode
+    # is ranked only among those that went its way and a longer route keeps its share of the weight.
+    awr_baseline: str = "task"
+    awr_neighbours: int = 50
     # Acting: M candidates from the EMA actor, then "sample" (the first), "mean" (their average: the policy's
     # expected action, without the behaviour's noise), "softmax" (Boltzmann over the target critic's Q
     # standardised across a state's candidates, temperature `acting_temperature`) or "argmax".

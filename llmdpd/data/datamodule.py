@@ -22,7 +22,8 @@ from llmdpd.data import tasks as task_registry
 from llmdpd.data.generate import dataset_id
 from llmdpd.data import keys as K
 from llmdpd.data.keys import PROMPT_SOURCE, PROMPT_STEP_KEYS, TRANSITION_KEYS
-from llmdpd.data.episode_store import EpisodeStore, action_chunks, episode_returns, n_step_returns, returns_to_go, prompt_indices, stack_prompt_stores
+from llmdpd.data.episode_store import EpisodeStore, action_chunks, n_step_returns, returns_to_go, prompt_indices, stack_prompt_stores
+from llmdpd.data.neighbour_returns import advantage_returns
 from llmdpd.data.minari_store import DatasetError, load_dataset, read_episodes, read_metadata
 from llmdpd.data.normalizer import Normalizer
 
@@ -109,7 +110,8 @@ class MetaWorldDataModule(L.LightningDataModule):
         self.normalizer = Normalizer.fit(store.transitions[K.OBS], self.reward_scale)
         # Normalise once, here, so that sampling is pure indexing.
         store.transitions.update(self.normalizer.transitions(store.transitions))
-        store.transitions[K.EPISODE_RETURN] = episode_returns(store)
+        policy = self.cfg.policy
+        store.transitions[K.EPISODE_RETURN] = advantage_returns(store, policy.awr_baseline, int(policy.awr_neighbours))
         store.transitions[K.RETURN_TO_GO] = returns_to_go(store, float(self.cfg.policy.gamma))
         # The critic's targets: n-step returns within each episode (reward, discount, next_obs replaced).
         store.transitions.update(n_step_returns(store, int(self.cfg.policy.n_step), float(self.cfg.policy.gamma)))

@@ -24,7 +24,9 @@ import torch
 from tensordict import TensorDict
 from torch import Tensor
 
-from llmdpd.data.episode_store import EpisodeStore, episode_returns, returns_to_go
+from llmdpd.data import keys as K
+from llmdpd.data.episode_store import EpisodeStore, returns_to_go
+from llmdpd.data.neighbour_returns import advantage_returns
 from llmdpd.policy.loss import OUTCOME_ADVANTAGES, awr_weights, outcome_advantage, standardise_per_task
 
 
@@ -39,11 +41,13 @@ def advantage_of(module, kind: str, episodes: list[dict[str, np.ndarray]], obs: 
         outcome_value = getattr(module.loss, "outcome_value", None)
         if kind == "return_to_go" and outcome_value is None:
             raise ValueError("the return-to-go advantage needs the checkpoint's outcome value (policy.awr_beta > 0)")
-        store, scale = EpisodeStore([episodes]), module.reward_scale.to(obs)
+        store, scale, policy = EpisodeStore([episodes]), module.reward_scale.to(obs), module.cfg.policy
         if kind == "episode":
-            outcome = {"episode_return": episode_returns(store).to(obs) * scale}
+            store.transitions[K.OBS] = obs.to(store.transitions[K.OBS])  # paths compare normalised states
+            outcome = {"episode_return": advantage_returns(store, policy.awr_baseline, int(policy.awr_neighbours)).to(obs)
+                       * scale}
         else:
-            outcome = {"return_to_go": returns_to_go(store, float(module.cfg.policy.gamma)).to(obs) * scale}
+            outcome = {"return_to_go": returns_to_go(store, float(policy.gamma)).to(obs) * scale}
         td = TensorDict({"obs": obs, "cond": cond, "task": task, **outcome}, batch_size=[len(obs)])
         return outcome_advantage(td, kind, outcome_value)[0]
     if module.loss.value is None:
