@@ -230,7 +230,8 @@ def test_outcome_advantages_by_behaviour_by_hand():
                 "rewards": np.float32(rewards), "terminations": np.zeros(steps, bool)}
 
     module = _ScoredBehaviours()
-    module.reward_scale, module.cfg = torch.tensor(2.0), SimpleNamespace(policy=SimpleNamespace(gamma=1.0))
+    module.reward_scale, module.cfg = torch.tensor(2.0), SimpleNamespace(
+        policy=SimpleNamespace(gamma=1.0, awr_baseline="task", awr_neighbours=50))
     module.loss = SimpleNamespace(outcome_value=lambda obs, cond: torch.zeros(len(obs), 1))
     # A good episode (return 2 over two steps) and a bad one (return 0 over two steps).
     episodes = {"t": ([episode([1.0, 1.0]), episode([0.0, 0.0])], ["good", "bad"])}
