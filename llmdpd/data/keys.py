@@ -65,8 +65,9 @@ POLICY_BATCH = (
     Key(NEXT_OBS, ("N", "B", "S"), torch.float32, "normalised observation m steps on (m = n, fewer at an episode's end)"),
     Key(DONE, ("N", "B", "1"), torch.float32, "1.0 where the episode terminated (not truncated)"),
     Key(DISCOUNT, ("N", "B", "1"), torch.float32, "gamma^m (1 - done) for the n-step return in `reward`"),
-    Key(EPISODE_RETURN, ("N", "B", "1"), torch.float32, "undiscounted scaled return of the transition's whole episode (minus its path "
-        "neighbours' mean under policy.awr_baseline: neighbours)"),
+    Key(EPISODE_RETURN, ("N", "B", "1"), torch.float32,
+        "undiscounted scaled return of the transition's whole episode (minus its path neighbours' mean under "
+        "policy.awr_baseline: neighbours)"),
     Key(RETURN_TO_GO, ("N", "B", "1"), torch.float32, "discounted scaled return from this step to its episode's end"),
     Key(PROMPT_OBS, ("N", "H", "S"), torch.float32, "normalised observations of the trajectory prompt"),
     Key(PROMPT_ACTION, ("N", "H", "A"), torch.float32, "actions of the trajectory prompt"),

@@ -44,8 +44,8 @@ def advantage_of(module, kind: str, episodes: list[dict[str, np.ndarray]], obs: 
         store, scale, policy = EpisodeStore([episodes]), module.reward_scale.to(obs), module.cfg.policy
         if kind == "episode":
             store.transitions[K.OBS] = obs.to(store.transitions[K.OBS])  # paths compare normalised states
-            outcome = {"episode_return": advantage_returns(store, policy.awr_baseline, int(policy.awr_neighbours)).to(obs)
-                       * scale}
+            returns = advantage_returns(store, policy.awr_baseline, int(policy.awr_neighbours))
+            outcome = {"episode_return": returns.to(obs) * scale}
         else:
             outcome = {"return_to_go": returns_to_go(store, float(policy.gamma)).to(obs) * scale}
         td = TensorDict({"obs": obs, "cond": cond, "task": task, **outcome}, batch_size=[len(obs)])
