@@ -36,10 +36,9 @@ def neighbour_relative_returns(store: EpisodeStore, neighbours: int) -> torch.Te
     all its others; an episode alone in its task gets 0."""
     if neighbours < 1:
         raise ValueError(f"policy.awr_neighbours must be at least 1 (got {neighbours})")
-    reward = store.transitions[K.REWARD]
-    episode_of = episode_index(store, reward.device)
-    returns = torch.zeros(len(store.episode_length), dtype=torch.float64, device=reward.device)
-    returns = returns.index_add(0, episode_of, reward[:, 0].double())
+    totals = episode_returns(store)
+    episode_of = episode_index(store, totals.device)
+    returns = totals[store.episode_start.to(totals.device), 0].double()  # one per episode
     paths = episode_paths(store)
     relative = torch.zeros_like(returns)
     for first, count in zip(store.episode_offset.tolist(), store.episodes_per_task.tolist()):
@@ -51,7 +50,7 @@ def neighbour_relative_returns(store: EpisodeStore, neighbours: int) -> torch.Te
         distance.fill_diagonal_(float("inf"))
         nearest = distance.topk(k, dim=1, largest=False).indices
         relative[own] = returns[own] - returns[own][nearest].mean(1)
-    return relative.to(reward.dtype)[episode_of][:, None]
+    return relative.to(totals.dtype)[episode_of][:, None]
 
 
 def advantage_returns(store: EpisodeStore, baseline: str, neighbours: int) -> torch.Tensor:
