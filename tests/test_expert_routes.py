@@ -128,3 +128,34 @@ def test_report_gives_each_route_a_row(tmp_path, capsys):
     rows = {line.split("|")[1].strip(): int(line.split("|")[2]) for line in out.splitlines()
             if line.startswith("| expert's route")}
     assert set(rows) == {"expert's route: left", "expert's route: right"} and sum(rows.values()) == 8
+
+
+def test_rollout_diagnostics_tell_a_stall_at_the_wall_from_a_missed_grasp_and_a_dropped_puck():
+    from llmdpd.evaluation.rollout_diagnostics import LOST_DISTANCE, rollout_diagnostics
+
+    left, right = route_expert(TASK, "left"), route_expert(TASK, "right")
+    batch = lambda act: lambda obs: np.stack([act(o) for o in obs])  # noqa: E731
+    run = lambda act: rollout_diagnostics(TASK, act, [33], max_steps=150)  # noqa: E731
+
+    expert = run(batch(left))
+    assert expert["success"] == expert["route_left"] == 1.0 and expert["route_none"] == 0.0
+    assert expert["closing_offset"] < 0.015 and expert["closing_offset_failed"] is None
+    assert expert["lost_object"] == expert["route_none_at_wall"] == 0.0
+    # The routes' mean carries the puck to the wall and holds it there: the stall of a policy that averages them.
+    mean = run(batch(lambda o: 0.5 * (left(o) + right(o))))
+    assert mean["route_none"] == mean["route_none_at_wall"] == 1.0 and mean["lost_object"] == 0.0
+    # Closing 3 cm beside the puck's centre (the expert's approach, its target moved along x): no grasp, no route.
+    beside = lambda o: left(np.concatenate([o[:4], o[4:5] + 0.03, o[5:]]))  # noqa: E731
+    missed = run(batch(beside))
+    assert missed["route_none"] == 1.0 and missed["route_none_at_wall"] == 0.0 and missed["success"] == 0.0
+    assert missed["closing_offset"] == missed["closing_offset_failed"] and missed["closing_offset"] > 0.025
+    # The expert that lets go once it has carried the puck sideways, and lifts the open hand away for good.
+    gone = []
+
+    def let_go(o):
+        gone.extend([True] if o[4] < -0.06 else [])
+        return np.array([0.0, -1.0, 1.0, -1.0]) if gone else left(o)
+
+    dropped = run(batch(let_go))
+    assert dropped["lost_object"] == 1.0 and dropped["route_none"] == 1.0 and dropped["route_none_at_wall"] == 0.0
+    assert LOST_DISTANCE == 0.1

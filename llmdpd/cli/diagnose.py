@@ -49,7 +49,7 @@ IMAGINATION = ("hand_error_50", "hand_error_end", "object_error", "open_loop_han
                "open_loop_object_error", "object_moved", "trusted_steps", "agree",
                *DEMONSTRATION_FIT)
 ROLLOUT_COLUMNS = ("reached_object", "moved_object", "success", "goal_progress", "on_policy_error_early",
-                   "on_policy_error")
+                   "on_policy_error", "closing_offset", "closing_offset_failed", "lost_object")
 
 
 def register(sub) -> None:
@@ -313,8 +313,8 @@ def policy_rollouts(module, conditions: dict, goals, episodes_per_goal: int, cfg
 
 
 def _mean(per_task: dict[str, dict], keys) -> dict[str, float]:
-    """Each key's mean over the tasks that report it (keys no task reports are left out)."""
-    values = {k: [e[k] for e in per_task.values() if k in e] for k in keys}
+    """Each key's mean over the tasks that report it (keys no task reports, or reports as None, are left out)."""
+    values = {k: [e[k] for e in per_task.values() if e.get(k) is not None] for k in keys}
     return {k: sum(v) / len(v) for k, v in values.items() if v}
 
 
@@ -322,9 +322,14 @@ def format_table(per_task: dict[str, dict], mean: dict[str, float], columns) -> 
     """A markdown table: per task, the given columns, then their mean over tasks."""
     lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for task, entry in list(per_task.items()) + [("**mean**", mean)]:
-        cells = (entry.get(k, "") if isinstance(entry.get(k, ""), str) else f"{entry[k]:.3f}" for k in columns)
+        cells = (_cell(entry.get(k, "")) for k in columns)
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    """A table cell: a number to three places, "-" for None (nothing to average), text as it is."""
+    return value if isinstance(value, str) else "-" if value is None else f"{value:.3f}"
 
 
 def routes_parting_states(states: dict) -> dict:
