@@ -159,3 +159,30 @@ def test_rollout_diagnostics_tell_a_stall_at_the_wall_from_a_missed_grasp_and_a_
     dropped = run(batch(let_go))
     assert dropped["lost_object"] == 1.0 and dropped["route_none"] == 1.0 and dropped["route_none_at_wall"] == 0.0
     assert LOST_DISTANCE == 0.1
+
+
+def test_expert_labels_keep_the_noisy_states_and_store_the_routes_expert_actions():
+    steps = ("data.max_episode_steps=60", "data.episodes_per_task=4", "data.noise=[{scale: 1.0, weight: 1.0}]",
+             "data.behaviours=[{kind: noisy, weight: 1.0}]")
+    executed_cfg, labelled_cfg = _push_wall(TWO, *steps), _push_wall(TWO, *steps, "data.action_labels=expert")
+    executed = collect_episodes(recipe_for(executed_cfg, TASK, "mixed"))
+    labelled = collect_episodes(recipe_for(labelled_cfg, TASK, "mixed"))
+    experts = {route: route_expert(TASK, route) for route in ("left", "right")}
+    for a, b in zip(executed, labelled, strict=True):
+        # The same noisy execution: states, rewards and success are the executed episode's.
+        np.testing.assert_array_equal(a.observations, b.observations)
+        np.testing.assert_array_equal(a.rewards, b.rewards)
+        assert a.route == b.route and (a.goal, a.noise_scale) == (b.goal, b.noise_scale)
+        expert = np.clip(np.stack([experts[b.route](o) for o in b.observations[:-1]]), -1.0, 1.0)
+        np.testing.assert_allclose(b.actions, expert, atol=1e-6)
+        assert np.abs(a.actions - b.actions).mean() > 0.3  # noise of scale 1 was executed, not stored
+    assert dataset_id(labelled_cfg, TASK, "mixed") == "metaworld/push-wall-v3/mixed-left-right-relabelled-v1"
+    assert dataset_id(labelled_cfg, TASK, "prompt") == "metaworld/push-wall-v3/prompt-left-right-v1"
+    assert recipe_for(labelled_cfg, TASK, "prompt").action_labels == "executed"
+    assert (recipe_for(labelled_cfg, TASK, "prompt").fingerprint()
+            == recipe_for(executed_cfg, TASK, "prompt").fingerprint())
+    assert recipe_for(labelled_cfg, TASK, "mixed").fingerprint() != recipe_for(executed_cfg, TASK, "mixed").fingerprint()
+    with pytest.raises(ConfigError, match="Invalid value for 'data.action_labels': 'teacher'"):
+        _push_wall("data.action_labels=teacher")
+    with pytest.raises(ConfigError, match="'data.action_labels: expert' relabels the data this project generates"):
+        _push_wall("data.action_labels=expert", "data.minari_ids={push-wall-v3: mujoco/hopper/expert-v0}")

@@ -40,9 +40,14 @@ FOLDS = tuple(f"fold{k}" for k in range(1, 7))
 # Each fold's benchmark -> (the benchmark whose trained runs it evaluates, the evaluation's overrides): itself, as
 # it was trained (its experiments already leave the seen test out).
 FOLD_EVALUATIONS = {f"ml45_{fold}": (f"ml45_{fold}", []) for fold in FOLDS}
-# The push-wall data with two routes of the expert (100 episodes; 1,000: dense; 1,000 with little noise: clean), and
-# their one-route control.
-ROUTE_DATA = ("two_routes", "one_route", "two_routes_dense", "two_routes_clean")
+# The push-wall data with two routes of the expert (100 episodes; 1,000: dense; 1,000 with little noise: clean; 1,000
+# driven with noise and stored with the expert's actions: relabelled), and their one-route control.
+ROUTE_DATA = ("two_routes", "one_route", "two_routes_dense", "two_routes_clean", "two_routes_relabelled")
+# The actors trained on each: the frozen configuration, the 512 x 4 weighted MLP and the generative diffusion actor,
+# and variants of the last two (`{actor}_{variant}`) where they were asked for.
+ROUTE_ACTORS = ("llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "llmdpd_x0_rwr_t15_wide_long")
+ROUTE_VARIANTS = {"two_routes_dense": ("chunks",), "two_routes_clean": ("unweighted", "neighbours"),
+                  "two_routes_relabelled": ("unweighted",)}
 # Sampler temperatures of the diffusion actors scored on push-wall (the frozen configuration acts at 0, the
 # generative one at 1.5).
 ROUTE_TEMPERATURES = ("0.0", "0.5", "1.0", "1.5")
@@ -111,12 +116,12 @@ COMPARISONS: dict[str, dict[str, str]] = {
     # The third method is the diffusion actor as a generative model (uniform denoising steps, temperature 1.5); on the
     # dense data it and the MLP also act in chunks of 16 actions, 8 executed per call; on the clean data they are also
     # trained without the return weighting (`_unweighted`), which there tells the routes apart, and with each
-    # episode's return ranked only among the episodes nearest it by path (`_neighbours`).
+    # episode's return ranked only among the episodes nearest it by path (`_neighbours`); on the relabelled data,
+    # whose returns are not those of the stored actions, only unweighted.
     **{f"push_wall_{routes}": {method: f"two_routes/{method}_{routes}" for method in (
-        "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "llmdpd_x0_rwr_t15_wide_long",
+        *(ROUTE_ACTORS if routes != "two_routes_relabelled" else ()),
         *(f"{actor}_{variant}" for actor in ("llmdpd_x0_rwr_t15_wide_long", "mlp_bc_prompts_rwr_wide_long")
-          for variant, data in (("chunks", "two_routes_dense"), ("unweighted", "two_routes_clean"),
-                                    ("neighbours", "two_routes_clean")) if routes == data))}
+          for variant in ROUTE_VARIANTS.get(routes, ())))}
        for routes in ROUTE_DATA},
 }
 # Rules for unseen tasks, validated on ML45's held-out validation tasks: the task's own prompt, the policy's

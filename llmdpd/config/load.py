@@ -259,7 +259,7 @@ def check_choices(cfg: DictConfig) -> None:
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
     within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be
     asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a
-    critic, the neighbours' baseline ranks whole episodes, one of `eval.prompt_task` and `eval.prompt_retrieval`
+    critic, the neighbours' baseline ranks whole episodes, the expert's labels are given to generated data only, one of `eval.prompt_task` and `eval.prompt_retrieval`
     chooses the prompt, the retrieval rule has what it reads, and the world model's sizes are positive."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
@@ -282,6 +282,9 @@ def check_choices(cfg: DictConfig) -> None:
                           f"'episode', not '{cfg.policy.awr_advantage}'")
     if cfg.policy.awr_neighbours < 1:
         raise ConfigError(f"Invalid value for 'policy.awr_neighbours': {cfg.policy.awr_neighbours}; expected at least 1")
+    if cfg.data.action_labels == "expert" and cfg.data.minari_ids:
+        raise ConfigError(f"'data.action_labels: expert' relabels the data this project generates; the datasets of "
+                          f"data.minari_ids ({', '.join(cfg.data.minari_ids)}) are read as they are")
     if cfg.trajectory.read == "per_state" and cfg.policy.kind == "diffusion" and cfg.policy.critic != "none":
         raise ConfigError(f"'trajectory.read: per_state' reads the demonstration at the current state, but policy.critic "
                           f"'{cfg.policy.critic}' bootstraps at the next one; set policy.critic to none")

@@ -35,7 +35,10 @@ OBJECT_PATHS = ("free", "demonstration")
 WORLD_MODEL_CONTEXTS = ("none", "demonstration")
 # What a state is matched to the demonstration's steps on (llmdpd/world_model/context.py).
 CONTEXT_MATCHES = ("object_and_hand", "object")
+# What a data episode stores as its actions (llmdpd/data/collect.py).
+ACTION_LABELS = ("executed", "expert")
 CHOICES: dict[str, tuple[str, ...]] = {
+    "data.action_labels": ACTION_LABELS,
     "policy.kind": POLICY_KINDS,
     "policy.critic": CRITIC_KINDS,
     "policy.q_action": Q_ACTIONS,
@@ -138,6 +141,11 @@ class DataConfig:
     # {push-wall-v3: {left: 0.5, right: 0.5}} (routes in llmdpd/envs/expert_routes.py). Such a task's datasets
     # are named after their routes (`mixed-left-right-v1`), so the one-route data stay as they are.
     routes: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The actions the training data store: "executed" (what drove the arm, noise and behaviour included) or
+    # "expert" (at each visited state, what the episode's expert, on its route, would do there: DART's labels).
+    # With "expert" the behaviours only choose which states are visited; returns stay those of the execution, and
+    # the datasets are named `...-relabelled-...`. Prompt datasets always store what was executed.
+    action_labels: str = "executed"
     prompt_noise: float = 0.05
     # Meta-World's 50 goal variations per task: [0, train_goals) feed the datasets (data goals), the next
     # `validation_goals` are for every tuning choice, and the rest are seen-test goals, evaluated once.

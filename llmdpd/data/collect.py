@@ -26,6 +26,11 @@ A task given routes (`data.routes`, llmdpd/envs/expert_routes.py) also draws, pe
 its own, which route its expert takes (push-wall: round the wall's left or right end); every behaviour above
 drives that route's expert. The episode's other draws are those of the same episode without routes.
 
+With `action_labels: expert` (mixed data only) an episode is rolled out as above, and each visited state is then
+stored with the action the episode's expert (on its route, toward the true goal) would take there, instead of the
+action executed: the behaviours choose which states the data cover, the labels are the expert's (DART's
+relabelling). Rewards and success stay those of the execution.
+
 Every episode's randomness (goal variation, behaviour, its windows and noise) comes from a seed derived
 from (seed, task, kind, episode), so a dataset is the same whatever the worker count or the order of
 tasks; a v1 recipe draws its extra numbers after the goal, and a v0 recipe draws none, so v0 data and its
@@ -96,15 +101,18 @@ class CollectionRecipe:
     behaviours: tuple[tuple[str, float], ...] = ()
     other_tasks: tuple[str, ...] = ()
     routes: tuple[tuple[str, float], ...] = ()
+    action_labels: str = "executed"
 
     def fingerprint(self) -> str:
         """A short hash of the fields that change the data (not the descriptions)."""
-        optional = ("descriptions", "behaviours", "other_tasks", "routes")
+        optional = ("descriptions", "behaviours", "other_tasks", "routes", "action_labels")
         fields = {k: v for k, v in asdict(self).items() if k not in optional}
         if self.behaviours:
             fields.update(behaviours=self.behaviours, other_tasks=self.other_tasks, behaviour_params=BEHAVIOUR_PARAMS)
         if self.routes:
             fields.update(routes=self.routes)
+        if self.action_labels != "executed":
+            fields.update(action_labels=self.action_labels)
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -113,7 +121,7 @@ class Episode:
     """One episode as arrays: T steps, T+1 observations."""
 
     observations: np.ndarray  # [T+1, 39] float32
-    actions: np.ndarray  # [T, 4] float32
+    actions: np.ndarray  # [T, 4] float32: executed, or the expert's at each state (`action_labels: expert`)
     rewards: np.ndarray  # [T] float32
     success: np.ndarray  # [T+1] bool, per observation (False at reset)
     goal: int
@@ -260,6 +268,8 @@ def collect_episode(env: MetaWorldTaskEnv, experts: dict, recipe: CollectionReci
         raise ValueError(f"Unknown behaviour '{behaviour}'; known: {list(BEHAVIOURS)}")
 
     observations, actions, rewards, success = rollout(env, goal, steps, act)
+    if recipe.action_labels == "expert":
+        actions = np.clip(np.stack([expert(obs) for obs in observations[:-1]]), -1.0, 1.0).astype(np.float32)
     return Episode(observations, actions, rewards, success, goal, scale, behaviour, detail, route)
 
 

@@ -35,14 +35,16 @@ _progress = None  # shared episode counter in worker processes
 
 def dataset_id(cfg: ExperimentConfig, task: str, kind: str) -> str:
     """Minari id of a task's dataset, e.g. `metaworld/push-v3/mixed-v1`, `.../mixed-left-right-v1` for a task
-    given routes, `.../mixed-left-right-dense-v1` with `data.dataset_tag: dense`. A task of `data.minari_ids` has
+    given routes, `.../mixed-left-right-dense-v1` with `data.dataset_tag: dense`, `.../mixed-relabelled-v1` for
+    mixed data that store the expert's actions (`data.action_labels: expert`). A task of `data.minari_ids` has
     one dataset for both kinds: its trajectory prompts are episodes of its own data."""
     if task in cfg.data.minari_ids:
         return cfg.data.minari_ids[task]
     tag = cfg.data.dataset_tag
     if tag and not tag.isalnum():
         raise ConfigError(f"data.dataset_tag must be letters and digits, got '{tag}'")
-    parts = [route for route, _ in expert_routes(cfg, task)] + ([tag] if tag else [])
+    relabelled = ["relabelled"] if kind == "mixed" and cfg.data.action_labels == "expert" else []
+    parts = [route for route, _ in expert_routes(cfg, task)] + relabelled + ([tag] if tag else [])
     return f"{cfg.data.benchmark}/{task}/{'-'.join([kind, *parts])}-{cfg.data.dataset_version}"
 
 
@@ -124,6 +126,7 @@ def recipe_for(cfg: ExperimentConfig, task: str, kind: str) -> CollectionRecipe:
         behaviours=behaviours,
         other_tasks=other_tasks,
         routes=expert_routes(cfg, task),
+        action_labels=data.action_labels if kind == "mixed" else "executed",
     )
 
 
