@@ -259,8 +259,9 @@ def check_choices(cfg: DictConfig) -> None:
     `policy.sample_steps` must lie within the chain, `policy.top_step_share` in [0, 1], `policy.action_execute`
     within the action horizon (1 with `policy.action_ensemble`), a diffusion actor without a critic must not be
     asked for anything that reads Q (`check_critic_use`), per-state reading of the demonstration comes without a
-    critic, the neighbours' baseline ranks whole episodes, the expert's labels are given to generated data only, one of `eval.prompt_task` and `eval.prompt_retrieval`
-    chooses the prompt, the retrieval rule has what it reads, and the world model's sizes are positive."""
+    critic, the neighbours' baseline ranks whole episodes, the expert's labels are given to generated data only,
+    one of `eval.prompt_task` and `eval.prompt_retrieval` chooses the prompt, the retrieval rule has what it reads,
+    and the world model's sizes are positive."""
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
