@@ -103,6 +103,12 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long",
         "mlp_bc_prompts_rwr_wide_long": "ml45/mlp_bc_prompts_rwr_wide_long",
     },
+    # ML10's v1 data relabelled with each task's expert actions (`base/relabelled`): the frozen configuration and the
+    # 512 x 4 MLP with prompts, both unweighted (the returns are those of the executed episodes), and the prompt-free
+    # 512 x 4 MLP; the data recipe chosen on validation goals (docs/results.md).
+    "ml10_relabelled": {method: method for method in (
+        "llmdpd_x0_rwr_t0_top08_wide_long_unweighted_relabelled", "mlp_bc_prompts_rwr_wide_long_unweighted_relabelled",
+        "mlp_bc_wide_long_relabelled")},
     # The ninth configuration on ML45 without its five validation tasks (base/ml45_validation_tasks.yaml): the
     # policies on which rules meant for unseen tasks are chosen (`ml45_heldout_*` below).
     "ml45_heldout": {"llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long_heldout"},
@@ -168,6 +174,8 @@ UNSEEN37 = ["data.split=ml10_unseen37", "eval.seen=false", "eval.max_envs=128"]
 # never saw (llmdpd/tasks/metaworld.yaml), where ML10's five unseen tasks are too few to rank methods.
 EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     "ml10_unseen37": ("ml10", UNSEEN37),
+    # The relabelled comparison's policies on the same 37 tasks.
+    "ml10_relabelled_unseen37": ("ml10_relabelled", UNSEEN37),
     # The same, each unseen task shown the training task whose behaviour best imitates its demonstration.
     "ml10_unseen37_retrieval": ("ml10", [*UNSEEN37, "eval.prompt_retrieval=demonstration"]),
     # The same, each unseen task shown the training task whose behaviour, tried once from its demonstration's start
