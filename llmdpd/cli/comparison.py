@@ -51,6 +51,9 @@ ROUTE_VARIANTS = {"two_routes_dense": ("chunks",), "two_routes_clean": ("unweigh
 # Sampler temperatures of the diffusion actors scored on push-wall (the frozen configuration acts at 0, the
 # generative one at 1.5).
 ROUTE_TEMPERATURES = ("0.0", "0.5", "1.0", "1.5")
+# The methods trained on the v1 data relabelled with the experts' actions (`base/relabelled`).
+RELABELLED_METHODS = ("llmdpd_x0_rwr_t0_top08_wide_long_unweighted_relabelled",
+                      "mlp_bc_prompts_rwr_wide_long_unweighted_relabelled", "mlp_bc_wide_long_relabelled")
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
     "ml10": {
@@ -105,10 +108,9 @@ COMPARISONS: dict[str, dict[str, str]] = {
     },
     # ML10's v1 data relabelled with each task's expert actions (`base/relabelled`): the frozen configuration and the
     # 512 x 4 MLP with prompts, both unweighted (the returns are those of the executed episodes), and the prompt-free
-    # 512 x 4 MLP; the data recipe chosen on validation goals (docs/results.md).
-    "ml10_relabelled": {method: method for method in (
-        "llmdpd_x0_rwr_t0_top08_wide_long_unweighted_relabelled", "mlp_bc_prompts_rwr_wide_long_unweighted_relabelled",
-        "mlp_bc_wide_long_relabelled")},
+    # 512 x 4 MLP; the data recipe chosen on validation goals (docs/results.md). The same on ML45.
+    **{f"{bench}_relabelled": {method: prefix + method for method in RELABELLED_METHODS}
+       for bench, prefix in (("ml10", ""), ("ml45", "ml45/"))},
     # The ninth configuration on ML45 without its five validation tasks (base/ml45_validation_tasks.yaml): the
     # policies on which rules meant for unseen tasks are chosen (`ml45_heldout_*` below).
     "ml45_heldout": {"llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long_heldout"},
