@@ -113,6 +113,28 @@ def test_interrupted_collection_resumes_identical(tmp_path):
     assert len(list(resumed.glob("metaworld/*/*/data/metadata.json"))) == 6
 
 
+def test_ctrl_c_during_collection_says_so_in_one_line_and_the_rerun_continues(tmp_path):
+    root = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmdpd", "data", "smoke", f"paths.data_dir={root}",
+         "data.max_episode_steps=40", "data.episodes_per_task=3", "data.workers=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    pattern = f"metaworld/*/*-{_small(root).data.dataset_version}/data/metadata.json"
+    while time.time() < deadline and not list(root.glob(pattern)):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    # After the progress bar (stderr too), one line and no traceback.
+    assert "Traceback" not in err
+    assert err.replace("\r", "\n").strip().splitlines()[-1] == (
+        "llmdpd data: interrupted; what was written is kept, run the same command again to continue")
+    statuses = generate(_small(root), progress=False)
+    assert "skipped" in statuses.values() and "written" in statuses.values()
+
+
 def test_parallel_generation_matches_serial(tmp_path):
     serial, parallel = tmp_path / "serial", tmp_path / "parallel"
     generate(_small(serial, workers=1), progress=False)

@@ -80,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # exit-time flush of stdout from raising again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except KeyboardInterrupt:
+        # Ctrl-C: every file already written is whole (datasets, checkpoints and results land atomically), so the
+        # same command continues from them.
+        print(f"llmdpd {args.command}: interrupted; what was written is kept, run the same command again to "
+              "continue", file=sys.stderr)
+        code = 130
     except user_errors() as err:
         print(f"llmdpd {args.command}: error: {one_line(err)}", file=sys.stderr)
         code = 2
