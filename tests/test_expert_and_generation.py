@@ -83,25 +83,35 @@ def _small(root: Path, workers: int = 1):
     )
 
 
+def _landed(root: Path) -> list[Path]:
+    """The finished datasets of `_small`'s recipe under `root`."""
+    return list(root.glob(f"metaworld/*/*-{_small(root).data.dataset_version}/data/metadata.json"))
+
+
+def _interrupt_collection(root: Path, sig: int) -> tuple[int, str]:
+    """`llmdpd data` with `_small`'s recipe in its own process, sent `sig` once its first dataset has landed under
+    `root`: its exit code and stderr."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmdpd", "data", "smoke", f"paths.data_dir={root}",
+         "data.max_episode_steps=40", "data.episodes_per_task=3", "data.workers=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not _landed(root):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
 def test_interrupted_collection_resumes_identical(tmp_path):
     reference = tmp_path / "reference"
     generate(_small(reference), progress=False)
 
     # A real interruption: kill the generating process once the first dataset has landed.
     resumed = tmp_path / "resumed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmdpd", "data", "smoke", f"paths.data_dir={resumed}",
-         "data.max_episode_steps=40", "data.episodes_per_task=3", "data.workers=1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    pattern = f"metaworld/*/*-{_small(resumed).data.dataset_version}/data/metadata.json"
-    while time.time() < deadline and not list(resumed.glob(pattern)):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    landed = list(resumed.glob(pattern))
-    assert 1 <= len(landed) < 6, "the kill should land between the first and the last dataset"
+    _interrupt_collection(resumed, signal.SIGKILL)
+    assert 1 <= len(_landed(resumed)) < 6, "the kill should land between the first and the last dataset"
 
     statuses = generate(_small(resumed), progress=False)
     assert "skipped" in statuses.values() and "written" in statuses.values()
@@ -115,18 +125,8 @@ def test_interrupted_collection_resumes_identical(tmp_path):
 
 def test_ctrl_c_during_collection_says_so_in_one_line_and_the_rerun_continues(tmp_path):
     root = tmp_path / "data"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llmdpd", "data", "smoke", f"paths.data_dir={root}",
-         "data.max_episode_steps=40", "data.episodes_per_task=3", "data.workers=1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.time() + 120
-    pattern = f"metaworld/*/*-{_small(root).data.dataset_version}/data/metadata.json"
-    while time.time() < deadline and not list(root.glob(pattern)):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    code, err = _interrupt_collection(root, signal.SIGINT)
+    assert code == 130, err
     # After the progress bar (stderr too), one line and no traceback.
     assert "Traceback" not in err
     assert err.replace("\r", "\n").strip().splitlines()[-1] == (
