@@ -54,6 +54,10 @@ ROUTE_TEMPERATURES = ("0.0", "0.5", "1.0", "1.5")
 # The methods trained on the v1 data relabelled with the experts' actions (`base/relabelled`).
 RELABELLED_METHODS = ("llmdpd_x0_rwr_t0_top08_wide_long_unweighted_relabelled",
                       "mlp_bc_prompts_rwr_wide_long_unweighted_relabelled", "mlp_bc_wide_long_relabelled")
+# The frozen configuration's prompt ablations on the same data (ML10 only). Its diffusion BC counterpart is the frozen
+# configuration itself: it trains no critic (`policy.critic: none`), so eta = 0 changes nothing.
+RELABELLED_ABLATIONS = tuple(f"{prompts}_x0_rwr_t0_top08_wide_long_unweighted_relabelled"
+                             for prompts in ("no_prompts", "text_only", "trajectory_only"))
 # Benchmark -> method -> experiment (a name in experiments/ or a path).
 COMPARISONS: dict[str, dict[str, str]] = {
     "ml10": {
@@ -108,9 +112,10 @@ COMPARISONS: dict[str, dict[str, str]] = {
     },
     # ML10's v1 data relabelled with each task's expert actions (`base/relabelled`): the frozen configuration and the
     # 512 x 4 MLP with prompts, both unweighted (the returns are those of the executed episodes), and the prompt-free
-    # 512 x 4 MLP; the data recipe chosen on validation goals (docs/results.md). The same on ML45.
-    **{f"{bench}_relabelled": {method: prefix + method for method in RELABELLED_METHODS}
-       for bench, prefix in (("ml10", ""), ("ml45", "ml45/"))},
+    # 512 x 4 MLP; the data recipe chosen on validation goals (docs/results.md). The same on ML45. On ML10 also the
+    # frozen configuration's prompt ablations.
+    **{f"{bench}_relabelled": {method: prefix + method for method in RELABELLED_METHODS + ablations}
+       for bench, prefix, ablations in (("ml10", "", RELABELLED_ABLATIONS), ("ml45", "ml45/", ()))},
     # The ninth configuration on ML45 without its five validation tasks (base/ml45_validation_tasks.yaml): the
     # policies on which rules meant for unseen tasks are chosen (`ml45_heldout_*` below).
     "ml45_heldout": {"llmdpd_x0_rwr_t0_top08_wide_long": "ml45/llmdpd_x0_rwr_t0_top08_wide_long_heldout"},
