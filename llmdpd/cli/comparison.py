@@ -124,6 +124,9 @@ COMPARISONS: dict[str, dict[str, str]] = {
     **{f"ml45_{fold}": {method: f"ml45/{method}_{fold}" for method in (
         "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "mlp_bc_prompts_rwr_long")}
        for fold in FOLDS},
+    # The same folds on the relabelled data: the frozen configuration and the 512 x 4 MLP with prompts, unweighted.
+    **{f"ml45_{fold}_relabelled": {method: f"ml45/{method}_{fold}" for method in RELABELLED_METHODS[:2]}
+       for fold in FOLDS},
     # Push-wall alone, its expert taking two routes round the wall (or one, the control): data whose states need one
     # of two opposite actions (experiments/base/push_wall_two_routes.yaml).
     # The third method is the diffusion actor as a generative model (uniform denoising steps, temperature 1.5); on the
