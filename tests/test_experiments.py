@@ -72,3 +72,13 @@ def test_benchmarks_refuse_an_unknown_suite_in_one_line():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == "benchmarks: unknown suite(s) trainig; choose from data, datamodule, training, evaluation"
+
+
+def test_every_comparison_names_an_experiment_file():
+    """`llmdpd comparison` runs what its table names: a name missing from experiments/ would fail hours into a
+    queue, so every method of every benchmark must be one of the experiments above."""
+    from llmdpd.cli.comparison import COMPARISONS
+
+    named = {experiment for table in COMPARISONS.values() for experiment in table.values()}
+    assert len(named) > 50
+    assert sorted(named - set(EXPERIMENTS)) == []
