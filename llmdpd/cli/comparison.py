@@ -51,9 +51,11 @@ ROUTE_VARIANTS = {"two_routes_dense": ("chunks",), "two_routes_clean": ("unweigh
 # Sampler temperatures of the diffusion actors scored on push-wall (the frozen configuration acts at 0, the
 # generative one at 1.5).
 ROUTE_TEMPERATURES = ("0.0", "0.5", "1.0", "1.5")
-# The methods trained on the v1 data relabelled with the experts' actions (`base/relabelled`).
-RELABELLED_METHODS = ("llmdpd_x0_rwr_t0_top08_wide_long_unweighted_relabelled",
-                      "mlp_bc_prompts_rwr_wide_long_unweighted_relabelled", "mlp_bc_wide_long_relabelled")
+# The methods trained on the v1 data relabelled with the experts' actions (`base/relabelled`): the two prompted
+# actors, and the prompt-free MLP.
+RELABELLED_PROMPTED = ("llmdpd_x0_rwr_t0_top08_wide_long_unweighted_relabelled",
+                       "mlp_bc_prompts_rwr_wide_long_unweighted_relabelled")
+RELABELLED_METHODS = (*RELABELLED_PROMPTED, "mlp_bc_wide_long_relabelled")
 # The frozen configuration's prompt ablations on the same data (ML10 only). Its diffusion BC counterpart is the frozen
 # configuration itself: it trains no critic (`policy.critic: none`), so eta = 0 changes nothing.
 RELABELLED_ABLATIONS = tuple(f"{prompts}_x0_rwr_t0_top08_wide_long_unweighted_relabelled"
@@ -125,7 +127,7 @@ COMPARISONS: dict[str, dict[str, str]] = {
         "llmdpd_x0_rwr_t0_top08_wide_long", "mlp_bc_prompts_rwr_wide_long", "mlp_bc_prompts_rwr_long")}
        for fold in FOLDS},
     # The same folds on the relabelled data: the frozen configuration and the 512 x 4 MLP with prompts, unweighted.
-    **{f"ml45_{fold}_relabelled": {method: f"ml45/{method}_{fold}" for method in RELABELLED_METHODS[:2]}
+    **{f"ml45_{fold}_relabelled": {method: f"ml45/{method}_{fold}" for method in RELABELLED_PROMPTED}
        for fold in FOLDS},
     # Push-wall alone, its expert taking two routes round the wall (or one, the control): data whose states need one
     # of two opposite actions (experiments/base/push_wall_two_routes.yaml).
