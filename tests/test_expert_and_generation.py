@@ -77,11 +77,13 @@ def _arrays(root: Path, ds_id: str) -> list[dict]:
     return read_episodes(load_dataset(root, ds_id))
 
 
+# A small collection: the smoke experiment's three tasks (two training, one unseen), a mixed and a prompt dataset each.
+_SMALL_RECIPE = ("data.max_episode_steps=40", "data.episodes_per_task=3")
+_SMALL_DATASETS = 6
+
+
 def _small(root: Path, workers: int = 1):
-    return load_config(
-        "smoke",
-        [f"paths.data_dir={root}", "data.max_episode_steps=40", "data.episodes_per_task=3", f"data.workers={workers}"],
-    )
+    return load_config("smoke", [f"paths.data_dir={root}", *_SMALL_RECIPE, f"data.workers={workers}"])
 
 
 def _landed(root: Path) -> list[Path]:
@@ -96,8 +98,8 @@ def _interrupt_collection(root: Path, sig: int) -> tuple[int, str]:
     for _ in range(5):
         shutil.rmtree(root, ignore_errors=True)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llmdpd", "data", "smoke", f"paths.data_dir={root}",
-             "data.max_episode_steps=40", "data.episodes_per_task=3", "data.workers=1"],
+            [sys.executable, "-m", "llmdpd", "data", "smoke", f"paths.data_dir={root}", *_SMALL_RECIPE,
+             "data.workers=1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.time() + 120
@@ -105,7 +107,7 @@ def _interrupt_collection(root: Path, sig: int) -> tuple[int, str]:
             time.sleep(0.05)
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=120)
-        if not (proc.returncode == 0 and len(_landed(root)) == 6):
+        if not (proc.returncode == 0 and len(_landed(root)) == _SMALL_DATASETS):
             break
     return proc.returncode, err
 
@@ -117,7 +119,7 @@ def test_interrupted_collection_resumes_identical(tmp_path):
     # A real interruption: kill the generating process once the first dataset has landed.
     resumed = tmp_path / "resumed"
     _interrupt_collection(resumed, signal.SIGKILL)
-    assert 1 <= len(_landed(resumed)) < 6, "the kill should land between the first and the last dataset"
+    assert 1 <= len(_landed(resumed)) < _SMALL_DATASETS, "the kill should land between the first and the last dataset"
 
     statuses = generate(_small(resumed), progress=False)
     assert "skipped" in statuses.values() and "written" in statuses.values()
@@ -126,7 +128,7 @@ def test_interrupted_collection_resumes_identical(tmp_path):
             for key in x:
                 np.testing.assert_array_equal(x[key], y[key])
     # Nothing half-written is left that looks like a dataset.
-    assert len(list(resumed.glob("metaworld/*/*/data/metadata.json"))) == 6
+    assert len(list(resumed.glob("metaworld/*/*/data/metadata.json"))) == _SMALL_DATASETS
 
 
 def test_ctrl_c_during_collection_says_so_in_one_line_and_the_rerun_continues(tmp_path):
